@@ -1,0 +1,265 @@
+"""The per-code ledger step: apply one :class:`CodeEvent` to one code's state.
+
+``step(state, event, config)`` is the only entry point the stream layer calls for the code
+rules. It
+
+1. forgets state older than the retention (business time), so expiry is exact and the same
+   offline and on Kafka;
+2. drops the event when its ``msgid`` or its record (institution, ``infno``,
+   ``fixmedins_bchno``) was already applied to this code — retries and re-uploads change
+   nothing and raise nothing;
+3. runs the rules of SPEC §4 that look at this code (duplicate_sale, substitution,
+   return_without_sale, flowback before the change; split_overdispense after it);
+4. updates the standing sales, and reports whole-box purchases that start or stop standing as
+   :class:`PersonEvent` for the person rules (HOARDING);
+5. for a split sale or return listing several codes, returns the continuation event that
+   carries the units this code did not take to the next code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from detectors import (
+    duplicate_sale,
+    flowback,
+    return_without_sale,
+    split_overdispense,
+    substitution,
+)
+from detectors.codes import product_key_of
+from detectors.model import (
+    DAY_SECONDS,
+    Alert,
+    CodeEvent,
+    CodeState,
+    Kind,
+    PersonEvent,
+    RuleConfig,
+    SaleRecord,
+    fingerprint,
+)
+
+EMPTY = CodeState()
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    """What one step produced. ``state`` is None when nothing about the code is left."""
+
+    state: CodeState | None
+    alerts: list[Alert] = field(default_factory=list)
+    person_events: list[PersonEvent] = field(default_factory=list)
+    continuation: CodeEvent | None = None
+    duplicate: bool = False
+
+
+def record_fingerprint(institution: str, infno: str, bchno: str) -> str:
+    """Fingerprint of one institution record, the re-upload idempotency key."""
+    return fingerprint("r", institution, infno, bchno)
+
+
+def message_fingerprint(msgid: str) -> str:
+    """Fingerprint of one upload, the retry idempotency key."""
+    return fingerprint("m", msgid)
+
+
+def _person_event(sale: SaleRecord, code: str, delta: int, event: CodeEvent) -> PersonEvent | None:
+    if sale.split or sale.psn_hash is None or sale.med_list_codg is None:
+        return None
+    return PersonEvent(
+        psn_hash=sale.psn_hash,
+        med_list_codg=sale.med_list_codg,
+        code=code,
+        delta=delta,
+        fixmedins_code=sale.fixmedins_code,
+        mdtrtarea_admvs=sale.mdtrtarea_admvs,
+        bchno=sale.bchno,
+        msgid=sale.msgid,
+        time=sale.time,
+        amount=sale.amount,
+        trigger_msgid=event.msgid,
+        seq=event.seq,
+    )
+
+
+def _continue(event: CodeEvent, taken: float) -> CodeEvent | None:
+    if not event.draw_rest:
+        return None
+    return replace(
+        event,
+        code=event.draw_rest[0],
+        units=max(0.0, event.units - taken),
+        draw_rest=event.draw_rest[1:],
+    )
+
+
+def _remember(applied: tuple[str, ...], keep: int, *prints: str) -> tuple[str, ...]:
+    merged = tuple(p for p in applied if p not in prints) + prints
+    return merged[-keep:]
+
+
+def step(state: CodeState | None, event: CodeEvent, config: RuleConfig) -> StepResult:
+    """Apply one event to one code's state; see the module docstring."""
+    current = state or EMPTY
+    if state is not None and event.time - state.last_time > config.retention_days * DAY_SECONDS:
+        current = EMPTY
+    msg_print = message_fingerprint(event.msgid)
+    record_print = record_fingerprint(event.fixmedins_code, event.infno, event.bchno)
+    if msg_print in current.applied or (
+        event.kind is not Kind.DELETE and record_print in current.applied
+    ):
+        return _duplicate(state, current, event)
+
+    handler = _HANDLERS[event.kind]
+    result = handler(current, event, config)
+    new_state = result.state
+    if event.kind is Kind.STOCK:
+        # Stock sightings are not fingerprinted: FLOWBACK keeps its own once-only memory,
+        # and a box that was never sold is not worth a ledger entry.
+        if new_state is current:
+            return replace(result, state=state)
+        return result
+    if new_state is not None:
+        prints = (msg_print,) if event.kind is Kind.DELETE else (msg_print, record_print)
+        new_state = replace(
+            new_state,
+            applied=_remember(new_state.applied, config.fingerprints_kept, *prints),
+            last_time=max(current.last_time, event.time),
+        )
+    return replace(result, state=new_state)
+
+
+def _duplicate(state: CodeState | None, current: CodeState, event: CodeEvent) -> StepResult:
+    """A retry: nothing changes, but a split draw must still reach the later codes."""
+    taken = event.units
+    for sale in current.sales:
+        if sale.msgid == event.msgid or (
+            sale.fixmedins_code == event.fixmedins_code and sale.bchno == event.bchno
+        ):
+            taken = sale.units
+    return StepResult(state=state, continuation=_continue(event, taken), duplicate=True)
+
+
+def _sale(state: CodeState, event: CodeEvent, config: RuleConfig) -> StepResult:
+    key = product_key_of(event.code)
+    entry = config.catalog.get(key) if key is not None else None
+    pack_units = entry.pack_units if entry is not None else None
+    alerts = duplicate_sale.detect(state, event, config)
+    alerts += substitution.detect(state, event, entry)
+    if event.split:
+        left = split_overdispense.units_left(state, pack_units)
+        taken = event.units if not event.draw_rest else min(event.units, left)
+    else:
+        taken = 1.0
+    record = SaleRecord(
+        fixmedins_code=event.fixmedins_code,
+        mdtrtarea_admvs=event.mdtrtarea_admvs,
+        bchno=event.bchno,
+        msgid=event.msgid,
+        time=event.time,
+        psn_hash=event.psn_hash,
+        med_list_codg=event.med_list_codg,
+        split=event.split,
+        units=taken,
+        amount=event.amount,
+    )
+    first_drug, first_ref = state.first_drug, state.first_drug_ref
+    if first_drug is None and event.med_list_codg:
+        first_drug = event.med_list_codg
+        first_ref = fingerprint(event.fixmedins_code, event.bchno)
+    new_state = replace(
+        state, sales=(*state.sales, record), first_drug=first_drug, first_drug_ref=first_ref
+    )
+    alerts += split_overdispense.detect(new_state, event, pack_units)
+    person = _person_event(record, event.code, +1, event)
+    return StepResult(
+        state=new_state,
+        alerts=alerts,
+        person_events=[person] if person else [],
+        continuation=_continue(event, taken),
+    )
+
+
+def _return(state: CodeState, event: CodeEvent, config: RuleConfig) -> StepResult:
+    alerts = return_without_sale.detect(state, event)
+    here = [s for s in state.sales if s.fixmedins_code == event.fixmedins_code]
+    if not here:
+        return StepResult(state=state, alerts=alerts, continuation=_continue(event, 0.0))
+    named = [s for s in here if s.bchno == event.returned_bchno]
+    candidates = named or here
+    if not event.split:
+        # A whole-box return undoes one sale: the one it names, else the latest here.
+        target = max(candidates, key=lambda sale: sale.time)
+        sales = tuple(s for s in state.sales if s is not target)
+        person = _person_event(target, event.code, -1, event)
+        return StepResult(
+            state=replace(state, sales=sales),
+            alerts=alerts,
+            person_events=[person] if person else [],
+            continuation=_continue(event, 1.0),
+        )
+    # A split return gives its units back, latest split sale first.
+    budget = event.units
+    if event.draw_rest:
+        budget = min(budget, sum(s.units for s in candidates if s.split))
+    remaining = budget
+    updated: dict[int, SaleRecord | None] = {}
+    for sale in sorted((s for s in candidates if s.split), key=lambda s: s.time, reverse=True):
+        if remaining <= 0:
+            break
+        give_back = min(sale.units, remaining)
+        remaining -= give_back
+        left = sale.units - give_back
+        updated[id(sale)] = replace(sale, units=left) if left > 0 else None
+    sales_list: list[SaleRecord] = []
+    for sale in state.sales:
+        if id(sale) in updated:
+            changed = updated[id(sale)]
+            if changed is not None:
+                sales_list.append(changed)
+        else:
+            sales_list.append(sale)
+    return StepResult(
+        state=replace(state, sales=tuple(sales_list)),
+        alerts=alerts,
+        continuation=_continue(event, budget),
+    )
+
+
+def _stock(state: CodeState, event: CodeEvent, config: RuleConfig) -> StepResult:
+    alerts = flowback.detect(state, event)
+    if not alerts:
+        return StepResult(state=state)
+    latest = max(state.sales, key=lambda sale: sale.time)
+    seen = (*state.flowback_seen, flowback.flowback_key(event, latest.msgid))
+    return StepResult(state=replace(state, flowback_seen=seen[-8:]), alerts=alerts)
+
+
+def _delete(state: CodeState, event: CodeEvent, config: RuleConfig) -> StepResult:
+    """3507 of a sale: as if that sale of this institution had never been recorded."""
+    gone = [
+        s for s in state.sales
+        if s.fixmedins_code == event.fixmedins_code and s.bchno == event.bchno
+    ]
+    sale_print = record_fingerprint(event.fixmedins_code, "3505", event.bchno)
+    applied = tuple(p for p in state.applied if p != sale_print)
+    sales = tuple(s for s in state.sales if s not in gone)
+    first_drug, first_ref = state.first_drug, state.first_drug_ref
+    if first_ref == fingerprint(event.fixmedins_code, event.bchno):
+        earliest = min(sales, key=lambda sale: sale.time) if sales else None
+        first_drug = earliest.med_list_codg if earliest else None
+        first_ref = fingerprint(earliest.fixmedins_code, earliest.bchno) if earliest else None
+    persons = [p for s in gone if (p := _person_event(s, event.code, -1, event)) is not None]
+    new_state = replace(
+        state, sales=sales, applied=applied, first_drug=first_drug, first_drug_ref=first_ref
+    )
+    return StepResult(state=new_state, person_events=persons)
+
+
+_HANDLERS = {
+    Kind.SALE: _sale,
+    Kind.RETURN: _return,
+    Kind.STOCK: _stock,
+    Kind.DELETE: _delete,
+}

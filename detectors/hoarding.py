@@ -1,0 +1,183 @@
+"""HOARDING (囤药/倒卖): one person buying far more of one drug than they could use.
+
+Business rule: the NHSA's monitoring notices single out people who buy large amounts of one
+drug at several institutions in a short time: the fund pays, and the boxes are resold (倒卖),
+often coming back as 回流药. The rule fires when one person's *standing* whole-box purchases of
+one ``med_list_codg`` — each listed code counting as one box — reach ``min_boxes`` (default 10)
+from ``min_institutions`` (default 3) or more institutions within ``window_days`` (default 30)
+of business time. A return or a delete takes a box back out of the count. It fires at most
+once per person and drug in any ``window_days``. Per-drug overrides tighten the thresholds for
+high-value drugs or loosen them for chronic-disease drugs.
+
+Key: (``psn_hash``, ``med_list_codg``) — one writer per person. State: the standing whole-box
+purchases inside the window, and when the last alert was raised. Input: :class:`PersonEvent`,
++1 when a whole-box purchase starts standing and -1 when it stops (the code ledger emits them).
+
+What to do: review the person's prescriptions and settlements; follow the listed codes —
+when one of them is later sold again or shows up in stock, that DUPLICATE_SALE or FLOWBACK
+alert names this one in its evidence (the chain from 套药 to 回流).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from detectors.model import (
+    DAY_SECONDS,
+    Alert,
+    Evidence,
+    HoardingThresholds,
+    PersonEvent,
+    Rule,
+    format_time,
+)
+
+RULE = Rule.HOARDING
+
+
+@dataclass(frozen=True, slots=True)
+class Purchase:
+    """One standing whole-box purchase counted for a person and drug."""
+
+    code: str
+    fixmedins_code: str
+    mdtrtarea_admvs: str
+    bchno: str
+    msgid: str
+    time: int
+    amount: float
+
+
+@dataclass(frozen=True, slots=True)
+class PersonState:
+    """A person's standing purchases of one drug inside the window, and the last alert."""
+
+    purchases: tuple[Purchase, ...] = ()
+    last_alert_time: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HoardingLink:
+    """The HOARDING alert a person last raised, for the evidence of later code alerts."""
+
+    alert_id: str
+    trigger_msgid: str
+    fixmedins_code: str
+    event_time: str
+
+    def as_evidence(self) -> Evidence:
+        """The link as an evidence record of a DUPLICATE_SALE or FLOWBACK alert."""
+        return Evidence(
+            msgid=self.trigger_msgid,
+            infno="3505",
+            fixmedins_code=self.fixmedins_code,
+            fixmedins_bchno="",
+            event_time=self.event_time,
+            note=f"该人员此前触发囤药预警 HOARDING {self.alert_id}",
+        )
+
+
+def person_key(psn_hash: str, med_list_codg: str) -> str:
+    """The state key of one person and drug."""
+    return f"{psn_hash}\x1f{med_list_codg}"
+
+
+def step(
+    state: PersonState | None, event: PersonEvent, thresholds: HoardingThresholds
+) -> tuple[PersonState | None, list[Alert]]:
+    """Apply one purchase change; returns the new state (None when empty) and alerts."""
+    current = state or PersonState()
+    window = thresholds.window_days * DAY_SECONDS
+    identity = (event.code, event.msgid)
+    known = any((p.code, p.msgid) == identity for p in current.purchases)
+    if event.delta < 0:
+        kept = tuple(p for p in current.purchases if (p.code, p.msgid) != identity)
+        return _settle(replace(current, purchases=kept), event.time, window), []
+    if known:
+        return state, []
+    purchase = Purchase(
+        event.code, event.fixmedins_code, event.mdtrtarea_admvs, event.bchno, event.msgid,
+        event.time, event.amount,
+    )
+    purchases = tuple(sorted((*current.purchases, purchase), key=lambda p: p.time))
+    updated = replace(current, purchases=purchases)
+    counted = [p for p in purchases if event.time - window < p.time <= event.time]
+    institutions = {p.fixmedins_code for p in counted}
+    recently_alerted = (
+        current.last_alert_time is not None
+        and abs(event.time - current.last_alert_time) < window
+    )
+    if (
+        len(counted) < thresholds.min_boxes
+        or len(institutions) < thresholds.min_institutions
+        or recently_alerted
+    ):
+        return _settle(updated, event.time, window), []
+    alert = _alert(event, counted, len(institutions), thresholds)
+    return _settle(replace(updated, last_alert_time=event.time), event.time, window), [alert]
+
+
+def _settle(state: PersonState, now: int, window: int) -> PersonState | None:
+    """Drop purchases that can no longer count; None when nothing is worth keeping."""
+    horizon = max([now, *(p.time for p in state.purchases)]) - window
+    purchases = tuple(p for p in state.purchases if p.time > horizon)
+    alert_time = state.last_alert_time
+    if alert_time is not None and alert_time <= horizon:
+        alert_time = None
+    if not purchases and alert_time is None:
+        return None
+    return PersonState(purchases, alert_time)
+
+
+def _alert(
+    event: PersonEvent, counted: list[Purchase], institutions: int,
+    thresholds: HoardingThresholds,
+) -> Alert:
+    first, last = counted[0].time, counted[-1].time
+    days = (last - first) / DAY_SECONDS
+    reason = (
+        f"参保人 {event.psn_hash} 在 {days:.0f} 天内于 {institutions} 家机构购买 "
+        f"{event.med_list_codg} 共 {len(counted)} 盒且均未退货，达到囤药阈值"
+        f"（{thresholds.window_days} 天内 {thresholds.min_institutions} 家机构 "
+        f"{thresholds.min_boxes} 盒）"
+    )
+    evidence = tuple(
+        Evidence(
+            msgid=p.msgid,
+            infno="3505",
+            fixmedins_code=p.fixmedins_code,
+            fixmedins_bchno=p.bchno,
+            event_time=format_time(p.time),
+            mdtrtarea_admvs=p.mdtrtarea_admvs,
+            amount=round(p.amount, 2),
+            drug_trac_codg=p.code,
+        )
+        for p in counted
+    )
+    return Alert(
+        rule=RULE,
+        severity="high",
+        drug_trac_codg=None,
+        psn_hash=event.psn_hash,
+        med_list_codg=event.med_list_codg,
+        fixmedins_code=event.fixmedins_code,
+        mdtrtarea_admvs=event.mdtrtarea_admvs,
+        trigger_msgid=event.trigger_msgid,
+        event_time=format_time(event.time),
+        evidence=evidence,
+        amount=sum(p.amount for p in counted),
+        reason=reason,
+        subject=person_key(event.psn_hash, event.med_list_codg),
+        seq=event.seq,
+    )
+
+
+def link(alert: Alert, links: dict[str, HoardingLink]) -> Alert:
+    """Name earlier HOARDING alerts of the people in a DUPLICATE_SALE or FLOWBACK's evidence."""
+    if alert.rule not in (Rule.DUPLICATE_SALE, Rule.FLOWBACK):
+        return alert
+    people = {item.psn_hash for item in alert.evidence if item.psn_hash}
+    extra = tuple(links[psn].as_evidence() for psn in sorted(people) if psn in links)
+    if not extra:
+        return alert
+    return replace(alert, evidence=alert.evidence + extra)

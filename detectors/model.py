@@ -1,0 +1,303 @@
+"""The one home of tracewatch's domain types: configuration, parsed messages, per-code events,
+ledger state and alerts. Standard library only; everything is frozen.
+
+Times are whole seconds of China time (UTC+8) counted as if it were UTC, so that calendar
+arithmetic on them gives back the same wall-clock strings the platform uploads.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import time as _time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+Severity = str  # "low" | "medium" | "high" | "critical"
+
+DAY_SECONDS = 86_400
+
+
+class Rule(enum.StrEnum):
+    """Rule identifiers of SPEC §4, as they appear in alerts."""
+
+    DUPLICATE_SALE = "DUPLICATE_SALE"
+    SPLIT_OVERDISPENSE = "SPLIT_OVERDISPENSE"
+    SUBSTITUTION = "SUBSTITUTION"
+    FLOWBACK = "FLOWBACK"
+    RETURN_WITHOUT_SALE = "RETURN_WITHOUT_SALE"
+    EXPIRED_SALE = "EXPIRED_SALE"
+    HOARDING = "HOARDING"
+    INVALID_CODE = "INVALID_CODE"
+    BARCODE_AS_TRACE_CODE = "BARCODE_AS_TRACE_CODE"
+
+
+class Kind(enum.StrEnum):
+    """What a message does to one code in the ledger."""
+
+    SALE = "sale"
+    RETURN = "return"
+    STOCK = "stock"
+    DELETE = "delete"
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogEntry:
+    """One catalog row (SPEC §3): a product key and the drug it must be billed as."""
+
+    product_key: str
+    med_list_codg: str
+    drug_name: str
+    pack_units: int
+
+
+@dataclass(frozen=True, slots=True)
+class HoardingThresholds:
+    """When one person's purchases of one drug count as hoarding (SPEC §4 HOARDING)."""
+
+    min_boxes: int = 10
+    min_institutions: int = 3
+    window_days: int = 30
+
+
+@dataclass(frozen=True, slots=True)
+class RuleConfig:
+    """Everything the rules read besides the ledger and the message.
+
+    ``catalog`` maps a product key to its entry. ``stock_in_change_types`` are the 3502
+    ``inv_chg_type`` values that bring codes into stock. ``retention_days`` is how long a
+    code is remembered after its last event; older state is treated as absent.
+    """
+
+    catalog: Mapping[str, CatalogEntry] = field(default_factory=dict)
+    stock_in_change_types: frozenset[str] = frozenset({"101"})
+    cross_city_hours: int = 24
+    retention_days: int = 3 * 365
+    fingerprints_kept: int = 16
+    hoarding: HoardingThresholds = HoardingThresholds()
+    hoarding_overrides: Mapping[str, HoardingThresholds] = field(default_factory=dict)
+
+    def hoarding_for(self, med_list_codg: str) -> HoardingThresholds:
+        """The hoarding thresholds for one drug: its override, else the default."""
+        return self.hoarding_overrides.get(med_list_codg, self.hoarding)
+
+
+# --------------------------------------------------------------------------- input
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One validated NHSA message, reduced to what the rules need.
+
+    ``raw_codes`` are the ``drug_trac_codg`` strings as uploaded; ``psn_hash`` is already the
+    keyed hash, the raw ``psn_no`` never gets this far. ``time`` is the business time.
+    """
+
+    infno: str
+    msgid: str
+    fixmedins_code: str
+    mdtrtarea_admvs: str
+    time: int
+    bchno: str
+    raw_codes: tuple[str, ...] = ()
+    med_list_codg: str | None = None
+    psn_hash: str | None = None
+    split: bool = False
+    quantity: float = 0.0
+    price: float = 0.0
+    expy_end: str | None = None
+    returned_bchno: str | None = None
+    inv_chg_type: str | None = None
+    delete_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CodeEvent:
+    """What one message does to one code: the unit of work of the per-code ledger.
+
+    For a split (拆零) sale or return listing several codes, ``units`` are the units still to
+    be drawn and ``draw_rest`` the codes after this one, in message order; each code takes up
+    to what it has left and passes the rest on (SPEC §4 SPLIT_OVERDISPENSE).
+    """
+
+    code: str
+    kind: Kind
+    infno: str
+    msgid: str
+    fixmedins_code: str
+    mdtrtarea_admvs: str
+    bchno: str
+    time: int
+    med_list_codg: str | None = None
+    psn_hash: str | None = None
+    split: bool = False
+    units: float = 1.0
+    amount: float = 0.0
+    returned_bchno: str | None = None
+    draw_rest: tuple[str, ...] = ()
+    seq: int = 0
+
+
+# --------------------------------------------------------------------------- ledger state
+
+
+@dataclass(frozen=True, slots=True)
+class SaleRecord:
+    """A sale of one code that still stands: not returned, not deleted."""
+
+    fixmedins_code: str
+    mdtrtarea_admvs: str
+    bchno: str
+    msgid: str
+    time: int
+    psn_hash: str | None
+    med_list_codg: str | None
+    split: bool
+    units: float
+    amount: float
+
+
+@dataclass(frozen=True, slots=True)
+class CodeState:
+    """All the ledger remembers about one code.
+
+    ``sales`` are the standing sales, oldest first. ``first_drug`` is the drug the code was
+    first billed as, and ``first_drug_bchno`` the record (institution|bchno) that set it, so a
+    delete of that record can forget it. ``applied`` holds short fingerprints of the messages
+    and records already applied (idempotency), newest last. ``flowback_seen`` remembers which
+    (standing sale, institution) pairs already raised FLOWBACK, so a box counted in stock every
+    day raises one alert, not one a day. ``last_time`` drives retention.
+    """
+
+    sales: tuple[SaleRecord, ...] = ()
+    first_drug: str | None = None
+    first_drug_ref: str | None = None
+    applied: tuple[str, ...] = ()
+    flowback_seen: tuple[str, ...] = ()
+    last_time: int = 0
+
+    @property
+    def split_units(self) -> float:
+        """Smallest units dispensed from this box by standing split sales."""
+        return sum(sale.units for sale in self.sales if sale.split)
+
+
+@dataclass(frozen=True, slots=True)
+class PersonEvent:
+    """A whole-box purchase starting (+1) or ceasing (-1) to stand, for the person rules."""
+
+    psn_hash: str
+    med_list_codg: str
+    code: str
+    delta: int
+    fixmedins_code: str
+    mdtrtarea_admvs: str
+    bchno: str
+    msgid: str
+    time: int
+    amount: float
+    trigger_msgid: str
+    seq: int = 0
+
+
+# --------------------------------------------------------------------------- output
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """One earlier record that makes the case (SPEC §6 ``evidence``)."""
+
+    msgid: str
+    infno: str
+    fixmedins_code: str
+    fixmedins_bchno: str
+    event_time: str
+    mdtrtarea_admvs: str | None = None
+    psn_hash: str | None = None
+    amount: float | None = None
+    drug_trac_codg: str | None = None
+    note: str | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready mapping, leaving out fields that are not known."""
+        out: dict[str, object] = {
+            "msgid": self.msgid,
+            "infno": self.infno,
+            "fixmedins_code": self.fixmedins_code,
+            "fixmedins_bchno": self.fixmedins_bchno,
+            "event_time": self.event_time,
+        }
+        for name in ("mdtrtarea_admvs", "psn_hash", "amount", "drug_trac_codg", "note"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """One alert (SPEC §6) as the rules raise it; ``detected_at`` is added on the way out."""
+
+    rule: Rule
+    severity: Severity
+    drug_trac_codg: str | None
+    psn_hash: str | None
+    med_list_codg: str | None
+    fixmedins_code: str
+    mdtrtarea_admvs: str
+    trigger_msgid: str
+    event_time: str
+    evidence: tuple[Evidence, ...]
+    amount: float
+    reason: str
+    subject: str = ""
+    seq: int = 0
+
+    @property
+    def alert_id(self) -> str:
+        """Deterministic: the same rule, subject and triggering message give the same id."""
+        subject = self.subject or self.drug_trac_codg or ""
+        digest = hashlib.blake2b(
+            f"{self.rule}\x1f{subject}\x1f{self.trigger_msgid}".encode(), digest_size=12
+        )
+        return digest.hexdigest()
+
+    def to_dict(self, detected_at: str) -> dict[str, object]:
+        """The alert as the JSON object of SPEC §6."""
+        return {
+            "alert_id": self.alert_id,
+            "rule": str(self.rule),
+            "severity": self.severity,
+            "drug_trac_codg": self.drug_trac_codg,
+            "psn_hash": self.psn_hash,
+            "med_list_codg": self.med_list_codg,
+            "fixmedins_code": self.fixmedins_code,
+            "mdtrtarea_admvs": self.mdtrtarea_admvs,
+            "trigger_msgid": self.trigger_msgid,
+            "event_time": self.event_time,
+            "evidence": [item.to_dict() for item in self.evidence],
+            "amount": round(self.amount, 2),
+            "reason": self.reason,
+            "detected_at": detected_at,
+        }
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def format_time(seconds: int) -> str:
+    """Business time back to the platform's ``YYYY-MM-DD HH:MM:SS``."""
+    return _time.strftime("%Y-%m-%d %H:%M:%S", _time.gmtime(seconds))
+
+
+def fingerprint(*parts: str) -> str:
+    """A 48-bit fingerprint of a record identity, for the bounded idempotency list."""
+    return hashlib.blake2b("\x1f".join(parts).encode(), digest_size=6).hexdigest()
+
+
+def city_of(admvs: str) -> str:
+    """The city part (first four digits) of a 6-digit region code."""
+    return admvs[:4]

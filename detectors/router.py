@@ -1,0 +1,123 @@
+"""The message step: turn one validated message into per-code events and stateless alerts.
+
+``route`` is pure. What it needs to know about the past is passed in by the caller, who
+keeps it: whether this record (institution, ``infno``, ``fixmedins_bchno``) was applied before
+— a re-upload under a new ``msgid`` raises no stateless alert again — and, for a 3507 delete
+of a sale, which codes that sale listed. (A message whose ``msgid`` was applied before never
+reaches ``route``.)
+
+Codes are normalised here (SPEC §2). Invalid codes and product barcodes raise their alert and
+stop here; they never enter the ledger. A code listed twice in one message counts once. For a
+split (拆零) sale or return listing several codes, one event goes to the first code carrying
+the other codes in ``draw_rest``: the units are drawn from the codes in order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from detectors import code_quality
+from detectors.codes import normalise
+from detectors.messages import CHANGE, COUNT, DELETE, RETURN, SALE
+from detectors.model import Alert, CodeEvent, Kind, Message, RuleConfig
+
+DELETE_SALE_TYPE = "4"
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """The outcome of routing one message.
+
+    ``sale_codes`` are the codes of a 3505 sale, to be remembered under (institution,
+    ``fixmedins_bchno``) so a later 3507 delete can find them.
+    """
+
+    events: list[CodeEvent] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
+    sale_codes: tuple[str, ...] = ()
+    codes_listed: int = 0
+    codes_rejected: int = 0
+
+
+def route(
+    message: Message,
+    config: RuleConfig,
+    *,
+    record_seen: bool = False,
+    deleted_codes: tuple[str, ...] = (),
+    seq: int = 0,
+) -> Routed:
+    """Per-code events and stateless alerts for one message (see the module docstring)."""
+    infno = message.infno
+    if infno == DELETE:
+        if message.delete_type != DELETE_SALE_TYPE:
+            return Routed()
+        events = [_event(message, code, Kind.DELETE, seq) for code in deleted_codes]
+        return Routed(events=events)
+    if infno not in (SALE, RETURN, COUNT, CHANGE):
+        return Routed()
+
+    normalised = [normalise(raw) for raw in message.raw_codes]
+    share = (
+        message.price * message.quantity / len(message.raw_codes)
+        if message.raw_codes and infno in (SALE, RETURN)
+        else 0.0
+    )
+    alerts = [] if record_seen else code_quality.detect(message, normalised, share, seq)
+    codes = list(dict.fromkeys(code.code for code in normalised if code.trackable))
+    rejected = len(normalised) - sum(1 for code in normalised if code.trackable)
+    routed_alerts = alerts
+
+    if infno in (COUNT, CHANGE):
+        if infno == CHANGE and message.inv_chg_type not in config.stock_in_change_types:
+            return Routed(alerts=routed_alerts, codes_listed=len(normalised),
+                          codes_rejected=rejected)
+        events = [_event(message, code, Kind.STOCK, seq) for code in codes]
+        return Routed(events=events, alerts=routed_alerts, codes_listed=len(normalised),
+                      codes_rejected=rejected)
+
+    kind = Kind.SALE if infno == SALE else Kind.RETURN
+    if message.split and codes:
+        events = [
+            _event(message, codes[0], kind, seq, units=message.quantity, amount=share,
+                   draw_rest=tuple(codes[1:]))
+        ]
+    else:
+        events = [_event(message, code, kind, seq, amount=share) for code in codes]
+    return Routed(
+        events=events,
+        alerts=routed_alerts,
+        sale_codes=tuple(codes) if infno == SALE else (),
+        codes_listed=len(normalised),
+        codes_rejected=rejected,
+    )
+
+
+def _event(
+    message: Message,
+    code: str,
+    kind: Kind,
+    seq: int,
+    *,
+    units: float = 1.0,
+    amount: float = 0.0,
+    draw_rest: tuple[str, ...] = (),
+) -> CodeEvent:
+    return CodeEvent(
+        code=code,
+        kind=kind,
+        infno=message.infno,
+        msgid=message.msgid,
+        fixmedins_code=message.fixmedins_code,
+        mdtrtarea_admvs=message.mdtrtarea_admvs,
+        bchno=message.bchno,
+        time=message.time,
+        med_list_codg=message.med_list_codg,
+        psn_hash=message.psn_hash,
+        split=message.split,
+        units=units,
+        amount=amount,
+        returned_bchno=message.returned_bchno,
+        draw_rest=draw_rest,
+        seq=seq,
+    )

@@ -1,0 +1,145 @@
+"""The ledger interface, and its in-memory implementation for ``tracewatch check`` and tests.
+
+A ledger keeps three things, each read and written a whole batch at a time:
+
+* per-code state (:class:`~detectors.model.CodeState`), written only by the code's one
+  writer (its partition);
+* the router's memory: which ``msgid`` and which records (institution, ``infno``,
+  ``fixmedins_bchno``) were applied, and which codes each sale listed (for 3507 deletes);
+* per-person hoarding state (:class:`~detectors.hoarding.PersonState`) and the hoarding alert
+  each person last raised, written by the person's one writer.
+
+The Redis implementation is :class:`streams.redis_ledger.RedisLedger`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from typing import Protocol
+
+from detectors.hoarding import HoardingLink, PersonState
+from detectors.model import CodeState
+
+
+def record_key(institution: str, infno: str, bchno: str) -> str:
+    """The router's key of one institution record."""
+    return f"{institution}\x1f{infno}\x1f{bchno}"
+
+
+def sale_key(institution: str, bchno: str) -> str:
+    """The key under which a sale's codes are remembered for deletes."""
+    return f"{institution}\x1f{bchno}"
+
+
+class Ledger(Protocol):
+    """What the pipeline needs from a ledger; every call handles a whole batch."""
+
+    def load_codes(self, codes: Collection[str]) -> dict[str, CodeState]:
+        """States of the given codes that exist; absent codes are left out."""
+
+    def store_codes(self, states: Mapping[str, CodeState | None]) -> None:
+        """Write states; None deletes the code."""
+
+    def seen_messages(self, msgids: Collection[str]) -> set[str]:
+        """Which of these msgids were routed before."""
+
+    def seen_records(self, keys: Collection[str]) -> set[str]:
+        """Which of these record keys were routed before."""
+
+    def sale_codes(self, keys: Collection[str]) -> dict[str, tuple[str, ...]]:
+        """Codes listed by the sales with these keys."""
+
+    def commit_routing(
+        self,
+        msgids: Collection[str],
+        records_added: Collection[str],
+        records_removed: Collection[str],
+        sales: Mapping[str, tuple[str, ...] | None],
+    ) -> None:
+        """Remember a routed batch: its msgids, records, and sale codes (None forgets)."""
+
+    def load_persons(self, keys: Collection[str]) -> dict[str, PersonState]:
+        """Hoarding states of (person, drug) keys that exist."""
+
+    def store_persons(self, states: Mapping[str, PersonState | None]) -> None:
+        """Write hoarding states; None deletes."""
+
+    def hoarding_links(self, psn_hashes: Collection[str]) -> dict[str, HoardingLink]:
+        """The latest HOARDING alert of each person who has one."""
+
+    def link_hoarding(self, links: Mapping[str, HoardingLink]) -> None:
+        """Remember the latest HOARDING alert id per person."""
+
+
+class MemoryLedger:
+    """A ledger in dictionaries: exact, fast, and gone when the process ends."""
+
+    def __init__(self) -> None:
+        self.codes: dict[str, CodeState] = {}
+        self.messages: set[str] = set()
+        self.records: set[str] = set()
+        self.sales: dict[str, tuple[str, ...]] = {}
+        self.persons: dict[str, PersonState] = {}
+        self.links: dict[str, HoardingLink] = {}
+
+    def load_codes(self, codes: Collection[str]) -> dict[str, CodeState]:
+        """States of the given codes that exist."""
+        found = self.codes
+        return {code: found[code] for code in codes if code in found}
+
+    def store_codes(self, states: Mapping[str, CodeState | None]) -> None:
+        """Write states; None deletes."""
+        for code, state in states.items():
+            if state is None:
+                self.codes.pop(code, None)
+            else:
+                self.codes[code] = state
+
+    def seen_messages(self, msgids: Collection[str]) -> set[str]:
+        """Which msgids were routed before."""
+        return {msgid for msgid in msgids if msgid in self.messages}
+
+    def seen_records(self, keys: Collection[str]) -> set[str]:
+        """Which record keys were routed before."""
+        return {key for key in keys if key in self.records}
+
+    def sale_codes(self, keys: Collection[str]) -> dict[str, tuple[str, ...]]:
+        """Codes of the given sales."""
+        return {key: self.sales[key] for key in keys if key in self.sales}
+
+    def commit_routing(
+        self,
+        msgids: Collection[str],
+        records_added: Collection[str],
+        records_removed: Collection[str],
+        sales: Mapping[str, tuple[str, ...] | None],
+    ) -> None:
+        """Remember a routed batch."""
+        self.messages.update(msgids)
+        self.records.difference_update(records_removed)
+        self.records.update(records_added)
+        for key, codes in sales.items():
+            if codes is None:
+                self.sales.pop(key, None)
+            else:
+                self.sales[key] = codes
+
+    def load_persons(self, keys: Collection[str]) -> dict[str, PersonState]:
+        """Hoarding states that exist."""
+        return {key: self.persons[key] for key in keys if key in self.persons}
+
+    def store_persons(self, states: Mapping[str, PersonState | None]) -> None:
+        """Write hoarding states."""
+        for key, state in states.items():
+            if state is None:
+                self.persons.pop(key, None)
+            else:
+                self.persons[key] = state
+
+    def hoarding_links(self, psn_hashes: Collection[str]) -> dict[str, HoardingLink]:
+        """Latest HOARDING alert per person."""
+        return {psn: self.links[psn] for psn in psn_hashes if psn in self.links}
+
+    def link_hoarding(self, links: Mapping[str, HoardingLink]) -> None:
+        """Remember HOARDING alerts per person."""
+        self.links.update(links)

@@ -1,0 +1,238 @@
+"""The batch pipeline shared by ``tracewatch check`` and the Kafka worker.
+
+Three stages, each a whole batch against a :class:`~streams.ledger.Ledger`, each calling the
+pure detectors:
+
+1. :meth:`Pipeline.route` — message → per-code events and stateless alerts; drops retried
+   ``msgid``; remembers records and sale codes (for deletes). Its memory is written by
+   :meth:`Pipeline.commit_routing`, which the worker calls only after the batch's output was
+   produced, so a crash replays the batch instead of losing it.
+2. :meth:`Pipeline.apply_codes` — per-code events → code alerts and person events; one load
+   and one store of ledger entries per batch.
+3. :meth:`Pipeline.apply_persons` — person events → HOARDING alerts.
+
+Offline, :meth:`Pipeline.process` runs all three for each message in turn, so alerts come out
+in the order they are raised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from detectors import hoarding
+from detectors.code_ledger import step as code_step
+from detectors.hoarding import HoardingLink, PersonState, person_key
+from detectors.messages import CHANGE, COUNT, DELETE, RETURN, SALE
+from detectors.model import (
+    Alert,
+    CodeEvent,
+    CodeState,
+    Message,
+    PersonEvent,
+    Rule,
+    RuleConfig,
+)
+from detectors.router import DELETE_SALE_TYPE, route
+from streams.ledger import Ledger, record_key, sale_key
+
+CODE_INFNOS = frozenset({SALE, RETURN, COUNT, CHANGE})
+
+
+@dataclass(slots=True)
+class RoutingCommit:
+    """What a routed batch must remember once its output is safely out."""
+
+    msgids: set[str] = field(default_factory=set)
+    records_added: set[str] = field(default_factory=set)
+    records_removed: set[str] = field(default_factory=set)
+    sales: dict[str, tuple[str, ...] | None] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class RouteResult:
+    """Per-code events and stateless alerts of a batch, and what to commit after."""
+
+    events: list[CodeEvent] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
+    commit: RoutingCommit = field(default_factory=RoutingCommit)
+    duplicates: int = 0
+    codes_listed: int = 0
+    codes_rejected: int = 0
+
+
+@dataclass(slots=True)
+class CodeResult:
+    """Alerts and person events of a batch of code events, and events for other writers."""
+
+    alerts: list[Alert] = field(default_factory=list)
+    person_events: list[PersonEvent] = field(default_factory=list)
+    forwarded: list[CodeEvent] = field(default_factory=list)
+    applied: int = 0
+    duplicates: int = 0
+
+
+def _own_everything(code: str) -> bool:
+    return True
+
+
+class Pipeline:
+    """Runs the detectors over batches against one ledger."""
+
+    def __init__(self, ledger: Ledger, config: RuleConfig) -> None:
+        self.ledger = ledger
+        self.config = config
+
+    # ------------------------------------------------------------------ stage 1: route
+
+    def route(self, messages: Sequence[tuple[int, Message]]) -> RouteResult:
+        """Route a batch of (sequence number, message)."""
+        ledger = self.ledger
+        result = RouteResult()
+        commit = result.commit
+        seen_msgids = ledger.seen_messages({m.msgid for _, m in messages})
+        seen_records = ledger.seen_records(
+            {record_key(m.fixmedins_code, m.infno, m.bchno)
+             for _, m in messages if m.infno in CODE_INFNOS}
+        )
+        known_sales = ledger.sale_codes(
+            {sale_key(m.fixmedins_code, m.bchno)
+             for _, m in messages if m.infno == DELETE and m.delete_type == DELETE_SALE_TYPE}
+        )
+        for seq, message in messages:
+            if message.msgid in seen_msgids or message.msgid in commit.msgids:
+                result.duplicates += 1
+                continue
+            commit.msgids.add(message.msgid)
+            if message.infno == DELETE:
+                if message.delete_type != DELETE_SALE_TYPE:
+                    continue
+                key = sale_key(message.fixmedins_code, message.bchno)
+                codes = commit.sales[key] if key in commit.sales else known_sales.get(key)
+                routed = route(message, self.config, deleted_codes=codes or (), seq=seq)
+                sale_record = record_key(message.fixmedins_code, SALE, message.bchno)
+                commit.records_removed.add(sale_record)
+                commit.records_added.discard(sale_record)
+                seen_records.discard(sale_record)
+                commit.sales[key] = None
+            else:
+                key = record_key(message.fixmedins_code, message.infno, message.bchno)
+                record_seen = key in seen_records or key in commit.records_added
+                routed = route(message, self.config, record_seen=record_seen, seq=seq)
+                if message.infno in CODE_INFNOS:
+                    commit.records_added.add(key)
+                    commit.records_removed.discard(key)
+                if routed.sale_codes:
+                    skey = sale_key(message.fixmedins_code, message.bchno)
+                    before = commit.sales.get(skey) or known_sales.get(skey) or ()
+                    commit.sales[skey] = tuple(dict.fromkeys((*before, *routed.sale_codes)))
+            result.events.extend(routed.events)
+            result.alerts.extend(routed.alerts)
+            result.codes_listed += routed.codes_listed
+            result.codes_rejected += routed.codes_rejected
+        return result
+
+    def commit_routing(self, commit: RoutingCommit) -> None:
+        """Remember a routed batch (after its output was produced)."""
+        self.ledger.commit_routing(
+            commit.msgids, commit.records_added, commit.records_removed, commit.sales
+        )
+
+    # ------------------------------------------------------------------ stage 2: codes
+
+    def apply_codes(
+        self, events: Sequence[CodeEvent], owns: Callable[[str], bool] = _own_everything
+    ) -> CodeResult:
+        """Apply a batch of per-code events in order.
+
+        A split draw that continues to a code this writer ``owns`` is applied at once;
+        otherwise it is returned in ``forwarded`` for the code's own writer.
+        """
+        result = CodeResult()
+        wanted = {event.code for event in events}
+        wanted.update(code for event in events for code in event.draw_rest if owns(code))
+        states: dict[str, CodeState | None] = dict(self.ledger.load_codes(wanted))
+        changed: dict[str, CodeState | None] = {}
+        config = self.config
+        for event in events:
+            pending: CodeEvent | None = event
+            while pending is not None:
+                before = states.get(pending.code)
+                outcome = code_step(before, pending, config)
+                if outcome.duplicate:
+                    result.duplicates += 1
+                else:
+                    result.applied += 1
+                if outcome.state is not before:
+                    states[pending.code] = outcome.state
+                    changed[pending.code] = outcome.state
+                result.alerts.extend(outcome.alerts)
+                result.person_events.extend(outcome.person_events)
+                pending = outcome.continuation
+                if pending is not None and not owns(pending.code):
+                    result.forwarded.append(pending)
+                    pending = None
+        if changed:
+            self.ledger.store_codes(changed)
+        result.alerts = self._link(result.alerts)
+        return result
+
+    def _link(self, alerts: list[Alert]) -> list[Alert]:
+        linkable = (Rule.DUPLICATE_SALE, Rule.FLOWBACK)
+        people = {
+            item.psn_hash
+            for alert in alerts if alert.rule in linkable
+            for item in alert.evidence if item.psn_hash
+        }
+        if not people:
+            return alerts
+        links = self.ledger.hoarding_links(people)
+        if not links:
+            return alerts
+        return [hoarding.link(alert, links) for alert in alerts]
+
+    # ------------------------------------------------------------------ stage 3: persons
+
+    def apply_persons(self, events: Iterable[PersonEvent]) -> list[Alert]:
+        """Apply a batch of person events; returns HOARDING alerts."""
+        events = list(events)
+        if not events:
+            return []
+        keys = {person_key(e.psn_hash, e.med_list_codg) for e in events}
+        states: dict[str, PersonState | None] = dict(self.ledger.load_persons(keys))
+        changed: dict[str, PersonState | None] = {}
+        alerts: list[Alert] = []
+        links: dict[str, HoardingLink] = {}
+        for event in events:
+            key = person_key(event.psn_hash, event.med_list_codg)
+            before = states.get(key)
+            after, raised = hoarding.step(before, event, self.config.hoarding_for(
+                event.med_list_codg))
+            if after is not before:
+                states[key] = after
+                changed[key] = after
+            for alert in raised:
+                links[event.psn_hash] = HoardingLink(
+                    alert.alert_id, alert.trigger_msgid, alert.fixmedins_code, alert.event_time
+                )
+            alerts.extend(raised)
+        if changed:
+            self.ledger.store_persons(changed)
+        if links:
+            self.ledger.link_hoarding(links)
+        return alerts
+
+    # ------------------------------------------------------------------ offline
+
+    def process(self, messages: Sequence[tuple[int, Message]]) -> list[Alert]:
+        """All three stages, message by message, committing as it goes (offline use)."""
+        alerts: list[Alert] = []
+        for item in messages:
+            routed = self.route((item,))
+            self.commit_routing(routed.commit)
+            alerts.extend(routed.alerts)
+            if routed.events:
+                codes = self.apply_codes(routed.events)
+                alerts.extend(codes.alerts)
+                alerts.extend(self.apply_persons(codes.person_events))
+        return alerts
