@@ -1,0 +1,58 @@
+"""Code normalisation table (SPEC §2)."""
+
+from __future__ import annotations
+
+import pytest
+
+from detectors.codes import CodeKind, gs1_check_digit_ok, normalise, product_key_of
+
+GS = "\x1d"
+
+CASES: list[tuple[str, CodeKind, str, str | None]] = [
+    ("83857930123456780001", CodeKind.CODE20, "83857930123456780001", "8385793"),
+    ("  83857930123456780001\n", CodeKind.CODE20, "83857930123456780001", "8385793"),
+    ("(01)06901234567892(21)ABC123", CodeKind.GS1, "(01)06901234567892(21)ABC123",
+     "06901234567892"),
+    ("(01)06901234567892(17)271231(10)L01(21)ABC123", CodeKind.GS1,
+     "(01)06901234567892(21)ABC123", "06901234567892"),
+    ("0106901234567892172712311" + "0L01" + GS + "21ABC123", CodeKind.GS1,
+     "(01)06901234567892(21)ABC123", "06901234567892"),
+    ("010690123456789221ABC123" + GS + "17271231", CodeKind.GS1,
+     "(01)06901234567892(21)ABC123", "06901234567892"),
+    ("(01)06901234567893(21)ABC123", CodeKind.INVALID, "(01)06901234567893(21)ABC123", None),
+    ("(01)06901234567892", CodeKind.INVALID, "(01)06901234567892", None),
+    ("6901234567892", CodeKind.BARCODE, "6901234567892", None),
+    ("06901234567892", CodeKind.BARCODE, "06901234567892", None),
+    ("ENT0001234", CodeKind.ENTERPRISE, "ENT0001234", None),
+    ("12345678", CodeKind.ENTERPRISE, "12345678", None),
+    ("1234567", CodeKind.INVALID, "1234567", None),
+    ("A" * 100, CodeKind.ENTERPRISE, "A" * 100, None),
+    ("A" * 101, CodeKind.INVALID, "A" * 101, None),
+    ("", CodeKind.INVALID, "", None),
+    ("   ", CodeKind.INVALID, "", None),
+    ("CODE-1234", CodeKind.INVALID, "CODE-1234", None),
+    ("追溯码12345678", CodeKind.INVALID, "追溯码12345678", None),
+]
+
+
+@pytest.mark.parametrize(("raw", "kind", "identity", "product"), CASES)
+def test_normalise(raw: str, kind: CodeKind, identity: str, product: str | None) -> None:
+    result = normalise(raw)
+    assert (result.kind, result.code, result.product_key) == (kind, identity, product)
+    if kind is CodeKind.INVALID:
+        assert result.problem
+    assert result.trackable == (kind in (CodeKind.CODE20, CodeKind.GS1, CodeKind.ENTERPRISE))
+
+
+def test_product_key_of_canonical_codes() -> None:
+    assert product_key_of("83857930123456780001") == "8385793"
+    assert product_key_of("(01)06901234567892(21)X") == "06901234567892"
+    assert product_key_of("ENT0001234") is None
+
+
+@pytest.mark.parametrize(("digits", "ok"), [
+    ("06901234567892", True), ("06901234567893", False), ("6901234567892", True),
+    ("4006381333931", True), ("4006381333932", False), ("x", False),
+])
+def test_gs1_check_digit(digits: str, ok: bool) -> None:
+    assert gs1_check_digit_ok(digits) is ok

@@ -1,0 +1,111 @@
+"""HOARDING rule table (SPEC §4, issue 4): thresholds, window, returns, once per window,
+per-drug overrides, and the link from a later DUPLICATE_SALE back to the hoarding alert."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from detectors.model import HoardingThresholds, RuleConfig
+from tests.factory import CONFIG, METFORMIN, code, count, delete, ret, run, sale, summary
+
+PHARMACIES = [(f"P5101040000{i}", "510104") for i in range(1, 6)]
+
+
+def buys(n: int, institutions: int, *, start_day: int = 1, step_days: float = 1.0,
+         psn: str = "HOARDER", first_serial: int = 100, drug: str = METFORMIN,
+         prefix: str = "h") -> list[dict[str, Any]]:
+    """``n`` one-box purchases by one person spread over ``institutions`` pharmacies."""
+    messages = []
+    for i in range(n):
+        day = start_day + i * step_days
+        when = f"2026-11-{int(day):02d} {10 + (i % 8):02d}:00:00" if day < 31 else (
+            f"2026-12-{int(day) - 30:02d} {10 + (i % 8):02d}:00:00")
+        messages.append(sale([code(first_serial + i)], PHARMACIES[i % institutions], when,
+                             psn=psn, drug=drug, bchno=f"{prefix}{i}", msgid=f"{prefix}{i}"))
+    return messages
+
+
+def hoarding(alerts: list[Any]) -> list[tuple[str, str, str | None, str]]:
+    return [s for s in summary(alerts) if s[0] == "HOARDING"]
+
+
+CASES: dict[str, tuple[list[dict[str, Any]], list[str]]] = {
+    "exactly at the threshold: 10 boxes, 3 institutions, 10 days": (buys(10, 3), ["h9"]),
+    "one box under": (buys(9, 3), []),
+    "two institutions only": (buys(12, 2), []),
+    "spread past the window": (buys(10, 3, step_days=3.5), []),
+    "a return brings the count back under": (
+        [*buys(9, 3)[:-1], ret([code(100)], PHARMACIES[0], "2026-11-08 12:00:00",
+                               returns="h0", psn="HOARDER"), *buys(9, 3)[-1:],
+         *buys(1, 1, start_day=10, first_serial=200, prefix="x")],
+        [],
+    ),
+    "a delete takes the box out of the count": (
+        [*buys(9, 3), delete("h0", PHARMACIES[0], "2026-11-09 23:00:00"),
+         *buys(1, 1, start_day=10, first_serial=200, prefix="x")],
+        [],
+    ),
+    "once per window, again after it": (
+        [*buys(15, 3), *buys(10, 3, start_day=45, first_serial=300, prefix="y")],
+        ["h9", "y9"],
+    ),
+    "split sales do not count": (
+        [sale([code(100 + i)], PHARMACIES[i % 3], f"2026-11-{i + 1:02d} 10:00:00",
+              psn="HOARDER", split=True, count=1, bchno=f"s{i}") for i in range(12)],
+        [],
+    ),
+    "other people and drugs are counted apart": (
+        [*buys(5, 3), *buys(5, 3, psn="OTHER", first_serial=500, prefix="o")],
+        [],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_hoarding_table(name: str) -> None:
+    messages, triggers = CASES[name]
+    assert [s[3] for s in hoarding(run(messages))] == triggers
+
+
+def test_second_alert_after_the_window() -> None:
+    story = [*buys(10, 3), *buys(10, 3, start_day=1, first_serial=300, prefix="y")]
+    story[10:] = [sale([code(300 + i)], PHARMACIES[i % 3], f"2026-12-{15 + i:02d} 10:00:00",
+                       psn="HOARDER", bchno=f"y{i}", msgid=f"y{i}") for i in range(10)]
+    assert [s[3] for s in hoarding(run(story))] == ["h9", "y9"]
+
+
+def test_alert_names_the_person_by_hash_and_lists_the_sales() -> None:
+    alerts = [a for a in run(buys(10, 3)) if str(a.rule) == "HOARDING"]
+    (alert,) = alerts
+    body = alert.to_dict("now")
+    assert body["drug_trac_codg"] is None
+    assert body["psn_hash"] and "HOARDER" not in str(body)
+    assert len(body["evidence"]) == 10  # type: ignore[arg-type]
+    assert {e["drug_trac_codg"] for e in body["evidence"]} == {  # type: ignore[attr-defined]
+        code(100 + i) for i in range(10)}
+    assert body["amount"] == 100.0
+    assert body["med_list_codg"] == METFORMIN
+
+
+def test_per_drug_override() -> None:
+    strict = RuleConfig(catalog=CONFIG.catalog,
+                        hoarding_overrides={METFORMIN: HoardingThresholds(4, 2, 7)})
+    assert [s[3] for s in hoarding(run(buys(4, 2), strict))] == ["h3"]
+    loose = RuleConfig(catalog=CONFIG.catalog,
+                       hoarding_overrides={METFORMIN: HoardingThresholds(20, 3, 30)})
+    assert hoarding(run(buys(12, 3), loose)) == []
+
+
+def test_later_duplicate_sale_names_the_hoarding_alert() -> None:
+    story = [*buys(10, 3),
+             sale([code(105)], ("P50010300077", "500103"), "2026-11-20 09:00:00",
+                  psn="BUYER", bchno="R1", msgid="resale"),
+             count([code(106)], ("P50010300077", "500103"), msgid="stock")]
+    alerts = run(story)
+    hoard = next(a for a in alerts if str(a.rule) == "HOARDING")
+    for rule in ("DUPLICATE_SALE", "FLOWBACK"):
+        later = next(a for a in alerts if str(a.rule) == rule)
+        notes = [e.note or "" for e in later.evidence]
+        assert any(hoard.alert_id in note for note in notes), rule
