@@ -70,10 +70,11 @@ def run_check(
     config: RuleConfig,
     psn_key: bytes,
     out: IO[bytes],
-    err: IO[str] = sys.stderr,
+    err: IO[str] | None = None,
     batch: int = 2000,
 ) -> CheckStats:
     """Run every rule over the log at ``path``; write alerts to ``out`` as JSON lines."""
+    errors = err or sys.stderr
     pipeline = Pipeline(MemoryLedger(), config)
     stats = CheckStats()
     bad: list[BadLine] = []
@@ -85,7 +86,7 @@ def run_check(
             out.write(alert_json(alert) + b"\n")
         pending.clear()
         for item in bad:
-            err.write(f"{path}:{item.line}: skipped bad line: {item.reason}\n")
+            errors.write(f"{path}:{item.line}: skipped bad line: {item.reason}\n")
         stats.bad += len(bad)
         bad.clear()
 

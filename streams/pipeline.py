@@ -68,8 +68,18 @@ class CodeResult:
     alerts: list[Alert] = field(default_factory=list)
     person_events: list[PersonEvent] = field(default_factory=list)
     forwarded: list[CodeEvent] = field(default_factory=list)
+    changed: dict[str, CodeState | None] = field(default_factory=dict)
     applied: int = 0
     duplicates: int = 0
+
+
+@dataclass(slots=True)
+class PersonResult:
+    """HOARDING alerts of a batch of person events, and the state to store after."""
+
+    alerts: list[Alert] = field(default_factory=list)
+    changed: dict[str, PersonState | None] = field(default_factory=dict)
+    links: dict[str, HoardingLink] = field(default_factory=dict)
 
 
 def _own_everything(code: str) -> bool:
@@ -141,18 +151,23 @@ class Pipeline:
     # ------------------------------------------------------------------ stage 2: codes
 
     def apply_codes(
-        self, events: Sequence[CodeEvent], owns: Callable[[str], bool] = _own_everything
+        self,
+        events: Sequence[CodeEvent],
+        owns: Callable[[str], bool] = _own_everything,
+        store: bool = True,
     ) -> CodeResult:
         """Apply a batch of per-code events in order.
 
         A split draw that continues to a code this writer ``owns`` is applied at once;
-        otherwise it is returned in ``forwarded`` for the code's own writer.
+        otherwise it is returned in ``forwarded`` for the code's own writer. With
+        ``store=False`` the new states are left in ``changed`` for the caller to store with
+        :meth:`store_codes` once the batch's alerts are out: a crash in between replays the
+        batch and raises the same alerts (same ``alert_id``) again rather than losing them.
         """
         result = CodeResult()
         wanted = {event.code for event in events}
         wanted.update(code for event in events for code in event.draw_rest if owns(code))
         states: dict[str, CodeState | None] = dict(self.ledger.load_codes(wanted))
-        changed: dict[str, CodeState | None] = {}
         config = self.config
         for event in events:
             pending: CodeEvent | None = event
@@ -165,17 +180,22 @@ class Pipeline:
                     result.applied += 1
                 if outcome.state is not before:
                     states[pending.code] = outcome.state
-                    changed[pending.code] = outcome.state
+                    result.changed[pending.code] = outcome.state
                 result.alerts.extend(outcome.alerts)
                 result.person_events.extend(outcome.person_events)
                 pending = outcome.continuation
                 if pending is not None and not owns(pending.code):
                     result.forwarded.append(pending)
                     pending = None
-        if changed:
-            self.ledger.store_codes(changed)
         result.alerts = self._link(result.alerts)
+        if store:
+            self.store_codes(result)
         return result
+
+    def store_codes(self, result: CodeResult) -> None:
+        """Write the states a code batch changed."""
+        if result.changed:
+            self.ledger.store_codes(result.changed)
 
     def _link(self, alerts: list[Alert]) -> list[Alert]:
         linkable = (Rule.DUPLICATE_SALE, Rule.FLOWBACK)
@@ -193,34 +213,37 @@ class Pipeline:
 
     # ------------------------------------------------------------------ stage 3: persons
 
-    def apply_persons(self, events: Iterable[PersonEvent]) -> list[Alert]:
-        """Apply a batch of person events; returns HOARDING alerts."""
+    def apply_persons(self, events: Iterable[PersonEvent], store: bool = True) -> PersonResult:
+        """Apply a batch of person events; HOARDING alerts in ``alerts``."""
+        result = PersonResult()
         events = list(events)
         if not events:
-            return []
+            return result
         keys = {person_key(e.psn_hash, e.med_list_codg) for e in events}
         states: dict[str, PersonState | None] = dict(self.ledger.load_persons(keys))
-        changed: dict[str, PersonState | None] = {}
-        alerts: list[Alert] = []
-        links: dict[str, HoardingLink] = {}
         for event in events:
             key = person_key(event.psn_hash, event.med_list_codg)
             before = states.get(key)
-            after, raised = hoarding.step(before, event, self.config.hoarding_for(
-                event.med_list_codg))
+            thresholds = self.config.hoarding_for(event.med_list_codg)
+            after, raised = hoarding.step(before, event, thresholds)
             if after is not before:
                 states[key] = after
-                changed[key] = after
+                result.changed[key] = after
             for alert in raised:
-                links[event.psn_hash] = HoardingLink(
+                result.links[event.psn_hash] = HoardingLink(
                     alert.alert_id, alert.trigger_msgid, alert.fixmedins_code, alert.event_time
                 )
-            alerts.extend(raised)
-        if changed:
-            self.ledger.store_persons(changed)
-        if links:
-            self.ledger.link_hoarding(links)
-        return alerts
+            result.alerts.extend(raised)
+        if store:
+            self.store_persons(result)
+        return result
+
+    def store_persons(self, result: PersonResult) -> None:
+        """Write the states and links a person batch changed."""
+        if result.changed:
+            self.ledger.store_persons(result.changed)
+        if result.links:
+            self.ledger.link_hoarding(result.links)
 
     # ------------------------------------------------------------------ offline
 
@@ -234,5 +257,5 @@ class Pipeline:
             if routed.events:
                 codes = self.apply_codes(routed.events)
                 alerts.extend(codes.alerts)
-                alerts.extend(self.apply_persons(codes.person_events))
+                alerts.extend(self.apply_persons(codes.person_events).alerts)
         return alerts
