@@ -18,7 +18,8 @@ rules. It
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from typing import NamedTuple
 
 from detectors import (
     duplicate_sale,
@@ -43,13 +44,12 @@ from detectors.model import (
 EMPTY = CodeState()
 
 
-@dataclass(frozen=True, slots=True)
-class StepResult:
+class StepResult(NamedTuple):
     """What one step produced. ``state`` is None when nothing about the code is left."""
 
     state: CodeState | None
-    alerts: list[Alert] = field(default_factory=list)
-    person_events: list[PersonEvent] = field(default_factory=list)
+    alerts: Sequence[Alert] = ()
+    person_events: Sequence[PersonEvent] = ()
     continuation: CodeEvent | None = None
     duplicate: bool = False
 
@@ -86,8 +86,7 @@ def _person_event(sale: SaleRecord, code: str, delta: int, event: CodeEvent) -> 
 def _continue(event: CodeEvent, taken: float) -> CodeEvent | None:
     if not event.draw_rest:
         return None
-    return replace(
-        event,
+    return event._replace(
         code=event.draw_rest[0],
         units=max(0.0, event.units - taken),
         draw_rest=event.draw_rest[1:],
@@ -104,6 +103,11 @@ def step(state: CodeState | None, event: CodeEvent, config: RuleConfig) -> StepR
     current = state or EMPTY
     if state is not None and event.time - state.last_time > config.retention_days * DAY_SECONDS:
         current = EMPTY
+    if current is EMPTY:
+        if event.kind is Kind.STOCK:
+            return StepResult(state)
+        if event.kind is Kind.SALE and not event.split:
+            return _first_sale(event, config)
     msg_print = message_fingerprint(event.msgid)
     record_print = record_fingerprint(event.fixmedins_code, event.infno, event.bchno)
     if msg_print in current.applied or (
@@ -118,16 +122,17 @@ def step(state: CodeState | None, event: CodeEvent, config: RuleConfig) -> StepR
         # Stock sightings are not fingerprinted: FLOWBACK keeps its own once-only memory,
         # and a box that was never sold is not worth a ledger entry.
         if new_state is current:
-            return replace(result, state=state)
+            return StepResult(state, result.alerts)
         return result
     if new_state is not None:
         prints = (msg_print,) if event.kind is Kind.DELETE else (msg_print, record_print)
-        new_state = replace(
-            new_state,
+        new_state = new_state._replace(
             applied=_remember(new_state.applied, config.fingerprints_kept, *prints),
             last_time=max(current.last_time, event.time),
         )
-    return replace(result, state=new_state)
+    return StepResult(
+        new_state, result.alerts, result.person_events, result.continuation, result.duplicate
+    )
 
 
 def _duplicate(state: CodeState | None, current: CodeState, event: CodeEvent) -> StepResult:
@@ -139,6 +144,31 @@ def _duplicate(state: CodeState | None, current: CodeState, event: CodeEvent) ->
         ):
             taken = sale.units
     return StepResult(state=state, continuation=_continue(event, taken), duplicate=True)
+
+
+def _first_sale(event: CodeEvent, config: RuleConfig) -> StepResult:
+    """The common case, kept short: a whole-box sale of a code the ledger does not know.
+
+    Only SUBSTITUTION against the catalog can fire; the result is what ``_sale`` and the
+    bookkeeping in ``step`` would give.
+    """
+    key = product_key_of(event.code)
+    entry = config.catalog.get(key) if key is not None else None
+    alerts = substitution.detect(EMPTY, event, entry) if entry is not None else ()
+    record_print = record_fingerprint(event.fixmedins_code, event.infno, event.bchno)
+    record = SaleRecord(
+        event.fixmedins_code, event.mdtrtarea_admvs, event.bchno, event.msgid, event.time,
+        event.psn_hash, event.med_list_codg, False, 1.0, event.amount,
+    )
+    state = CodeState(
+        sales=(record,),
+        first_drug=event.med_list_codg or None,
+        first_drug_ref=record_print if event.med_list_codg else None,
+        applied=(message_fingerprint(event.msgid), record_print),
+        last_time=event.time,
+    )
+    person = _person_event(record, event.code, +1, event)
+    return StepResult(state, alerts, (person,) if person else ())
 
 
 def _sale(state: CodeState, event: CodeEvent, config: RuleConfig) -> StepResult:
@@ -167,9 +197,9 @@ def _sale(state: CodeState, event: CodeEvent, config: RuleConfig) -> StepResult:
     first_drug, first_ref = state.first_drug, state.first_drug_ref
     if first_drug is None and event.med_list_codg:
         first_drug = event.med_list_codg
-        first_ref = fingerprint(event.fixmedins_code, event.bchno)
-    new_state = replace(
-        state, sales=(*state.sales, record), first_drug=first_drug, first_drug_ref=first_ref
+        first_ref = record_fingerprint(event.fixmedins_code, event.infno, event.bchno)
+    new_state = state._replace(
+        sales=(*state.sales, record), first_drug=first_drug, first_drug_ref=first_ref
     )
     alerts += split_overdispense.detect(new_state, event, pack_units)
     person = _person_event(record, event.code, +1, event)
@@ -194,7 +224,7 @@ def _return(state: CodeState, event: CodeEvent, config: RuleConfig) -> StepResul
         sales = tuple(s for s in state.sales if s is not target)
         person = _person_event(target, event.code, -1, event)
         return StepResult(
-            state=replace(state, sales=sales),
+            state=state._replace(sales=sales),
             alerts=alerts,
             person_events=[person] if person else [],
             continuation=_continue(event, 1.0),
@@ -211,7 +241,7 @@ def _return(state: CodeState, event: CodeEvent, config: RuleConfig) -> StepResul
         give_back = min(sale.units, remaining)
         remaining -= give_back
         left = sale.units - give_back
-        updated[id(sale)] = replace(sale, units=left) if left > 0 else None
+        updated[id(sale)] = sale._replace(units=left) if left > 0 else None
     sales_list: list[SaleRecord] = []
     for sale in state.sales:
         if id(sale) in updated:
@@ -221,7 +251,7 @@ def _return(state: CodeState, event: CodeEvent, config: RuleConfig) -> StepResul
         else:
             sales_list.append(sale)
     return StepResult(
-        state=replace(state, sales=tuple(sales_list)),
+        state=state._replace(sales=tuple(sales_list)),
         alerts=alerts,
         continuation=_continue(event, budget),
     )
@@ -233,7 +263,7 @@ def _stock(state: CodeState, event: CodeEvent, config: RuleConfig) -> StepResult
         return StepResult(state=state)
     latest = max(state.sales, key=lambda sale: sale.time)
     seen = (*state.flowback_seen, flowback.flowback_key(event, latest.msgid))
-    return StepResult(state=replace(state, flowback_seen=seen[-8:]), alerts=alerts)
+    return StepResult(state=state._replace(flowback_seen=seen[-8:]), alerts=alerts)
 
 
 def _delete(state: CodeState, event: CodeEvent, config: RuleConfig) -> StepResult:
@@ -246,13 +276,16 @@ def _delete(state: CodeState, event: CodeEvent, config: RuleConfig) -> StepResul
     applied = tuple(p for p in state.applied if p != sale_print)
     sales = tuple(s for s in state.sales if s not in gone)
     first_drug, first_ref = state.first_drug, state.first_drug_ref
-    if first_ref == fingerprint(event.fixmedins_code, event.bchno):
+    if first_ref == sale_print:
         earliest = min(sales, key=lambda sale: sale.time) if sales else None
         first_drug = earliest.med_list_codg if earliest else None
-        first_ref = fingerprint(earliest.fixmedins_code, earliest.bchno) if earliest else None
+        first_ref = (
+            record_fingerprint(earliest.fixmedins_code, "3505", earliest.bchno)
+            if earliest else None
+        )
     persons = [p for s in gone if (p := _person_event(s, event.code, -1, event)) is not None]
-    new_state = replace(
-        state, sales=sales, applied=applied, first_drug=first_drug, first_drug_ref=first_ref
+    new_state = state._replace(
+        sales=sales, applied=applied, first_drug=first_drug, first_drug_ref=first_ref
     )
     return StepResult(state=new_state, person_events=persons)
 

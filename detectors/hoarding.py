@@ -21,6 +21,7 @@ alert names this one in its evidence (the chain from 套药 to 回流).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from detectors.model import (
     DAY_SECONDS,
@@ -35,8 +36,7 @@ from detectors.model import (
 RULE = Rule.HOARDING
 
 
-@dataclass(frozen=True, slots=True)
-class Purchase:
+class Purchase(NamedTuple):
     """One standing whole-box purchase counted for a person and drug."""
 
     code: str
@@ -48,8 +48,7 @@ class Purchase:
     amount: float
 
 
-@dataclass(frozen=True, slots=True)
-class PersonState:
+class PersonState(NamedTuple):
     """A person's standing purchases of one drug inside the window, and the last alert."""
 
     purchases: tuple[Purchase, ...] = ()
@@ -86,21 +85,24 @@ def step(
     state: PersonState | None, event: PersonEvent, thresholds: HoardingThresholds
 ) -> tuple[PersonState | None, list[Alert]]:
     """Apply one purchase change; returns the new state (None when empty) and alerts."""
+    if state is None and event.delta > 0 and thresholds.min_boxes > 1:
+        # The common case, kept short: a first purchase cannot reach any threshold.
+        return PersonState((_purchase(event),), None), []
     current = state or PersonState()
     window = thresholds.window_days * DAY_SECONDS
     identity = (event.code, event.msgid)
     known = any((p.code, p.msgid) == identity for p in current.purchases)
     if event.delta < 0:
         kept = tuple(p for p in current.purchases if (p.code, p.msgid) != identity)
-        return _settle(replace(current, purchases=kept), event.time, window), []
+        return _settle(current._replace(purchases=kept), event.time, window), []
     if known:
         return state, []
-    purchase = Purchase(
-        event.code, event.fixmedins_code, event.mdtrtarea_admvs, event.bchno, event.msgid,
-        event.time, event.amount,
-    )
-    purchases = tuple(sorted((*current.purchases, purchase), key=lambda p: p.time))
-    updated = replace(current, purchases=purchases)
+    purchase = _purchase(event)
+    if not current.purchases or current.purchases[-1].time <= purchase.time:
+        purchases = (*current.purchases, purchase)
+    else:
+        purchases = tuple(sorted((*current.purchases, purchase), key=lambda p: p.time))
+    updated = current._replace(purchases=purchases)
     counted = [p for p in purchases if event.time - window < p.time <= event.time]
     institutions = {p.fixmedins_code for p in counted}
     recently_alerted = (
@@ -114,7 +116,14 @@ def step(
     ):
         return _settle(updated, event.time, window), []
     alert = _alert(event, counted, len(institutions), thresholds)
-    return _settle(replace(updated, last_alert_time=event.time), event.time, window), [alert]
+    return _settle(updated._replace(last_alert_time=event.time), event.time, window), [alert]
+
+
+def _purchase(event: PersonEvent) -> Purchase:
+    return Purchase(
+        event.code, event.fixmedins_code, event.mdtrtarea_admvs, event.bchno, event.msgid,
+        event.time, event.amount,
+    )
 
 
 def _settle(state: PersonState, now: int, window: int) -> PersonState | None:

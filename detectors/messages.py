@@ -8,6 +8,8 @@ replaced here by its keyed hash, so it never travels further.
 from __future__ import annotations
 
 import calendar
+import datetime
+import functools
 import hashlib
 import hmac
 from typing import Any
@@ -31,19 +33,24 @@ class BadInput(ValueError):
         self.reason = reason
 
 
+@functools.lru_cache(maxsize=4096)
+def _day_start(day: str) -> int:
+    """Seconds at the start of a ``YYYY-MM-DD`` day; ValueError if it is not a real date."""
+    return calendar.timegm(datetime.date.fromisoformat(day).timetuple())
+
+
 def parse_time(text: object, field: str) -> int:
     """``YYYY-MM-DD HH:MM:SS`` (or a bare date) to business seconds; BadInput if malformed."""
     if not isinstance(text, str):
         raise BadInput(f"{field} is missing or not a string")
     try:
-        if len(text) == 19 and text[4] == "-" and text[7] == "-" and text[13] == ":":
-            return calendar.timegm(
-                (int(text[0:4]), int(text[5:7]), int(text[8:10]),
-                 int(text[11:13]), int(text[14:16]), int(text[17:19]), 0, 0, 0)
-            )
         if len(text) == 10 and text[4] == "-" and text[7] == "-":
-            return calendar.timegm((int(text[0:4]), int(text[5:7]), int(text[8:10]),
-                                    0, 0, 0, 0, 0, 0))
+            return _day_start(text)
+        if len(text) == 19 and text[4] == "-" and text[7] == "-" and text[10] == " " \
+                and text[13] == ":" and text[16] == ":":
+            hour, minute, second = int(text[11:13]), int(text[14:16]), int(text[17:19])
+            if hour < 24 and minute < 60 and second < 61:
+                return _day_start(text[:10]) + hour * 3600 + minute * 60 + second
     except ValueError:
         pass
     raise BadInput(f"{field} is not a time of the form YYYY-MM-DD HH:MM:SS: {text!r}")

@@ -12,6 +12,7 @@ import hashlib
 import time as _time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 Severity = str  # "low" | "medium" | "high" | "critical"
 
@@ -88,8 +89,7 @@ class RuleConfig:
 # --------------------------------------------------------------------------- input
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
+class Message(NamedTuple):
     """One validated NHSA message, reduced to what the rules need.
 
     ``raw_codes`` are the ``drug_trac_codg`` strings as uploaded; ``psn_hash`` is already the
@@ -114,8 +114,7 @@ class Message:
     delete_type: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class CodeEvent:
+class CodeEvent(NamedTuple):
     """What one message does to one code: the unit of work of the per-code ledger.
 
     For a split (拆零) sale or return listing several codes, ``units`` are the units still to
@@ -144,8 +143,7 @@ class CodeEvent:
 # --------------------------------------------------------------------------- ledger state
 
 
-@dataclass(frozen=True, slots=True)
-class SaleRecord:
+class SaleRecord(NamedTuple):
     """A sale of one code that still stands: not returned, not deleted."""
 
     fixmedins_code: str
@@ -160,13 +158,12 @@ class SaleRecord:
     amount: float
 
 
-@dataclass(frozen=True, slots=True)
-class CodeState:
+class CodeState(NamedTuple):
     """All the ledger remembers about one code.
 
     ``sales`` are the standing sales, oldest first. ``first_drug`` is the drug the code was
-    first billed as, and ``first_drug_bchno`` the record (institution|bchno) that set it, so a
-    delete of that record can forget it. ``applied`` holds short fingerprints of the messages
+    first billed as, and ``first_drug_ref`` the fingerprint of the sale record that set it, so
+    a delete of that record can forget it. ``applied`` holds short fingerprints of the messages
     and records already applied (idempotency), newest last. ``flowback_seen`` remembers which
     (standing sale, institution) pairs already raised FLOWBACK, so a box counted in stock every
     day raises one alert, not one a day. ``last_time`` drives retention.
@@ -185,8 +182,7 @@ class CodeState:
         return sum(sale.units for sale in self.sales if sale.split)
 
 
-@dataclass(frozen=True, slots=True)
-class PersonEvent:
+class PersonEvent(NamedTuple):
     """A whole-box purchase starting (+1) or ceasing (-1) to stand, for the person rules."""
 
     psn_hash: str

@@ -18,7 +18,7 @@ in the order they are raised.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from detectors import hoarding
 from detectors.code_ledger import step as code_step
@@ -248,14 +248,40 @@ class Pipeline:
     # ------------------------------------------------------------------ offline
 
     def process(self, messages: Sequence[tuple[int, Message]]) -> list[Alert]:
-        """All three stages, message by message, committing as it goes (offline use)."""
-        alerts: list[Alert] = []
-        for item in messages:
-            routed = self.route((item,))
-            self.commit_routing(routed.commit)
-            alerts.extend(routed.alerts)
-            if routed.events:
-                codes = self.apply_codes(routed.events)
-                alerts.extend(codes.alerts)
-                alerts.extend(self.apply_persons(codes.person_events).alerts)
+        """All three stages over a batch, committing as it goes (offline use).
+
+        The result is what handling the messages one by one would raise, in that order:
+        routing depends only on routing memory, and each later stage only on its own state,
+        so running each stage over the whole batch changes nothing but the order of the
+        alerts, which sorting by the message's sequence number restores. A HOARDING alert
+        raised in this batch is linked into the later code alerts of its person here.
+        """
+        routed = self.route(messages)
+        self.commit_routing(routed.commit)
+        if not routed.events:
+            return routed.alerts
+        codes = self.apply_codes(routed.events)
+        persons = self.apply_persons(codes.person_events)
+        code_alerts = codes.alerts
+        if persons.alerts and code_alerts:
+            raised = {alert.psn_hash: alert for alert in persons.alerts if alert.psn_hash}
+            code_alerts = [_link_earlier(alert, raised) for alert in code_alerts]
+        alerts = routed.alerts + code_alerts + persons.alerts
+        alerts.sort(key=lambda alert: alert.seq)
         return alerts
+
+
+def _link_earlier(alert: Alert, raised: dict[str, Alert]) -> Alert:
+    """Link a code alert to HOARDING alerts raised by earlier messages of the same batch."""
+    links = {
+        psn: HoardingLink(h.alert_id, h.trigger_msgid, h.fixmedins_code, h.event_time)
+        for psn, h in raised.items()
+        if h.seq < alert.seq
+    }
+    linked = hoarding.link(alert, links) if links else alert
+    if linked is alert:
+        return alert
+    already = {item.note for item in alert.evidence}
+    fresh = tuple(item for item in linked.evidence[len(alert.evidence):]
+                  if item.note not in already)
+    return replace(alert, evidence=alert.evidence + fresh)

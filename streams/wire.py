@@ -11,7 +11,7 @@ from detectors.model import CodeEvent, Kind, PersonEvent
 
 def dump_event(event: CodeEvent | PersonEvent) -> bytes:
     """An internal event as JSON bytes."""
-    return orjson.dumps(event)
+    return orjson.dumps(event._asdict())
 
 
 def load_code_event(data: bytes) -> CodeEvent:
