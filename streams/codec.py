@@ -1,0 +1,794 @@
+"""Compact binary packing of ledger states, for the Redis ledger (standard library only).
+
+Every value round-trips exactly: ``unpack_code_state(pack_code_state(s, i), i) == s`` for any
+state, including ``None`` fields, non-ASCII text and floats that are not whole fen. The
+compact forms below are used when a value fits them, and a plain form otherwise; a flag says
+which. What makes a typical state small:
+
+* integers are unsigned LEB128 varints (signed ones zigzag-encoded first);
+* the code's ``last_time`` is 4 bytes of seconds since :data:`EPOCH` (2020-01-01, business
+  time); every other time is a varint of its distance from it (a sale at ``last_time``: 1 byte);
+* ``fixmedins_code``, ``med_list_codg`` and ``mdtrtarea_admvs`` are small integer ids from an
+  :class:`Interner` (a two-way dictionary shared by all writers); ``mdtrtarea_admvs`` costs
+  nothing when it is the region inside the institution code (``P510104…`` → ``510104``);
+* ``psn_hash`` (16 hex digits) is 8 raw bytes, a fingerprint (12 hex digits) 6 raw bytes;
+* fingerprints that can be recomputed from a standing sale (the ``msgid`` and record
+  fingerprints in ``applied``, the sale behind ``first_drug_ref``) are stored as a reference
+  to that sale, or as one flag when ``applied`` is exactly the sales' own fingerprints;
+* money is whole fen (×100) and units hundredths when that is exact, else a float64; a whole
+  box (1 unit) costs nothing;
+* a ``msgid`` that starts with the institution code is stored without it, and a rest of the
+  NHSA form ``YYYYmmddHHMMSS`` + sequence digits as its distance from the sale time plus the
+  sequence number; other text (``fixmedins_bchno``) keeps a trailing digit run as a number.
+
+The format has no version byte: the Redis ledger records its layout version in its meta key
+and refuses data of another one. The derived fingerprints rely on
+:func:`detectors.code_ledger.message_fingerprint` and ``record_fingerprint``; changing those
+means a new layout version.
+"""
+
+from __future__ import annotations
+
+import calendar
+import hashlib
+import math
+import struct
+import time
+from collections.abc import Sequence
+from typing import Protocol
+
+from detectors.code_ledger import message_fingerprint, record_fingerprint
+from detectors.hoarding import HoardingLink, PersonState, Purchase
+from detectors.messages import SALE
+from detectors.model import CodeState, SaleRecord, fingerprint
+
+EPOCH = 1_577_836_800
+"""2020-01-01 00:00:00 in business seconds: the zero of packed times."""
+
+INST = "inst"
+DRUG = "drug"
+ADMVS = "admvs"
+TABLES = (INST, DRUG, ADMVS)
+"""The interned vocabularies: institutions, billed drugs, region codes."""
+
+
+class CodecError(ValueError):
+    """Bytes that are not a packed value of this format."""
+
+
+class Interner(Protocol):
+    """A two-way dictionary of short strings to small integer ids (from 1), per table."""
+
+    def to_id(self, table: str, text: str) -> int:
+        """The id of ``text`` in ``table``, allocating one when it is new."""
+        ...
+
+    def to_text(self, table: str, ident: int) -> str:
+        """The text of an id of ``table``."""
+        ...
+
+
+class MemoryInterner:
+    """An :class:`Interner` in process memory, for tests and offline use."""
+
+    def __init__(self) -> None:
+        self.ids: dict[str, dict[str, int]] = {table: {} for table in TABLES}
+        self.texts: dict[str, list[str]] = {table: [""] for table in TABLES}
+
+    def to_id(self, table: str, text: str) -> int:
+        """The id of ``text``; new texts get the next id."""
+        ids = self.ids[table]
+        ident = ids.get(text)
+        if ident is None:
+            texts = self.texts[table]
+            ident = ids[text] = len(texts)
+            texts.append(text)
+        return ident
+
+    def to_text(self, table: str, ident: int) -> str:
+        """The text of ``ident``; CodecError when it was never allocated."""
+        texts = self.texts[table]
+        if not 0 < ident < len(texts):
+            raise CodecError(f"unknown {table} id {ident}")
+        return texts[ident]
+
+
+# --------------------------------------------------------------------------- primitives
+
+_DIGITS = "0123456789"
+_F64 = struct.Struct(">d")
+_U32_LIMIT = 1 << 32
+_MAX_TAIL_DIGITS = 19
+_NHSA_SEQUENCE_DIGITS = 5  # msgid = institution + YYYYmmddHHMMSS + 5-digit sequence
+
+
+def _uvarint(out: bytearray, value: int) -> None:
+    if 0 <= value < 0x80:
+        out.append(value)
+        return
+    if value < 0:
+        raise ValueError(f"varint of a negative number: {value}")
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+
+
+def _svarint(out: bytearray, value: int) -> None:
+    _uvarint(out, value * 2 if value >= 0 else -value * 2 - 1)
+
+
+def _hex_bytes(text: str, size: int) -> bytes | None:
+    """``text`` as raw bytes when it is exactly ``2 * size`` lowercase hex digits."""
+    if len(text) != 2 * size:
+        return None
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        return None
+    return raw if raw.hex() == text else None
+
+
+def _centi(value: float) -> int | None:
+    """``value`` in hundredths when that is an exact, non-negative whole number."""
+    scaled = value * 100
+    if not math.isfinite(scaled):
+        return None
+    cents = round(scaled)
+    if cents < 0 or cents / 100 != value or (cents == 0 and math.copysign(1.0, value) < 0):
+        return None
+    return cents
+
+
+def _put_str(out: bytearray, text: str) -> None:
+    raw = text.encode("utf-8", "surrogatepass")
+    _uvarint(out, len(raw))
+    out += raw
+
+
+def _put_text(out: bytearray, text: str) -> None:
+    """Text with its trailing ASCII digit run (up to 19 digits) stored as a number."""
+    head = text.rstrip(_DIGITS)
+    digits = len(text) - len(head)
+    if digits > _MAX_TAIL_DIGITS:
+        head = text[: len(text) - _MAX_TAIL_DIGITS]
+        digits = _MAX_TAIL_DIGITS
+    if digits:
+        raw = head.encode("utf-8", "surrogatepass")
+        _uvarint(out, (len(raw) * 20 + digits) * 2 + 1)
+        out += raw
+        _uvarint(out, int(text[len(head):]))
+    else:
+        raw = text.encode("utf-8", "surrogatepass")
+        _uvarint(out, len(raw) * 2)
+        out += raw
+
+
+def _put_time(out: bytearray, seconds: int) -> bool:
+    """4-byte time since EPOCH; returns False (and writes a zigzag varint) when out of range."""
+    offset = seconds - EPOCH
+    if 0 <= offset < _U32_LIMIT:
+        out += offset.to_bytes(4, "big")
+        return True
+    _svarint(out, offset)
+    return False
+
+
+def _put_print(out: bytearray, value: str) -> None:
+    """A fingerprint as token 0 + 6 raw bytes, or token 1 + text when it is not 12 hex."""
+    raw = _hex_bytes(value, 6)
+    if raw is None:
+        out.append(1)
+        _put_str(out, value)
+    else:
+        out.append(0)
+        out += raw
+
+
+_MONTH_DAYS = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+def _days_in(year: int, month: int) -> int:
+    if month == 2 and calendar.isleap(year):
+        return 29
+    return _MONTH_DAYS[month]
+
+
+def _civil_days(year: int, month: int, day: int) -> int:
+    """Days from 1970-01-01 to a valid proleptic Gregorian date (H. Hinnant's algorithm)."""
+    year -= month <= 2
+    era = year // 400
+    year_of_era = year - era * 400
+    day_of_year = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    day_of_era = year_of_era * 365 + year_of_era // 4 - year_of_era // 100 + day_of_year
+    return era * 146_097 + day_of_era - 719_468
+
+
+def _nhsa_stamp(rest: str) -> tuple[int, int, int] | None:
+    """(time, sequence, sequence digits) of ``YYYYmmddHHMMSS`` + up to 19 digits, else None."""
+    if not 14 <= len(rest) <= 14 + _MAX_TAIL_DIGITS or rest.strip(_DIGITS):
+        return None
+    digits = len(rest) - 14
+    stamp, sequence = divmod(int(rest), 10**digits)
+    stamp, second = divmod(stamp, 100)
+    stamp, minute = divmod(stamp, 100)
+    stamp, hour = divmod(stamp, 100)
+    stamp, day = divmod(stamp, 100)
+    year, month = divmod(stamp, 100)
+    if not (
+        1971 <= year
+        and 1 <= month <= 12
+        and 1 <= day <= _days_in(year, month)
+        and hour < 24
+        and minute < 60
+        and second < 60
+    ):
+        return None
+    moment = _civil_days(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second
+    return moment, sequence, digits
+
+
+class _Reader:
+    """A cursor over packed bytes."""
+
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def byte(self) -> int:
+        pos = self.pos
+        if pos >= len(self.data):
+            raise CodecError("packed value ends early")
+        self.pos = pos + 1
+        return self.data[pos]
+
+    def uvarint(self) -> int:
+        data, pos = self.data, self.pos
+        result = shift = 0
+        while True:
+            if pos >= len(data):
+                raise CodecError("packed value ends inside a varint")
+            byte = data[pos]
+            pos += 1
+            result |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                self.pos = pos
+                return result
+            shift += 7
+
+    def svarint(self) -> int:
+        value = self.uvarint()
+        return value >> 1 if not value & 1 else -(value >> 1) - 1
+
+    def take(self, size: int) -> bytes:
+        pos = self.pos
+        end = pos + size
+        if end > len(self.data):
+            raise CodecError("packed value ends early")
+        self.pos = end
+        return self.data[pos:end]
+
+    def string(self) -> str:
+        return self.take(self.uvarint()).decode("utf-8", "surrogatepass")
+
+    def text(self) -> str:
+        header = self.uvarint()
+        if not header & 1:
+            return self.take(header >> 1).decode("utf-8", "surrogatepass")
+        size, digits = divmod(header >> 1, 20)
+        head = self.take(size).decode("utf-8", "surrogatepass")
+        return head + str(self.uvarint()).zfill(digits)
+
+    def moment(self, fixed: bool) -> int:
+        if fixed:
+            return EPOCH + int.from_bytes(self.take(4), "big")
+        return EPOCH + self.svarint()
+
+    def f64(self) -> float:
+        value: float = _F64.unpack(self.take(8))[0]
+        return value
+
+    def fingerprint(self) -> str:
+        token = self.byte()
+        if token == 0:
+            return self.take(6).hex()
+        if token == 1:
+            return self.string()
+        raise CodecError(f"bad fingerprint token {token}")
+
+    def end(self) -> None:
+        if self.pos != len(self.data):
+            raise CodecError(f"{len(self.data) - self.pos} bytes left after the packed value")
+
+
+# --------------------------------------------------------------------------- shared record part
+
+# Flag bits of a packed sale or purchase (one varint: the common ones below 128).
+_ADMVS_OWN = 1 << 0  # mdtrtarea_admvs == fixmedins_code[1:7]
+_MSG_PREFIX = 1 << 1  # msgid starts with fixmedins_code, which is not stored again
+_MSG_STAMP = 1 << 2  # the rest of msgid is YYYYmmddHHMMSS + sequence digits
+_SPLIT = 1 << 3
+_PSN_RAW = 1 << 4  # psn_hash as 8 raw bytes
+_DRUG = 1 << 5  # med_list_codg present (interned)
+_UNITS_CENTI = 1 << 6  # units in hundredths (absent flag and this one: units == 1)
+_UNITS_F64 = 1 << 7
+_AMOUNT_F64 = 1 << 8  # else amount in fen
+_PSN_TEXT = 1 << 9  # psn_hash that is not 16 hex digits
+
+
+def _origin_flags(
+    institution: str, admvs: str, msgid: str, amount: float
+) -> tuple[int, str, tuple[int, int, int] | None, int | None]:
+    """Flags of the parts every sale and purchase has, with the msgid rest and fen."""
+    flags = 0
+    if admvs == institution[1:7]:
+        flags |= _ADMVS_OWN
+    rest = msgid
+    if institution and msgid.startswith(institution):
+        flags |= _MSG_PREFIX
+        rest = msgid[len(institution):]
+    stamp = _nhsa_stamp(rest)
+    if stamp is not None:
+        flags |= _MSG_STAMP
+    fen = _centi(amount)
+    if fen is None:
+        flags |= _AMOUNT_F64
+    return flags, rest, stamp, fen
+
+
+def _put_origin(
+    out: bytearray,
+    flags: int,
+    institution: str,
+    admvs: str,
+    bchno: str,
+    rest: str,
+    stamp: tuple[int, int, int] | None,
+    moment: int,
+    base: int,
+    interner: Interner,
+) -> None:
+    """Institution, region, record number, msgid and time of a sale or purchase."""
+    _uvarint(out, interner.to_id(INST, institution))
+    if not flags & _ADMVS_OWN:
+        _uvarint(out, interner.to_id(ADMVS, admvs))
+    _put_text(out, bchno)
+    _svarint(out, base - moment)
+    if stamp is None:
+        _put_text(out, rest)
+    else:
+        stamped, sequence, digits = stamp
+        _svarint(out, stamped - moment)
+        _uvarint(out, sequence * 2 + (digits != _NHSA_SEQUENCE_DIGITS))
+        if digits != _NHSA_SEQUENCE_DIGITS:
+            _uvarint(out, digits)
+
+
+def _read_origin(
+    reader: _Reader, flags: int, base: int, interner: Interner
+) -> tuple[str, str, str, str, int]:
+    """(institution, region, bchno, msgid, time) as written by :func:`_put_origin`."""
+    institution = interner.to_text(INST, reader.uvarint())
+    if flags & _ADMVS_OWN:
+        admvs = institution[1:7]
+    else:
+        admvs = interner.to_text(ADMVS, reader.uvarint())
+    bchno = reader.text()
+    moment = base - reader.svarint()
+    if flags & _MSG_STAMP:
+        stamped = time.strftime("%Y%m%d%H%M%S", time.gmtime(moment + reader.svarint()))
+        packed = reader.uvarint()
+        digits = reader.uvarint() if packed & 1 else _NHSA_SEQUENCE_DIGITS
+        rest = stamped + (str(packed >> 1).zfill(digits) if digits else "")
+    else:
+        rest = reader.text()
+    msgid = institution + rest if flags & _MSG_PREFIX else rest
+    return institution, admvs, bchno, msgid, moment
+
+
+def _put_amount(out: bytearray, flags: int, amount: float, fen: int | None) -> None:
+    if flags & _AMOUNT_F64:
+        out += _F64.pack(amount)
+    else:
+        assert fen is not None
+        _uvarint(out, fen)
+
+
+def _read_amount(reader: _Reader, flags: int) -> float:
+    return reader.f64() if flags & _AMOUNT_F64 else reader.uvarint() / 100
+
+
+# --------------------------------------------------------------------------- code state
+
+# Header byte of a packed CodeState.
+_SALES_MASK = 0b111  # number of sales; 7: a varint count follows
+_APPLIED_CANONICAL = 1 << 3  # applied == each sale's (msgid, record) fingerprints, in order
+_FIRST_SHIFT = 4  # two bits: 0 none, 1 from sales[0], 2 explicit
+_FIRST_FROM_SALE = 1
+_FIRST_EXPLICIT = 2
+_FLOWBACK = 1 << 6  # flowback_seen follows
+_TIME_VARINT = 1 << 7  # last_time does not fit 4 bytes
+
+# Sub-flags of an explicit first drug.
+_FD_DRUG = 1
+_FD_REF = 2
+
+
+def _sale_prints(sales: Sequence[SaleRecord]) -> list[str]:
+    """The fingerprints applying each sale leaves in ``applied``, in order."""
+    prints: list[str] = []
+    for sale in sales:
+        prints.append(message_fingerprint(sale.msgid))
+        prints.append(record_fingerprint(sale.fixmedins_code, SALE, sale.bchno))
+    return prints
+
+
+def _pack_sale(out: bytearray, sale: SaleRecord, base: int, interner: Interner) -> None:
+    institution = sale.fixmedins_code
+    flags, rest, stamp, fen = _origin_flags(
+        institution, sale.mdtrtarea_admvs, sale.msgid, sale.amount
+    )
+    if sale.split:
+        flags |= _SPLIT
+    psn = sale.psn_hash
+    psn_raw = None
+    if psn is not None:
+        psn_raw = _hex_bytes(psn, 8)
+        flags |= _PSN_TEXT if psn_raw is None else _PSN_RAW
+    if sale.med_list_codg is not None:
+        flags |= _DRUG
+    units = sale.units
+    centi_units = None
+    if units != 1.0 or math.copysign(1.0, units) < 0:
+        centi_units = _centi(units)
+        flags |= _UNITS_F64 if centi_units is None else _UNITS_CENTI
+    _uvarint(out, flags)
+    _put_origin(out, flags, institution, sale.mdtrtarea_admvs, sale.bchno, rest, stamp,
+                sale.time, base, interner)
+    if psn_raw is not None:
+        out += psn_raw
+    elif psn is not None:
+        _put_str(out, psn)
+    if sale.med_list_codg is not None:
+        _uvarint(out, interner.to_id(DRUG, sale.med_list_codg))
+    if flags & _UNITS_CENTI:
+        assert centi_units is not None
+        _uvarint(out, centi_units)
+    elif flags & _UNITS_F64:
+        out += _F64.pack(units)
+    _put_amount(out, flags, sale.amount, fen)
+
+
+def _read_sale(reader: _Reader, base: int, interner: Interner) -> SaleRecord:
+    flags = reader.uvarint()
+    institution, admvs, bchno, msgid, moment = _read_origin(reader, flags, base, interner)
+    if flags & _PSN_RAW:
+        psn: str | None = reader.take(8).hex()
+    elif flags & _PSN_TEXT:
+        psn = reader.string()
+    else:
+        psn = None
+    drug = interner.to_text(DRUG, reader.uvarint()) if flags & _DRUG else None
+    if flags & _UNITS_CENTI:
+        units = reader.uvarint() / 100
+    elif flags & _UNITS_F64:
+        units = reader.f64()
+    else:
+        units = 1.0
+    amount = _read_amount(reader, flags)
+    return SaleRecord(
+        fixmedins_code=institution,
+        mdtrtarea_admvs=admvs,
+        bchno=bchno,
+        msgid=msgid,
+        time=moment,
+        psn_hash=psn,
+        med_list_codg=drug,
+        split=bool(flags & _SPLIT),
+        units=units,
+        amount=amount,
+    )
+
+
+def pack_code_state(state: CodeState, interner: Interner) -> bytes:
+    """The state of one code as compact bytes (never empty); see the module docstring."""
+    sales = state.sales
+    out = bytearray(1)
+    header = len(sales) if len(sales) < _SALES_MASK else _SALES_MASK
+    if not _put_time(out, state.last_time):
+        header |= _TIME_VARINT
+    if header & _SALES_MASK == _SALES_MASK:
+        _uvarint(out, len(sales))
+    for sale in sales:
+        _pack_sale(out, sale, state.last_time, interner)
+
+    applied = state.applied
+    derived = _sale_prints(sales) if sales else []
+    if list(applied) == derived:
+        header |= _APPLIED_CANONICAL
+    else:
+        slots = {value: index for index, value in enumerate(derived)}
+        _uvarint(out, len(applied))
+        for value in applied:
+            index = slots.get(value)
+            if index is None:
+                _put_print(out, value)
+            else:
+                _uvarint(out, index + 2)
+
+    first_drug, first_ref = state.first_drug, state.first_drug_ref
+    if first_drug is not None or first_ref is not None:
+        first = sales[0] if sales else None
+        if (
+            first is not None
+            and first_drug is not None
+            and first_drug == first.med_list_codg
+            and first_ref == fingerprint(first.fixmedins_code, first.bchno)
+        ):
+            header |= _FIRST_FROM_SALE << _FIRST_SHIFT
+        else:
+            header |= _FIRST_EXPLICIT << _FIRST_SHIFT
+            out.append((_FD_DRUG if first_drug is not None else 0)
+                       | (_FD_REF if first_ref is not None else 0))
+            if first_drug is not None:
+                _uvarint(out, interner.to_id(DRUG, first_drug))
+            if first_ref is not None:
+                _put_print(out, first_ref)
+
+    if state.flowback_seen:
+        header |= _FLOWBACK
+        _uvarint(out, len(state.flowback_seen))
+        for value in state.flowback_seen:
+            _put_print(out, value)
+    out[0] = header
+    return bytes(out)
+
+
+def unpack_code_state(data: bytes, interner: Interner) -> CodeState:
+    """The inverse of :func:`pack_code_state`; CodecError on bytes it did not write."""
+    reader = _Reader(data)
+    header = reader.byte()
+    last_time = reader.moment(not header & _TIME_VARINT)
+    count = header & _SALES_MASK
+    if count == _SALES_MASK:
+        count = reader.uvarint()
+    sales = tuple(_read_sale(reader, last_time, interner) for _ in range(count))
+
+    if header & _APPLIED_CANONICAL:
+        applied = tuple(_sale_prints(sales)) if sales else ()
+    else:
+        derived: list[str] | None = None
+        values: list[str] = []
+        for _ in range(reader.uvarint()):
+            token = reader.uvarint()
+            if token == 0:
+                values.append(reader.take(6).hex())
+            elif token == 1:
+                values.append(reader.string())
+            else:
+                if derived is None:
+                    derived = _sale_prints(sales)
+                if token - 2 >= len(derived):
+                    raise CodecError(f"fingerprint reference {token} beyond the sales")
+                values.append(derived[token - 2])
+        applied = tuple(values)
+
+    first_mode = header >> _FIRST_SHIFT & 0b11
+    first_drug: str | None = None
+    first_ref: str | None = None
+    if first_mode == _FIRST_FROM_SALE:
+        if not sales:
+            raise CodecError("first drug refers to a sale that is not there")
+        first = sales[0]
+        first_drug = first.med_list_codg
+        first_ref = fingerprint(first.fixmedins_code, first.bchno)
+    elif first_mode == _FIRST_EXPLICIT:
+        present = reader.byte()
+        if present & _FD_DRUG:
+            first_drug = interner.to_text(DRUG, reader.uvarint())
+        if present & _FD_REF:
+            first_ref = reader.fingerprint()
+    elif first_mode:
+        raise CodecError(f"bad first-drug mode {first_mode}")
+
+    flowback: tuple[str, ...] = ()
+    if header & _FLOWBACK:
+        flowback = tuple(reader.fingerprint() for _ in range(reader.uvarint()))
+    reader.end()
+    return CodeState(
+        sales=sales,
+        first_drug=first_drug,
+        first_drug_ref=first_ref,
+        applied=applied,
+        flowback_seen=flowback,
+        last_time=last_time,
+    )
+
+
+# --------------------------------------------------------------------------- person state
+
+_PERSON_ALERT = 1  # last_alert_time present
+_PERSON_TIME_VARINT = 2  # the base time does not fit 4 bytes
+
+
+def pack_person_state(state: PersonState, interner: Interner) -> bytes:
+    """One person's hoarding state for one drug as compact bytes (never empty)."""
+    purchases = state.purchases
+    alert_time = state.last_alert_time
+    times = [p.time for p in purchases]
+    if alert_time is not None:
+        times.append(alert_time)
+    base = max(times) if times else EPOCH
+    out = bytearray(1)
+    header = 0 if alert_time is None else _PERSON_ALERT
+    if not _put_time(out, base):
+        header |= _PERSON_TIME_VARINT
+    if alert_time is not None:
+        _svarint(out, base - alert_time)
+    _uvarint(out, len(purchases))
+    for purchase in purchases:
+        institution = purchase.fixmedins_code
+        flags, rest, stamp, fen = _origin_flags(
+            institution, purchase.mdtrtarea_admvs, purchase.msgid, purchase.amount
+        )
+        _uvarint(out, flags)
+        _put_code(out, purchase.code)
+        _put_origin(out, flags, institution, purchase.mdtrtarea_admvs, purchase.bchno, rest,
+                    stamp, purchase.time, base, interner)
+        _put_amount(out, flags, purchase.amount, fen)
+    out[0] = header
+    return bytes(out)
+
+
+def unpack_person_state(data: bytes, interner: Interner) -> PersonState:
+    """The inverse of :func:`pack_person_state`."""
+    reader = _Reader(data)
+    header = reader.byte()
+    base = reader.moment(not header & _PERSON_TIME_VARINT)
+    alert_time = base - reader.svarint() if header & _PERSON_ALERT else None
+    purchases: list[Purchase] = []
+    for _ in range(reader.uvarint()):
+        flags = reader.uvarint()
+        code = _read_code(reader)
+        institution, admvs, bchno, msgid, moment = _read_origin(reader, flags, base, interner)
+        purchases.append(Purchase(
+            code=code,
+            fixmedins_code=institution,
+            mdtrtarea_admvs=admvs,
+            bchno=bchno,
+            msgid=msgid,
+            time=moment,
+            amount=_read_amount(reader, flags),
+        ))
+    reader.end()
+    return PersonState(purchases=tuple(purchases), last_alert_time=alert_time)
+
+
+# --------------------------------------------------------------------------- codes
+
+_CODE20_BITS = 67  # 10**20 < 2**67
+_CODE20_MASK = (1 << _CODE20_BITS) - 1
+_MIX = 91_205_718_554_585_587_887  # odd, about 2**67 / golden ratio: a bijection mod 2**67
+_UNMIX = pow(_MIX, -1, 1 << _CODE20_BITS)
+_FIELD_TEXT = 0x80  # field of another code: this byte + its UTF-8 bytes
+_FIELD_GS1 = 0x81  # field of (01)GTIN(21)SERIAL: this byte + GTIN in 6 bytes + serial
+_FIELD_DIGEST = 0x82  # field of a long code: this byte + 16-byte digest
+_FIELD_TEXT_MAX = 40  # longer codes are stored under a digest (fields stay small)
+_GS1_SERIAL_MAX = 20
+
+
+def _is_code20(code: str) -> bool:
+    return len(code) == 20 and code.isascii() and code.isdigit()
+
+
+def code20_field_size(bucket_bits: int) -> int:
+    """Bytes of the field of a 20-digit code: the bits the bucket does not hold, plus a zero
+    top bit that tells it from the fields of other codes (whose first byte is 0x80 or more)."""
+    return (_CODE20_BITS - bucket_bits + 8) // 8
+
+
+def code_slot(code: str, bucket_bits: int) -> tuple[int, bytes]:
+    """(bucket, field) of a code in ``2**bucket_bits`` hash buckets.
+
+    A 20-digit code is a number below 2**67; multiplied by an odd constant modulo 2**67 (a
+    bijection that spreads neighbouring serial numbers over all buckets), its top
+    ``bucket_bits`` bits choose the bucket and the other bits are the field: 7 bytes for 4096
+    to 262144 buckets. Other codes go to the bucket of their hash, under their own bytes
+    (GS1 identities with the GTIN packed), or a 16-byte digest when longer than 40 bytes.
+    Distinct codes always get distinct (bucket, field) pairs, digests aside.
+    """
+    if _is_code20(code):
+        mixed = (int(code) * _MIX) & _CODE20_MASK
+        rest_bits = _CODE20_BITS - bucket_bits
+        field = (mixed & ((1 << rest_bits) - 1)).to_bytes(code20_field_size(bucket_bits), "big")
+        return mixed >> rest_bits, field
+    raw = code.encode("utf-8", "surrogatepass")
+    bucket = int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big")
+    bucket >>= 64 - bucket_bits
+    if (
+        len(code) > 22
+        and code.startswith("(01)")
+        and code[18:22] == "(21)"
+        and code[4:18].isascii()
+        and code[4:18].isdigit()
+        and len(raw) - 22 <= _GS1_SERIAL_MAX
+    ):
+        return bucket, bytes([_FIELD_GS1]) + int(code[4:18]).to_bytes(6, "big") + raw[22:]
+    if len(raw) <= _FIELD_TEXT_MAX:
+        return bucket, bytes([_FIELD_TEXT]) + raw
+    return bucket, bytes([_FIELD_DIGEST]) + hashlib.blake2b(raw, digest_size=16).digest()
+
+
+def code_of_slot(bucket: int, field: bytes, bucket_bits: int) -> str | None:
+    """The code of a (bucket, field) pair; None for a long code stored under its digest."""
+    if not field:
+        raise CodecError("empty code field")
+    tag = field[0]
+    if tag < 0x80:
+        rest_bits = _CODE20_BITS - bucket_bits
+        mixed = bucket << rest_bits | int.from_bytes(field, "big")
+        return str((mixed * _UNMIX) & _CODE20_MASK).zfill(20)
+    if tag == _FIELD_GS1:
+        gtin = str(int.from_bytes(field[1:7], "big")).zfill(14)
+        return f"(01){gtin}(21)" + field[7:].decode("utf-8", "surrogatepass")
+    if tag == _FIELD_TEXT:
+        return field[1:].decode("utf-8", "surrogatepass")
+    if tag == _FIELD_DIGEST:
+        return None
+    raise CodecError(f"bad code field tag {tag:#x}")
+
+
+def _put_code(out: bytearray, code: str) -> None:
+    """A code in a value: 0 + 9 bytes for 20 digits, else length + 1 and UTF-8 bytes."""
+    if _is_code20(code):
+        out.append(0)
+        out += int(code).to_bytes(9, "big")
+    else:
+        raw = code.encode("utf-8", "surrogatepass")
+        _uvarint(out, len(raw) + 1)
+        out += raw
+
+
+def _read_code(reader: _Reader) -> str:
+    header = reader.uvarint()
+    if header == 0:
+        return str(int.from_bytes(reader.take(9), "big")).zfill(20)
+    return reader.take(header - 1).decode("utf-8", "surrogatepass")
+
+
+def pack_codes(codes: Sequence[str]) -> bytes:
+    """The codes a sale listed (the sale index, for 3507 deletes)."""
+    out = bytearray()
+    _uvarint(out, len(codes))
+    for code in codes:
+        _put_code(out, code)
+    return bytes(out)
+
+
+def unpack_codes(data: bytes) -> tuple[str, ...]:
+    """The inverse of :func:`pack_codes`."""
+    reader = _Reader(data)
+    codes = tuple(_read_code(reader) for _ in range(reader.uvarint()))
+    reader.end()
+    return codes
+
+
+# --------------------------------------------------------------------------- hoarding link
+
+
+def pack_link(link: HoardingLink) -> bytes:
+    """A person's latest HOARDING alert (rare: plain length-prefixed texts)."""
+    out = bytearray()
+    for text in (link.alert_id, link.trigger_msgid, link.fixmedins_code, link.event_time):
+        _put_str(out, text)
+    return bytes(out)
+
+
+def unpack_link(data: bytes) -> HoardingLink:
+    """The inverse of :func:`pack_link`."""
+    reader = _Reader(data)
+    link = HoardingLink(reader.string(), reader.string(), reader.string(), reader.string())
+    reader.end()
+    return link

@@ -1,0 +1,703 @@
+"""The ledger in Redis: :class:`RedisLedger`, behaving as :class:`~streams.ledger.MemoryLedger`.
+
+Layout
+======
+
+Every key starts with the configured prefix (``TRACEWATCH_KEY_PREFIX``, default ``tw``); the
+key templates are the ``KEY_*`` constants below, and nothing else is written.
+
+Per-code state lives in *bucket hashes* small enough for Redis's compact ``listpack``
+encoding, where one entry costs its bytes plus about 4 (one key per code costs ~100 bytes
+of overhead alone). A 20-digit code picks one of ``2**code_bits`` buckets and keeps the
+remaining bits as a 7-byte field (:func:`streams.codec.code_slot`); the value is the state
+packed by :mod:`streams.codec` (~31 bytes for a code with one whole-box sale). The bucket
+count is chosen for 128 to 256 codes per bucket at the expected number of codes (65,536
+buckets, ~150 codes each, for the default 10 million) and recorded in ``{prefix}:meta``; it
+cannot change without rebuilding the ledger. Measured with ``scripts/ledger_bytes.py`` (Redis
+7.0, 10 million codes with one whole-box sale each): 48.7 bytes of ``used_memory`` per code
+(47.7 of them the buckets themselves: 31 value, 7 field, 4 listpack entry, ~6 allocator and
+key overhead), against 181 for one key per code with the same packed value and 581 with JSON.
+
+Redis keeps a hash in listpack form only while it has at most ``hash-max-listpack-entries``
+fields (default 512) and every field and value is at most ``hash-max-listpack-value`` bytes
+(default 64). The ledger reads both at start and warns when they are too small; it never
+changes them. A value longer than ``hash-max-listpack-value`` (a code with several standing
+sales, a big sale) goes to the bucket's *overflow hash* and the bucket keeps an empty marker,
+so one long value never converts its whole bucket. Raising ``hash-max-listpack-value`` to
+128 (``CONFIG SET`` or redis.conf) keeps codes with two or three sales inline.
+
+Retention. Bucket keys expire ``retention_days`` after their last write (refreshed on every
+write), so a bucket nobody writes to disappears; but a live bucket keeps codes that went quiet
+until they are written again or deleted. That is harmless for the results: the pure detectors
+treat state whose ``last_time`` is older than the retention (in business time) as absent, so
+an old entry behaves exactly like a missing one. It does cost memory; reclaiming it means
+deleting such entries (a packed code state is a header byte and, unless its top bit is set,
+4 big-endian bytes of ``last_time`` in seconds since :data:`streams.codec.EPOCH`).
+
+Router memory: ``msgid`` and record markers are 8-byte digests in bucket hashes of the current
+*slice* of ``dedupe_days`` of wall-clock time (Redis's clock); lookups check the current and the
+previous slice, and a slice key expires when it stops being checked, so a marker is remembered
+at least ``dedupe_days`` and at most twice that. The sale index (institution + bchno → codes,
+for 3507 deletes) is bucketed like the codes, keyed by a digest, with expiry ``retention_days``
+(one key per sale would cost ~100 bytes of key overhead per sale, more than the codes).
+Person hoarding states are bucketed the same way with expiry ``person_ttl_days``; the hoarding
+link of a person is one small string key each (few people have one).
+
+Interned strings (institutions, drugs, regions) are ids in ``{prefix}:dict:{table}`` (text →
+id) and ``{prefix}:dict:{table}:rev`` (id → text; field ``0`` counts ids), allocated by a Lua
+script (atomic, so writers never race) and cached in the process. They never expire: packed
+states refer to them. Use ``maxmemory-policy noeviction`` or a ``volatile-*`` policy.
+
+Round trips: each ledger call is one Redis command (a Lua script call, ``MGET``, or one
+pipeline), plus one more when the batch names strings this process has not cached yet.
+
+Fields and values are binary; the client must not decode responses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, TypeVar, cast
+
+import redis
+from redis.commands.core import Script
+
+from detectors.hoarding import HoardingLink, PersonState
+from detectors.model import DAY_SECONDS, CodeState
+from streams import codec
+from streams.codec import TABLES, Interner
+
+log = logging.getLogger(__name__)
+
+LAYOUT_VERSION = "1"
+
+# --------------------------------------------------------------------------- key layout
+# {prefix}: TRACEWATCH_KEY_PREFIX. {bucket}: a decimal bucket number. {slice}: the number of
+# the dedupe_days-long period of wall-clock time since 1970 (Redis's clock).
+
+KEY_META = "{prefix}:meta"
+"""Hash: layout version and bucket counts of this prefix. Never expires."""
+KEY_DICT = "{prefix}:dict:{table}"
+"""Hash: interned text → id, for table inst, drug or admvs. Never expires."""
+KEY_DICT_REV = "{prefix}:dict:{table}:rev"
+"""Hash: id → interned text; field "0" is the last id given out. Never expires."""
+KEY_CODES = "{prefix}:c:{bucket}"
+"""Hash: code field (codec.code_slot) → packed CodeState, or "" when in the overflow.
+Expires retention_days after its last write."""
+KEY_CODES_BIG = "{prefix}:cx:{bucket}"
+"""Hash: code field → packed CodeState too long for the bucket. Expiry as the bucket's."""
+KEY_MSGIDS = "{prefix}:m:{slice}:{bucket}"
+"""Hash: 8-byte digest of a routed msgid → "". Expires when the next slice ends."""
+KEY_RECORDS = "{prefix}:r:{slice}:{bucket}"
+"""Hash: 8-byte digest of a routed record (institution, infno, bchno) → "". As msgids."""
+KEY_SALES = "{prefix}:s:{bucket}"
+"""Hash: 8-byte digest of institution + bchno → the sale's codes (codec.pack_codes), or ""
+when in the overflow. Expires retention_days after its last write."""
+KEY_SALES_BIG = "{prefix}:sx:{bucket}"
+"""Hash: sale digest → codes too long for the bucket."""
+KEY_PERSONS = "{prefix}:p:{bucket}"
+"""Hash: 8-byte digest of person + drug → packed PersonState, or "" when in the overflow.
+Expires person_ttl_days after its last write."""
+KEY_PERSONS_BIG = "{prefix}:px:{bucket}"
+"""Hash: person digest → packed PersonState too long for the bucket."""
+KEY_LINK = "{prefix}:hl:{psn_hash}"
+"""String: the person's latest HOARDING alert (codec.pack_link). Expires person_ttl_days
+after it was raised."""
+
+# --------------------------------------------------------------------------- sizing
+
+DEFAULT_EXPECTED_CODES = 10_000_000
+CODES_PER_BUCKET = 256
+"""Bucket counts are the power of two that gives at most this many codes per bucket at the
+expected count (so about 128 to 256, well inside the default 512-entry listpack limit)."""
+MAX_BUCKET_BITS = 24
+ROUTER_BUCKET_SHIFT = 4
+"""msgid, record and person buckets are 2**4 times fewer than code buckets."""
+DEFAULT_PERSON_TTL_DAYS = 400
+"""Hoarding state is worth keeping as long as the longest hoarding window (400 days cover
+any override up to a year)."""
+MIN_INLINE_VALUE = 48
+"""Below this hash-max-listpack-value most code states would go to the overflow hashes."""
+
+_SCRIPTS = {
+    "load": "ledger_load.lua",
+    "store": "ledger_store.lua",
+    "intern": "ledger_intern.lua",
+}
+
+T = TypeVar("T")
+
+
+class LedgerError(RuntimeError):
+    """The Redis ledger cannot work: Redis unreachable, layout mismatch, missing dictionary."""
+
+
+def _redact(url: str) -> str:
+    """The URL without its password."""
+    return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", url)
+
+
+def _digest_slot(text: str, bits: int) -> tuple[int, bytes]:
+    """(bucket, 8-byte field) of a key stored under its digest (96 bits in all)."""
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=12).digest()
+    return int.from_bytes(digest[8:], "big") >> (32 - bits), digest[:8]
+
+
+def _bits_for(count: int) -> int:
+    """Bucket bits for ``count`` codes at most CODES_PER_BUCKET each."""
+    buckets = max(1, -(-count // CODES_PER_BUCKET))
+    return min(MAX_BUCKET_BITS, (buckets - 1).bit_length())
+
+
+# --------------------------------------------------------------------------- interner
+
+
+class RedisInterner:
+    """The shared two-way dictionaries, cached in the process.
+
+    :meth:`to_id` and :meth:`to_text` answer from the cache only: on a miss they note what is
+    wanted, count a miss and return a placeholder (id 0, text ""). The ledger then calls
+    :meth:`resolve` — one round trip that allocates or fetches everything noted — and packs
+    or unpacks the affected values again.
+    """
+
+    def __init__(self, client: redis.Redis, prefix: str, intern: Script) -> None:
+        self._client = client
+        self._intern = intern
+        self._forward = {t: KEY_DICT.format(prefix=prefix, table=t) for t in TABLES}
+        self._reverse = {t: KEY_DICT_REV.format(prefix=prefix, table=t) for t in TABLES}
+        self._ids: dict[str, dict[str, int]] = {t: {} for t in TABLES}
+        self._texts: dict[str, dict[int, str]] = {t: {} for t in TABLES}
+        self._want_ids: dict[str, set[str]] = {t: set() for t in TABLES}
+        self._want_texts: dict[str, set[int]] = {t: set() for t in TABLES}
+        self.misses = 0
+
+    def to_id(self, table: str, text: str) -> int:
+        """The cached id, or 0 (and a noted miss)."""
+        ident = self._ids[table].get(text)
+        if ident is None:
+            self._want_ids[table].add(text)
+            self.misses += 1
+            return 0
+        return ident
+
+    def to_text(self, table: str, ident: int) -> str:
+        """The cached text, or "" (and a noted miss)."""
+        text = self._texts[table].get(ident)
+        if text is None:
+            self._want_texts[table].add(ident)
+            self.misses += 1
+            return ""
+        return text
+
+    def _remember(self, table: str, text: str, ident: int) -> None:
+        self._ids[table][text] = ident
+        self._texts[table][ident] = text
+
+    def resolve(self) -> None:
+        """Allocate or fetch everything noted since the last call, in one round trip."""
+        asked: list[tuple[bool, str, list[Any]]] = []
+        for table in TABLES:
+            if self._want_ids[table]:
+                asked.append((True, table, sorted(self._want_ids[table])))
+            if self._want_texts[table]:
+                asked.append((False, table, sorted(self._want_texts[table])))
+            self._want_ids[table].clear()
+            self._want_texts[table].clear()
+        if not asked:
+            return
+        for attempt in (1, 2):
+            pipe = self._client.pipeline(transaction=False)
+            for allocate, table, wanted in asked:
+                if allocate:
+                    pipe.evalsha(self._intern.sha, 2, self._forward[table],
+                                 self._reverse[table], *wanted)
+                else:
+                    pipe.hmget(self._reverse[table], wanted)
+            try:
+                answers = pipe.execute()
+                break
+            except redis.exceptions.NoScriptError:
+                if attempt == 2:
+                    raise
+                self._client.script_load(self._intern.script)  # Redis lost its scripts
+        for (allocate, table, wanted), answer in zip(asked, answers, strict=True):
+            for item, got in zip(wanted, answer, strict=True):
+                if allocate:
+                    self._remember(table, item, int(got))
+                elif got is None:
+                    raise LedgerError(
+                        f"interned {table} id {item} is missing from "
+                        f"{self._reverse[table]}: the dictionaries must never expire or be "
+                        "evicted (use maxmemory-policy noeviction or volatile-*)"
+                    )
+                else:
+                    self._remember(table, bytes(got).decode("utf-8", "surrogatepass"), item)
+
+
+# --------------------------------------------------------------------------- bucketed maps
+
+
+@dataclass(slots=True)
+class _Group:
+    """The fields of one bucket hash (and its overflow hash) in one script call."""
+
+    bucket: str
+    overflow: str | None
+    ttl: int = 0
+    fields: list[bytes] = field(default_factory=list)
+    deletes: list[bytes] = field(default_factory=list)
+    sets: list[bytes] = field(default_factory=list)
+    overs: list[bytes] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _Map:
+    """One family of bucket hashes and their overflow hashes: the key prefixes of both."""
+
+    bucket: str
+    overflow: str
+
+    @classmethod
+    def of(cls, template: str, overflow: str, prefix: str) -> _Map:
+        """The family whose keys are ``template`` and ``overflow`` with a bucket number."""
+        return cls(template.format(prefix=prefix, bucket=""),
+                   overflow.format(prefix=prefix, bucket=""))
+
+    def group(self, bucket: int, ttl: int = 0) -> _Group:
+        """An empty group for one bucket of this family."""
+        return _Group(self.bucket + str(bucket), self.overflow + str(bucket), ttl)
+
+
+class RedisLedger:
+    """A :class:`~streams.ledger.Ledger` in Redis; see the module docstring for the layout.
+
+    ``buckets`` (a power of two) fixes the number of code buckets of a new prefix; None
+    derives it from ``expected_codes`` (default 10 million). A prefix that already has data
+    keeps its own count, and a different explicit ``buckets`` is an error. The hoarding state
+    of a person is kept ``person_ttl_days`` after its last write.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str = "tw",
+        retention_days: int = 1095,
+        dedupe_days: int = 30,
+        buckets: int | None = None,
+        *,
+        person_ttl_days: int = DEFAULT_PERSON_TTL_DAYS,
+        expected_codes: int | None = None,
+    ) -> None:
+        if client.get_connection_kwargs().get("decode_responses"):
+            raise ValueError("RedisLedger needs a client with decode_responses=False")
+        if buckets is not None and (buckets < 1 or buckets & (buckets - 1)
+                                    or buckets > 1 << MAX_BUCKET_BITS):
+            raise ValueError(f"buckets must be a power of two up to 2**{MAX_BUCKET_BITS}")
+        for name, days in (("retention_days", retention_days), ("dedupe_days", dedupe_days),
+                           ("person_ttl_days", person_ttl_days)):
+            if days <= 0:
+                raise ValueError(f"{name} must be positive, not {days}")
+        self.client = client
+        self.prefix = prefix
+        self.retention_seconds = retention_days * DAY_SECONDS
+        self.dedupe_seconds = dedupe_days * DAY_SECONDS
+        self.person_seconds = person_ttl_days * DAY_SECONDS
+        self.warnings: list[str] = []
+
+        root = resources.files("streams")
+        scripts = {name: client.register_script(root.joinpath(path).read_text())
+                   for name, path in _SCRIPTS.items()}
+        for script in scripts.values():
+            client.script_load(script.script)  # no NOSCRIPT retry inside a batch
+        self._load_script = scripts["load"]
+        self._store_script = scripts["store"]
+        self.interner = RedisInterner(client, prefix, scripts["intern"])
+
+        requested = None if buckets is None else buckets.bit_length() - 1
+        layout = self._layout(requested, _bits_for(expected_codes or DEFAULT_EXPECTED_CODES))
+        self.code_bits = int(layout["code_bits"])
+        self.sale_bits = int(layout["sale_bits"])
+        self.aux_bits = int(layout["aux_bits"])
+        self._codes = _Map.of(KEY_CODES, KEY_CODES_BIG, prefix)
+        self._sales = _Map.of(KEY_SALES, KEY_SALES_BIG, prefix)
+        self._persons = _Map.of(KEY_PERSONS, KEY_PERSONS_BIG, prefix)
+        seconds, micros = client.time()
+        self._clock_offset = seconds + micros / 1e6 - time.time()
+        self.inline_limit = self._check_config(
+            None if expected_codes is None else expected_codes >> self.code_bits)
+
+    @classmethod
+    def from_url(cls, url: str, **kw: Any) -> RedisLedger:
+        """A ledger on the Redis at ``url``; LedgerError naming it when it does not answer."""
+        client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30)
+        try:
+            client.ping()
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
+            raise LedgerError(
+                f"cannot reach Redis at URL: {_redact(url)} ({error}); "
+                "start redis-server or set TRACEWATCH_REDIS_URL"
+            ) from None
+        return cls(client, **kw)
+
+    # ------------------------------------------------------------------ start-up
+
+    def _layout(self, requested: int | None, derived: int) -> dict[str, str]:
+        """The layout of this prefix, recording it when the prefix is new (race-free)."""
+        key = KEY_META.format(prefix=self.prefix)
+        code_bits = derived if requested is None else requested
+        wanted = {
+            "layout": LAYOUT_VERSION,
+            "code_bits": str(code_bits),
+            "sale_bits": str(code_bits),
+            "aux_bits": str(max(0, code_bits - ROUTER_BUCKET_SHIFT)),
+            "epoch": str(codec.EPOCH),
+        }
+        pipe = self.client.pipeline(transaction=True)
+        for name, value in wanted.items():
+            pipe.hsetnx(key, name, value)
+        pipe.hgetall(key)
+        stored = {k.decode(): v.decode() for k, v in pipe.execute()[-1].items()}
+        if stored.get("layout") != LAYOUT_VERSION or stored.get("epoch") != str(codec.EPOCH):
+            raise LedgerError(
+                f"{key} records layout {stored.get('layout')!r}, this tracewatch writes "
+                f"layout {LAYOUT_VERSION!r}: use another TRACEWATCH_KEY_PREFIX or migrate"
+            )
+        if requested is not None and stored["code_bits"] != str(requested):
+            raise LedgerError(
+                f"prefix {self.prefix!r} already uses {1 << int(stored['code_bits'])} code "
+                f"buckets, not {1 << requested}; the count cannot change in place"
+            )
+        return stored
+
+    def _config(self, *names: str) -> str | None:
+        for name in names:
+            try:
+                found = self.client.config_get(name)
+            except redis.ResponseError:
+                return None
+            for value in found.values():
+                return value.decode() if isinstance(value, bytes) else str(value)
+        return None
+
+    def _warn(self, text: str) -> None:
+        self.warnings.append(text)
+        log.warning("%s", text)
+
+    def _check_config(self, per_bucket: int | None) -> int:
+        """Warn about Redis settings that waste memory or endanger the dictionaries; returns
+        the longest value a bucket hash keeps in listpack form. ``per_bucket`` is the expected
+        number of codes per bucket, when known."""
+        entries = self._config("hash-max-listpack-entries", "hash-max-ziplist-entries")
+        value = self._config("hash-max-listpack-value", "hash-max-ziplist-value")
+        policy = self._config("maxmemory-policy")
+        if value is None or entries is None:
+            self._warn("CONFIG GET is not allowed: assuming hash-max-listpack-value 64 and "
+                       "hash-max-listpack-entries 512")
+            entries, value = "512", "64"
+        if per_bucket is not None and int(entries) < 2 * per_bucket:
+            self._warn(
+                f"hash-max-listpack-entries is {entries} but code buckets will hold about "
+                f"{per_bucket} codes: buckets will leave the compact encoding (raise it to "
+                f"{4 * per_bucket} or more)"
+            )
+        if int(value) < MIN_INLINE_VALUE:
+            self._warn(
+                f"hash-max-listpack-value is {value}: most code states (about 31 bytes "
+                "and up) will go to the overflow hashes; raise it to 64 or more"
+            )
+        if policy is not None and policy.startswith("allkeys"):
+            self._warn(f"maxmemory-policy is {policy}: Redis may evict the interned "
+                       "dictionaries, which the packed states need; use noeviction or volatile-*")
+        return int(value)
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _slice(self) -> tuple[int, int]:
+        """(current dedupe slice, seconds until its successor ends) by Redis's clock."""
+        now = time.time() + self._clock_offset
+        current = int(now // self.dedupe_seconds)
+        return current, int((current + 2) * self.dedupe_seconds - now) + 1
+
+    def _load(self, groups: Collection[_Group]) -> list[list[bytes | None]]:
+        """The values of each group's fields (None when absent), in one script call."""
+        keys: list[str] = []
+        args: list[Any] = []
+        for group in groups:
+            keys.append(group.bucket)
+            if group.overflow is not None:
+                keys.append(group.overflow)
+            args.append(b"%d %d" % (group.overflow is not None, len(group.fields)))
+            args += group.fields
+        if not keys:
+            return []
+        flat = cast(list[bytes | None], self._load_script(keys=keys, args=args))
+        split: list[list[bytes | None]] = []
+        start = 0
+        for group in groups:
+            split.append(flat[start:start + len(group.fields)])
+            start += len(group.fields)
+        return split
+
+    def _store(self, groups: Iterable[_Group]) -> None:
+        """Apply each group's deletes and sets, in one script call."""
+        keys: list[str] = []
+        args: list[Any] = []
+        for group in groups:
+            keys.append(group.bucket)
+            if group.overflow is not None:
+                keys.append(group.overflow)
+            args.append(b"%d %d %d %d %d" % (
+                group.overflow is not None, group.ttl, len(group.deletes),
+                len(group.sets) // 2, len(group.overs) // 2))
+            args += group.deletes
+            args += group.sets
+            args += group.overs
+        if keys:
+            self._store_script(keys=keys, args=args)
+
+    def _load_map(self, table: _Map, slots: Mapping[str, tuple[int, bytes]]) -> dict[str, bytes]:
+        """Values of the keys whose (bucket, field) are given; absent ones left out."""
+        groups: dict[int, _Group] = {}
+        for bucket, name in slots.values():
+            group = groups.get(bucket)
+            if group is None:
+                group = groups[bucket] = table.group(bucket)
+            group.fields.append(name)
+        loaded = self._load(groups.values())
+        found = {(bucket, name): value
+                 for (bucket, group), values in zip(groups.items(), loaded, strict=True)
+                 for name, value in zip(group.fields, values, strict=True) if value is not None}
+        return {key: found[slot] for key, slot in slots.items() if slot in found}
+
+    def _write_groups(self, table: _Map, ttl: int,
+                      values: Iterable[tuple[tuple[int, bytes], bytes | None]]) -> list[_Group]:
+        """Store groups writing (bucket, field) → value; None deletes. Values longer than the
+        listpack limit go to the overflow hash."""
+        groups: dict[int, _Group] = {}
+        limit = self.inline_limit
+        for (bucket, name), value in values:
+            group = groups.get(bucket)
+            if group is None:
+                group = groups[bucket] = table.group(bucket, ttl)
+            if value is None:
+                group.deletes.append(name)
+            elif len(value) <= limit:
+                group.sets += (name, value)
+            else:
+                group.overs += (name, value)
+        return list(groups.values())
+
+    def _with_dictionary(self, items: Iterable[tuple[str, T]],
+                         work: Callable[[T, Interner], Any]) -> dict[str, Any]:
+        """``work(item, interner)`` for each item. Items that met strings or ids this process
+        has not cached are done again after one round trip that allocates or fetches them."""
+        interner = self.interner
+        done: dict[str, Any] = {}
+        again: list[tuple[str, T]] = []
+        for key, item in items:
+            misses = interner.misses
+            result = work(item, interner)
+            if interner.misses == misses:
+                done[key] = result
+            else:
+                again.append((key, item))
+        if again:
+            interner.resolve()
+            for key, item in again:
+                misses = interner.misses
+                done[key] = work(item, interner)
+                if interner.misses != misses:
+                    raise LedgerError("interned strings still unknown after fetching them")
+        return done
+
+    # ------------------------------------------------------------------ codes
+
+    def code_slot(self, code: str) -> tuple[int, bytes]:
+        """(bucket, field) of a code."""
+        return codec.code_slot(code, self.code_bits)
+
+    def load_codes(self, codes: Collection[str]) -> dict[str, CodeState]:
+        """States of the given codes that exist; absent codes are left out."""
+        bits = self.code_bits
+        raw = self._load_map(self._codes, {c: codec.code_slot(c, bits) for c in codes})
+        states = self._with_dictionary(raw.items(), codec.unpack_code_state)
+        return {code: states[code] for code in raw}
+
+    def store_codes(self, states: Mapping[str, CodeState | None]) -> None:
+        """Write states; None deletes the code."""
+        packed = self._with_dictionary(
+            ((code, state) for code, state in states.items() if state is not None),
+            codec.pack_code_state,
+        )
+        bits = self.code_bits
+        self._store(self._write_groups(self._codes, self.retention_seconds, (
+            (codec.code_slot(code, bits), packed.get(code)) for code in states
+        )))
+
+    # ------------------------------------------------------------------ router memory
+
+    def _router_key(self, template: str, period: int, bucket: int) -> str:
+        return template.format(prefix=self.prefix, slice=period, bucket=bucket)
+
+    def _seen(self, template: str, keys: Collection[str]) -> set[str]:
+        """Which keys have a marker in the current or the previous slice."""
+        if not keys:
+            return set()
+        current, _ = self._slice()
+        bits = self.aux_bits
+        slots = {key: _digest_slot(key, bits) for key in keys}
+        groups: dict[tuple[int, int], _Group] = {}
+        for bucket, digest in slots.values():
+            for period in (current, current - 1):
+                group = groups.get((period, bucket))
+                if group is None:
+                    group = groups[period, bucket] = _Group(
+                        self._router_key(template, period, bucket), None)
+                group.fields.append(digest)
+        loaded = self._load(groups.values())
+        present = {(period, bucket, digest)
+                   for ((period, bucket), group), values in zip(groups.items(), loaded,
+                                                                strict=True)
+                   for digest, value in zip(group.fields, values, strict=True)
+                   if value is not None}
+        return {key for key, (bucket, digest) in slots.items()
+                if (current, bucket, digest) in present
+                or (current - 1, bucket, digest) in present}
+
+    def seen_messages(self, msgids: Collection[str]) -> set[str]:
+        """Which of these msgids were routed before (in the last dedupe_days or more)."""
+        return self._seen(KEY_MSGIDS, msgids)
+
+    def seen_records(self, keys: Collection[str]) -> set[str]:
+        """Which of these record keys were routed before (in the last dedupe_days or more)."""
+        return self._seen(KEY_RECORDS, keys)
+
+    def sale_codes(self, keys: Collection[str]) -> dict[str, tuple[str, ...]]:
+        """Codes listed by the sales with these keys."""
+        bits = self.sale_bits
+        raw = self._load_map(self._sales, {key: _digest_slot(key, bits) for key in keys})
+        return {key: codec.unpack_codes(value) for key, value in raw.items()}
+
+    def commit_routing(
+        self,
+        msgids: Collection[str],
+        records_added: Collection[str],
+        records_removed: Collection[str],
+        sales: Mapping[str, tuple[str, ...] | None],
+    ) -> None:
+        """Remember a routed batch: its msgids, records, and sale codes (None forgets)."""
+        current, ttl = self._slice()
+        bits = self.aux_bits
+        groups: dict[tuple[str, int, int], _Group] = {}
+
+        def group_of(template: str, period: int, bucket: int) -> _Group:
+            group = groups.get((template, period, bucket))
+            if group is None:
+                group = groups[template, period, bucket] = _Group(
+                    self._router_key(template, period, bucket), None, ttl)
+            return group
+
+        for key in records_removed:
+            bucket, digest = _digest_slot(key, bits)
+            for period in (current, current - 1):
+                group_of(KEY_RECORDS, period, bucket).deletes.append(digest)
+        for template, keys in ((KEY_MSGIDS, msgids), (KEY_RECORDS, records_added)):
+            for key in keys:
+                bucket, digest = _digest_slot(key, bits)
+                group_of(template, current, bucket).sets += (digest, b"")
+        sale_bits = self.sale_bits
+        sale_groups = self._write_groups(self._sales, self.retention_seconds, (
+            (_digest_slot(key, sale_bits), None if codes is None else codec.pack_codes(codes))
+            for key, codes in sales.items()
+        ))
+        self._store([*groups.values(), *sale_groups])
+
+    # ------------------------------------------------------------------ persons
+
+    def load_persons(self, keys: Collection[str]) -> dict[str, PersonState]:
+        """Hoarding states of (person, drug) keys that exist."""
+        bits = self.aux_bits
+        raw = self._load_map(self._persons, {key: _digest_slot(key, bits) for key in keys})
+        states = self._with_dictionary(raw.items(), codec.unpack_person_state)
+        return {key: states[key] for key in raw}
+
+    def store_persons(self, states: Mapping[str, PersonState | None]) -> None:
+        """Write hoarding states; None deletes."""
+        packed = self._with_dictionary(
+            ((key, state) for key, state in states.items() if state is not None),
+            codec.pack_person_state,
+        )
+        bits = self.aux_bits
+        self._store(self._write_groups(self._persons, self.person_seconds, (
+            (_digest_slot(key, bits), packed.get(key)) for key in states
+        )))
+
+    def _link_key(self, psn_hash: str) -> str:
+        return KEY_LINK.format(prefix=self.prefix, psn_hash=psn_hash)
+
+    def hoarding_links(self, psn_hashes: Collection[str]) -> dict[str, HoardingLink]:
+        """The latest HOARDING alert of each person who has one."""
+        people = list(psn_hashes)
+        if not people:
+            return {}
+        values = cast(list[bytes | None],
+                      self.client.mget([self._link_key(psn) for psn in people]))
+        return {psn: codec.unpack_link(value)
+                for psn, value in zip(people, values, strict=True) if value is not None}
+
+    def link_hoarding(self, links: Mapping[str, HoardingLink]) -> None:
+        """Remember the latest HOARDING alert id per person."""
+        if not links:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for psn, link in links.items():
+            pipe.set(self._link_key(psn), codec.pack_link(link), ex=self.person_seconds)
+        pipe.execute()
+
+    # ------------------------------------------------------------------ observability
+
+    def stats(self, sample: int = 256) -> dict[str, Any]:
+        """Codes held, Redis memory and bytes per code, from up to ``sample`` code buckets.
+
+        ``codes`` is extrapolated from the sampled buckets' HLEN; ``bytes_per_code`` is their
+        ``MEMORY USAGE`` (bucket and overflow hash) over the codes they hold, and
+        ``encodings`` counts how the sampled buckets are encoded (listpack expected).
+        """
+        total = 1 << self.code_bits
+        step = max(1, total // max(1, sample))
+        sampled = list(range(0, total, step))
+        pipe = self.client.pipeline(transaction=False)
+        for bucket in sampled:
+            group = self._codes.group(bucket)
+            pipe.hlen(group.bucket)
+            pipe.memory_usage(group.bucket, samples=0)
+            pipe.memory_usage(cast(str, group.overflow), samples=0)
+            pipe.object("encoding", group.bucket)
+        pipe.info("memory")
+        answers = pipe.execute()
+        info = answers.pop()
+        held = memory = 0
+        encodings: dict[str, int] = {}
+        for index in range(len(sampled)):
+            count, used, used_big, encoding = answers[4 * index: 4 * index + 4]
+            held += count
+            memory += (used or 0) + (used_big or 0)
+            if encoding is not None:
+                name = encoding.decode() if isinstance(encoding, bytes) else str(encoding)
+                encodings[name] = encodings.get(name, 0) + 1
+        return {
+            "codes": held * total // len(sampled),
+            "code_buckets": total,
+            "sampled_buckets": len(sampled),
+            "bytes_per_code": memory / held if held else None,
+            "encodings": encodings,
+            "used_memory": int(info["used_memory"]),
+            "inline_limit": self.inline_limit,
+        }

@@ -1,0 +1,318 @@
+"""The compact codec of the Redis ledger: exact round trips of random states, small sizes for
+typical ones, and codes that map to distinct (bucket, field) slots."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from detectors.code_ledger import message_fingerprint, record_fingerprint
+from detectors.hoarding import HoardingLink, PersonState, Purchase
+from detectors.model import CodeState, SaleRecord, fingerprint
+from streams import codec
+from streams.codec import (
+    EPOCH,
+    CodecError,
+    MemoryInterner,
+    code_of_slot,
+    code_slot,
+    pack_code_state,
+    pack_codes,
+    pack_link,
+    pack_person_state,
+    unpack_code_state,
+    unpack_codes,
+    unpack_link,
+    unpack_person_state,
+)
+
+NOW = 1_793_524_350  # 2026-11-01 09:12:30, business time
+INSTITUTIONS = ("P51010400011", "H51010700002", "P50010300077", "X", "", "药房01")
+DRUGS = ("XA10BAE054A001010101445", "XJ01CAA040A001010100001", "", "药")
+
+
+def _text(rng: random.Random) -> str:
+    """Mostly NHSA-like ASCII, sometimes digits only, empty, long or not ASCII at all."""
+    return rng.choice([
+        lambda: f"XS{rng.randrange(10**8):08d}",
+        lambda: f"S{rng.randrange(10**4)}",
+        lambda: str(rng.randrange(10**30)).zfill(rng.randrange(1, 35)),
+        lambda: "",
+        lambda: "R-" + "".join(rng.choice("abcXYZ09") for _ in range(rng.randrange(12))),
+        lambda: "单号" + str(rng.randrange(1000)),
+        lambda: "\U0001f48a" * rng.randrange(3) + "007",
+        lambda: "0" * rng.randrange(1, 25),
+    ])()
+
+
+def _msgid(rng: random.Random, institution: str, moment: int) -> str:
+    stamp = codec.time.strftime("%Y%m%d%H%M%S",
+                                codec.time.gmtime(moment + rng.randrange(-7200, 86400)))
+    return rng.choice([
+        lambda: institution + stamp + f"{rng.randrange(10**5):05d}",
+        lambda: institution + stamp,
+        lambda: institution + stamp + str(rng.randrange(10**19)).zfill(19),
+        lambda: stamp + "000",
+        lambda: institution + "20261301000000" + "00001",  # not a date
+        lambda: institution + "20260229120000",  # 2026 is not a leap year
+        lambda: institution + _text(rng),
+        lambda: f"M{rng.randrange(10**6):06d}",
+        lambda: "EX-0001",
+        lambda: "",
+    ])()
+
+
+def _float(rng: random.Random) -> float:
+    return rng.choice([
+        lambda: 1.0,
+        lambda: 0.75,
+        lambda: rng.randrange(100_000) / 100,
+        lambda: rng.random() * 1000,
+        lambda: 10 / 3,
+        lambda: 0.0,
+        lambda: -0.0,
+        lambda: -12.5,
+        lambda: 1e300,
+        lambda: float(rng.randrange(48)),
+    ])()
+
+
+def _time(rng: random.Random) -> int:
+    return rng.choice([
+        lambda: NOW + rng.randrange(-86_400 * 400, 3600),
+        lambda: EPOCH,
+        lambda: 0,
+        lambda: EPOCH - 1,
+        lambda: EPOCH + (1 << 32),
+        lambda: -rng.randrange(10**12),
+    ])()
+
+
+def _psn(rng: random.Random) -> str | None:
+    return rng.choice([
+        lambda: f"{rng.randrange(1 << 64):016x}",
+        lambda: None,
+        lambda: "ABCDEF0123456789",  # upper case: not the model's form
+        lambda: "not-a-hash",
+    ])()
+
+
+def _print(rng: random.Random) -> str:
+    if rng.random() < 0.9:
+        return f"{rng.randrange(1 << 48):012x}"
+    return rng.choice(["", "xyz", "0123456789AB", "编号"])
+
+
+def random_sale(rng: random.Random, last_time: int) -> SaleRecord:
+    institution = rng.choice(INSTITUTIONS)
+    admvs = rng.choice([institution[1:7], "510104", "", "99"])
+    moment = last_time - rng.choice([0, 0, 1, 86_400, rng.randrange(10**8), -5])
+    return SaleRecord(
+        fixmedins_code=institution,
+        mdtrtarea_admvs=admvs,
+        bchno=_text(rng),
+        msgid=_msgid(rng, institution, moment),
+        time=moment,
+        psn_hash=_psn(rng),
+        med_list_codg=rng.choice([*DRUGS, None]),
+        split=rng.random() < 0.3,
+        units=_float(rng),
+        amount=_float(rng),
+    )
+
+
+def random_code_state(rng: random.Random) -> CodeState:
+    last_time = _time(rng)
+    sales = tuple(random_sale(rng, last_time) for _ in range(rng.choice([0, 1, 1, 2, 3, 9])))
+    derived = [p for s in sales for p in (message_fingerprint(s.msgid),
+                                          record_fingerprint(s.fixmedins_code, "3505", s.bchno))]
+    applied = rng.choice([
+        lambda: tuple(derived),
+        lambda: (*rng.sample(derived, len(derived)), _print(rng)),
+        lambda: tuple(_print(rng) for _ in range(rng.randrange(17))),
+        lambda: (),
+    ])()
+    first_drug, first_ref = rng.choice([
+        lambda: (sales[0].med_list_codg, fingerprint(sales[0].fixmedins_code, sales[0].bchno))
+        if sales else (None, None),
+        lambda: (rng.choice(DRUGS), _print(rng)),
+        lambda: (rng.choice(DRUGS), None),
+        lambda: (None, _print(rng)),
+        lambda: (None, None),
+    ])()
+    return CodeState(
+        sales=sales,
+        first_drug=first_drug,
+        first_drug_ref=first_ref,
+        applied=applied,
+        flowback_seen=tuple(_print(rng) for _ in range(rng.choice([0, 0, 1, 8]))),
+        last_time=last_time,
+    )
+
+
+def random_code(rng: random.Random) -> str:
+    return rng.choice([
+        lambda: str(rng.randrange(10**20)).zfill(20),
+        lambda: f"(01){rng.randrange(10**14):014d}(21){_text(rng) or 'A1'}",
+        lambda: "ENT" + str(rng.randrange(10**9)),
+        lambda: "Z" * rng.randrange(1, 101),
+        lambda: "(01)06901234567892(21)" + "S" * 30,
+        lambda: "药品追溯码" + str(rng.randrange(100)),
+    ])()
+
+
+def random_person_state(rng: random.Random) -> PersonState:
+    base = _time(rng)
+    purchases = []
+    for _ in range(rng.choice([0, 1, 3, 12])):
+        sale = random_sale(rng, base)
+        purchases.append(Purchase(
+            code=random_code(rng),
+            fixmedins_code=sale.fixmedins_code,
+            mdtrtarea_admvs=sale.mdtrtarea_admvs,
+            bchno=sale.bchno,
+            msgid=sale.msgid,
+            time=sale.time,
+            amount=sale.amount,
+        ))
+    alert = rng.choice([None, base, base - 86_400, _time(rng)])
+    return PersonState(purchases=tuple(purchases), last_alert_time=alert)
+
+
+def typical_state(serial: int = 1) -> CodeState:
+    """One standing whole-box sale, as the ledger holds most codes."""
+    institution = "P51010400011"
+    bchno = f"XS{serial:08d}"
+    msgid = f"{institution}20261101091245{serial % 100_000:05d}"
+    sale = SaleRecord(institution, "510104", bchno, msgid, NOW, "0123456789abcdef",
+                      "XA10BAE054A001010101445", False, 1.0, 12.5)
+    return CodeState(
+        sales=(sale,),
+        first_drug=sale.med_list_codg,
+        first_drug_ref=fingerprint(institution, bchno),
+        applied=(message_fingerprint(msgid), record_fingerprint(institution, "3505", bchno)),
+        last_time=NOW,
+    )
+
+
+# --------------------------------------------------------------------------- round trips
+
+
+def test_random_code_states_round_trip_exactly() -> None:
+    rng = random.Random(20261101)
+    interner = MemoryInterner()
+    for _ in range(3000):
+        state = random_code_state(rng)
+        packed = pack_code_state(state, interner)
+        assert packed
+        assert unpack_code_state(packed, interner) == state
+
+
+def test_round_trip_keeps_float_bits() -> None:
+    """-0.0 == 0.0, so compare the floats' representations as well."""
+    rng = random.Random(7)
+    interner = MemoryInterner()
+    for _ in range(500):
+        state = random_code_state(rng)
+        back = unpack_code_state(pack_code_state(state, interner), interner)
+        for before, after in zip(state.sales, back.sales, strict=True):
+            assert (repr(before.units), repr(before.amount)) == (
+                repr(after.units), repr(after.amount))
+
+
+def test_random_person_states_round_trip_exactly() -> None:
+    rng = random.Random(3)
+    interner = MemoryInterner()
+    for _ in range(1500):
+        state = random_person_state(rng)
+        assert unpack_person_state(pack_person_state(state, interner), interner) == state
+
+
+def test_codes_and_links_round_trip() -> None:
+    rng = random.Random(5)
+    for _ in range(500):
+        codes = tuple(random_code(rng) for _ in range(rng.randrange(6)))
+        assert unpack_codes(pack_codes(codes)) == codes
+    link = HoardingLink("a" * 24, "P5101040001120261101091245", "P51010400011",
+                        "2026-11-01 09:12:45")
+    assert unpack_link(pack_link(link)) == link
+    odd = HoardingLink("", "编号", "", "")
+    assert unpack_link(pack_link(odd)) == odd
+
+
+def test_truncated_or_padded_bytes_are_refused() -> None:
+    interner = MemoryInterner()
+    rng = random.Random(11)
+    for _ in range(100):
+        state = random_code_state(rng)
+        packed = pack_code_state(state, interner)
+        for end in range(len(packed)):
+            with pytest.raises(ValueError):
+                unpack_code_state(packed[:end], interner)
+        with pytest.raises(CodecError):
+            unpack_code_state(packed + b"\x00", interner)
+
+
+def test_unknown_interned_id_is_an_error() -> None:
+    packed = pack_code_state(typical_state(), MemoryInterner())
+    with pytest.raises(CodecError, match="unknown"):
+        unpack_code_state(packed, MemoryInterner())
+
+
+# --------------------------------------------------------------------------- sizes
+
+
+def test_typical_states_are_small() -> None:
+    """One whole-box sale with person, drug, institution, NHSA msgid (31 characters),
+    10-character bchno and its fingerprints: measured 25 to 31 bytes (the JSON of the same
+    sale is about 420)."""
+    interner = MemoryInterner()
+    sizes = [len(pack_code_state(typical_state(serial), interner))
+             for serial in (1, 12_345, 99_999_999)]
+    print("typical whole-box state:", sizes, "bytes")
+    assert max(sizes) <= 31
+    sold_twice = typical_state(1)._replace(sales=typical_state(1).sales + typical_state(2).sales)
+    assert len(pack_code_state(sold_twice, interner)) <= 64
+
+
+def test_person_state_is_small() -> None:
+    interner = MemoryInterner()
+    sale = typical_state().sales[0]
+    purchase = Purchase("83857930123456780001", sale.fixmedins_code, sale.mdtrtarea_admvs,
+                        sale.bchno, sale.msgid, sale.time, sale.amount)
+    one = len(pack_person_state(PersonState((purchase,), None), interner))
+    ten = len(pack_person_state(PersonState((purchase,) * 10, NOW), interner))
+    print("person state: one purchase", one, "bytes; ten", ten)
+    assert one <= 32
+    assert ten <= 10 * 26 + 8
+
+
+# --------------------------------------------------------------------------- code slots
+
+
+@pytest.mark.parametrize("bits", [0, 4, 11, 12, 16, 18, 24])
+def test_code_slots_are_distinct_and_invertible(bits: int) -> None:
+    rng = random.Random(bits)
+    codes = {random_code(rng) for _ in range(3000)}
+    codes |= {"00000000000000000000", "99999999999999999999", "83857930123456780001"}
+    codes |= {f"8385793{serial:013d}" for serial in range(500)}
+    slots = {code: code_slot(code, bits) for code in codes}
+    assert len(set(slots.values())) == len(codes)
+    for code, (bucket, field) in slots.items():
+        assert 0 <= bucket < 1 << bits
+        back = code_of_slot(bucket, field, bits)
+        assert back == code or (back is None and len(code.encode()) > 40)
+
+
+def test_code20_field_is_seven_bytes_for_usual_bucket_counts() -> None:
+    for bits in range(12, 19):
+        assert len(code_slot("83857930123456780001", bits)[1]) == 7
+
+
+def test_neighbouring_serials_spread_over_buckets() -> None:
+    bits = 10
+    counts = [0] * (1 << bits)
+    for serial in range(100_000):
+        counts[code_slot(f"8385793{serial:013d}", bits)[0]] += 1
+    assert max(counts) <= 2 * 100_000 // (1 << bits)

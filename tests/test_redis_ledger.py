@@ -1,0 +1,386 @@
+"""The Redis ledger against a real Redis (a test database of 127.0.0.1:6379 from the shared
+``redis_url`` fixture, and a fresh key prefix per test): it must behave exactly like
+MemoryLedger, in one round trip per call, with the documented expiries and encodings.
+Skipped when Redis does not answer, unless CI is set."""
+
+from __future__ import annotations
+
+import random
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis
+
+from detectors.hoarding import HoardingLink
+from detectors.messages import parse
+from detectors.model import CodeState, RuleConfig
+from streams.codec import INST, MemoryInterner, pack_code_state
+from streams.ledger import MemoryLedger, record_key, sale_key
+from streams.pipeline import Pipeline
+from streams.redis_ledger import LedgerError, RedisLedger
+from streams.reference import load_catalog
+from tests.test_codec import random_code, random_code_state, random_person_state, typical_state
+
+pytestmark = pytest.mark.integration
+
+DATA = Path(__file__).parent / "data"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "examples"
+
+
+class CountingRedis(redis.Redis):
+    """A client that counts round trips: commands, and pipelines as one each."""
+
+    round_trips = 0
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        self.round_trips += 1
+        return super().execute_command(*args, **options)
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
+        pipe = super().pipeline(transaction, shard_hint)
+        execute = pipe.execute
+
+        def counted(raise_on_error: bool = True) -> Any:
+            self.round_trips += 1
+            return execute(raise_on_error)
+
+        pipe.execute = counted  # type: ignore[method-assign]
+        return pipe
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[CountingRedis]:
+    """A counting client of this test's database (flushed by ``redis_url`` afterwards)."""
+    connection = CountingRedis.from_url(redis_url, socket_connect_timeout=2)
+    yield connection
+    connection.close()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"twtest-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def make(client: CountingRedis, prefix: str) -> Callable[..., RedisLedger]:
+    def build(**kw: Any) -> RedisLedger:
+        kw.setdefault("buckets", 16)
+        return RedisLedger(client, prefix=prefix, **kw)
+    return build
+
+
+# --------------------------------------------------------------------------- parity
+
+
+C1, C2, C3, C4 = ("83857930123456780001", "83857930123456780002",
+                  "(01)06901234567892(21)ABC123", "ENTERPRISE-CODE-0001")
+SMALL = typical_state(1)
+SOLD_TWICE = SMALL._replace(sales=SMALL.sales + typical_state(2).sales * 4)  # > 64 bytes
+RK1, RK2, RK3 = (record_key("P51010400011", "3505", "S1"), record_key("P51010400011", "3506", "R1"),
+                 record_key("H51010700002", "3505", "S9"))
+SK1, SK2, SK3 = (sale_key("P51010400011", "S1"), sale_key("H51010700002", "S9"),
+                 sale_key("P50010300077", "S7001"))
+MANY_CODES = tuple(f"8385793{n:013d}" for n in range(12))
+PK1, PK2 = "0123456789abcdef\x1fXA10BAE054A001010101445", "fedcba9876543210\x1fX"
+PERSON = random_person_state(random.Random(1))._replace(last_alert_time=None)
+PERSON_BIG = random_person_state(random.Random(2))
+LINK = HoardingLink("a" * 24, "P5101040001120261101091245", "P51010400011",
+                    "2026-11-01 09:12:45")
+
+OPERATIONS: list[tuple[str, tuple[Any, ...]]] = [
+    ("load_codes", ({C1, C2},)),
+    ("store_codes", ({C1: SMALL, C2: SMALL, C3: SOLD_TWICE},)),
+    ("load_codes", ({C1, C2, C3, C4},)),
+    ("store_codes", ({C1: None, C3: SMALL, C4: SOLD_TWICE},)),  # delete; long → short
+    ("load_codes", ({C1, C2, C3, C4},)),
+    ("store_codes", ({C4: None, "00000000000000000000": None},)),  # long deleted; absent
+    ("load_codes", ({C1, C2, C3, C4},)),
+    ("seen_messages", ({"EX-0001", "EX-0002"},)),
+    ("seen_records", ({RK1, RK2},)),
+    ("sale_codes", ({SK1, SK2},)),
+    ("commit_routing", ({"EX-0001"}, {RK1, RK2}, set(), {SK1: (C1, C2), SK2: MANY_CODES})),
+    ("seen_messages", ({"EX-0001", "EX-0002"},)),
+    ("seen_records", ({RK1, RK2, RK3},)),
+    ("sale_codes", ({SK1, SK2, SK3},)),
+    ("commit_routing", ({"EX-0002"}, {RK3}, {RK1}, {SK1: None, SK2: (C3,), SK3: ()})),
+    ("seen_messages", ({"EX-0001", "EX-0002", "EX-0003"},)),
+    ("seen_records", ({RK1, RK2, RK3},)),
+    ("sale_codes", ({SK1, SK2, SK3},)),
+    ("commit_routing", (set(), {RK1}, {RK1, RK2}, {})),  # removed and added: added wins
+    ("seen_records", ({RK1, RK2, RK3},)),
+    ("load_persons", ({PK1, PK2},)),
+    ("store_persons", ({PK1: PERSON, PK2: PERSON_BIG},)),
+    ("load_persons", ({PK1, PK2},)),
+    ("store_persons", ({PK1: None, PK2: PERSON},)),
+    ("load_persons", ({PK1, PK2},)),
+    ("hoarding_links", ({"0123456789abcdef"},)),
+    ("link_hoarding", ({"0123456789abcdef": LINK},)),
+    ("hoarding_links", ({"0123456789abcdef", "fedcba9876543210"},)),
+]
+
+
+@pytest.mark.parametrize("inline_limit", [None, 8], ids=["server-limit", "all-overflow"])
+def test_every_operation_behaves_like_memory_ledger(
+    make: Callable[..., RedisLedger], inline_limit: int | None
+) -> None:
+    memory = MemoryLedger()
+    ledger = make()
+    if inline_limit is not None:
+        ledger.inline_limit = inline_limit
+    assert len(pack_code_state(SOLD_TWICE, MemoryInterner())) > ledger.inline_limit
+    for step, (name, args) in enumerate(OPERATIONS):
+        expected = getattr(memory, name)(*args)
+        got = getattr(ledger, name)(*args)
+        assert got == expected, f"step {step}: {name}"
+
+
+def test_random_states_behave_like_memory_ledger(make: Callable[..., RedisLedger]) -> None:
+    rng = random.Random(2026)
+    memory, ledger = MemoryLedger(), make(buckets=4)
+    codes = list({random_code(rng) for _ in range(400)})
+    for _ in range(6):
+        batch: dict[str, CodeState | None] = {
+            code: random_code_state(rng) if rng.random() < 0.8 else None
+            for code in rng.sample(codes, 150)
+        }
+        memory.store_codes(batch)
+        ledger.store_codes(batch)
+        wanted = set(rng.sample(codes, 200))
+        assert ledger.load_codes(wanted) == memory.load_codes(wanted)
+    persons = {f"{rng.randrange(1 << 64):016x}\x1fX{n}": random_person_state(rng)
+               for n in range(100)}
+    memory.store_persons(persons)
+    ledger.store_persons(persons)
+    assert ledger.load_persons(set(persons)) == memory.load_persons(set(persons))
+
+
+def test_a_cold_process_reads_what_another_wrote(make: Callable[..., RedisLedger]) -> None:
+    rng = random.Random(9)
+    states: dict[str, CodeState | None] = {
+        random_code(rng): random_code_state(rng) for _ in range(200)}
+    make().store_codes(states)
+    assert make().load_codes(set(states)) == states
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+def _logs() -> list[tuple[Path, Path]]:
+    logs = [(log, DATA / "catalog.csv") for log in sorted(DATA.glob("*/*.jsonl"))
+            if not log.name.endswith(".expected.jsonl")]
+    if SHARED.is_dir():
+        logs.insert(0, (SHARED / "messages.jsonl", SHARED / "catalog.csv"))
+    return logs
+
+
+LOGS = _logs()
+
+
+def _alerts(pipeline: Pipeline, messages: list[Any], one_by_one: bool) -> list[Any]:
+    if one_by_one:
+        alerts = [alert for item in messages for alert in pipeline.process([item])]
+    else:
+        alerts = pipeline.process(messages)
+    return [alert.to_dict("x") for alert in alerts]
+
+
+@pytest.mark.parametrize("one_by_one", [True, False], ids=["by-message", "one-batch"])
+@pytest.mark.parametrize("log,catalog", LOGS, ids=[f"{p.parent.name}/{p.stem}" for p, _ in LOGS])
+def test_pipeline_raises_the_same_alerts_as_with_memory_ledger(
+    make: Callable[..., RedisLedger], log: Path, catalog: Path, one_by_one: bool
+) -> None:
+    config = RuleConfig(catalog=load_catalog(catalog))
+    messages = []
+    for number, line in enumerate(log.read_bytes().splitlines(), start=1):
+        if line.strip():
+            messages.append((number, parse(orjson.loads(line), b"k")))
+    expected = _alerts(Pipeline(MemoryLedger(), config), messages, one_by_one)
+    ledger = make()
+    assert _alerts(Pipeline(ledger, config), messages, one_by_one) == expected
+    if log.parent == SHARED:
+        assert [(a["rule"], a["trigger_msgid"]) for a in expected] == [
+            ("DUPLICATE_SALE", "EX-0004")]
+    assert _alerts(Pipeline(ledger, config), messages, one_by_one) == []
+
+
+# --------------------------------------------------------------------------- round trips
+
+
+def test_each_call_is_one_round_trip(
+    client: CountingRedis, make: Callable[..., RedisLedger]
+) -> None:
+    ledger = make()
+    ledger.store_codes({C1: SMALL, C2: SOLD_TWICE})  # interns the strings
+    ledger.store_persons({PK1: PERSON})
+    calls: list[tuple[str, tuple[Any, ...]]] = [
+        ("load_codes", ({C1, C2, C3, *MANY_CODES},)),
+        ("store_codes", ({C1: SOLD_TWICE, C2: SMALL, C3: None},)),
+        ("seen_messages", ({f"M{n}" for n in range(100)},)),
+        ("seen_records", ({RK1, RK2, RK3},)),
+        ("sale_codes", ({SK1, SK2},)),
+        ("commit_routing", ({"M1", "M2"}, {RK1}, {RK2}, {SK1: (C1,), SK2: None})),
+        ("load_persons", ({PK1, PK2},)),
+        ("store_persons", ({PK1: PERSON_BIG, PK2: None},)),
+        ("hoarding_links", ({"0123456789abcdef"},)),
+        ("link_hoarding", ({"0123456789abcdef": LINK},)),
+    ]
+    for name, args in calls:
+        before = client.round_trips
+        getattr(ledger, name)(*args)
+        assert client.round_trips - before == 1, name
+    before = client.round_trips
+    ledger.load_codes(set())
+    ledger.store_codes({})
+    ledger.seen_messages(set())
+    ledger.hoarding_links(set())
+    ledger.link_hoarding({})
+    assert client.round_trips == before
+
+
+def test_new_strings_cost_one_more_round_trip(
+    client: CountingRedis, make: Callable[..., RedisLedger]
+) -> None:
+    writer, reader = make(), make()
+    states = {f"8385793{n:013d}": typical_state(n) for n in range(50)}
+    before = client.round_trips
+    writer.store_codes(states)
+    assert client.round_trips - before == 2  # allocate the ids, then store
+    before = client.round_trips
+    assert reader.load_codes(set(states)) == states
+    assert client.round_trips - before == 2  # load, then fetch the texts of the ids
+
+
+def test_writers_allocate_the_same_ids_concurrently(make: Callable[..., RedisLedger]) -> None:
+    ledgers = [make() for _ in range(4)]
+    texts = [f"P{n:011d}" for n in range(200)]
+    got: list[dict[str, int]] = []
+
+    def allocate(ledger: RedisLedger, order: list[str]) -> None:
+        for text in order:
+            ledger.interner.to_id(INST, text)
+        ledger.interner.resolve()
+        got.append({text: ledger.interner.to_id(INST, text) for text in texts})
+
+    threads = [threading.Thread(target=allocate, args=(ledger, random.sample(texts, len(texts))))
+               for ledger in ledgers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(got) == 4
+    assert all(ids == got[0] for ids in got)
+    assert sorted(got[0].values()) == list(range(1, 201))
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def test_expiries(client: CountingRedis, prefix: str, make: Callable[..., RedisLedger]) -> None:
+    ledger = make(retention_days=100, dedupe_days=10, person_ttl_days=40)
+    ledger.inline_limit = 40
+    ledger.store_codes({C1: SMALL, C2: SOLD_TWICE})
+    ledger.commit_routing({"EX-0001"}, {RK1}, set(), {SK1: MANY_CODES})
+    ledger.store_persons({PK1: PERSON})
+    ledger.link_hoarding({"0123456789abcdef": LINK})
+    day = 86_400
+    ttls: dict[str, int] = {}
+    for key in client.scan_iter(match=f"{prefix}:*"):
+        ttls[key.decode()[len(prefix) + 1:]] = client.ttl(key)
+    kinds: dict[str, set[int]] = {}
+    for key, ttl in ttls.items():
+        kinds.setdefault(key.split(":")[0], set()).add(ttl)
+    for kind in ("c", "cx", "s", "sx"):
+        assert kinds[kind] and all(100 * day - 5 <= t <= 100 * day for t in kinds[kind]), kind
+    for kind in ("m", "r"):
+        assert kinds[kind] and all(10 * day <= t <= 20 * day + 1 for t in kinds[kind]), kind
+    for kind in ("p", "hl"):
+        assert kinds[kind] and all(40 * day - 5 <= t <= 40 * day for t in kinds[kind]), kind
+    assert kinds["meta"] == {-1}
+    assert kinds["dict"] == {-1}  # dict:inst, dict:inst:rev, … never expire
+
+
+def test_markers_are_remembered_for_one_to_two_dedupe_windows(
+    make: Callable[..., RedisLedger]
+) -> None:
+    ledger = make(dedupe_days=30)
+    ledger.commit_routing({"EX-0001"}, {RK1}, set(), {})
+    ledger._clock_offset += ledger.dedupe_seconds  # next slice: still remembered
+    assert ledger.seen_messages({"EX-0001"}) == {"EX-0001"}
+    assert ledger.seen_records({RK1}) == {RK1}
+    ledger.commit_routing(set(), set(), {RK1}, {})  # removal reaches the previous slice
+    assert ledger.seen_records({RK1}) == set()
+    ledger._clock_offset += ledger.dedupe_seconds  # two slices on: forgotten
+    assert ledger.seen_messages({"EX-0001"}) == set()
+
+
+def test_buckets_stay_listpack_and_long_values_overflow(
+    client: CountingRedis, prefix: str, make: Callable[..., RedisLedger]
+) -> None:
+    ledger = make(buckets=2)
+    states: dict[str, CodeState | None] = {
+        f"8385793{n:013d}": typical_state(n) for n in range(300)}
+    states[C3] = SOLD_TWICE._replace(sales=SOLD_TWICE.sales * 10)
+    ledger.store_codes(states)
+    for bucket in (0, 1):
+        assert client.object("encoding", f"{prefix}:c:{bucket}") == b"listpack"
+    bucket, _ = ledger.code_slot(C3)
+    assert client.hlen(f"{prefix}:cx:{bucket}") == 1
+    stats = ledger.stats()
+    assert stats["codes"] == 301
+    assert stats["encodings"] == {"listpack": 2}
+    assert 30 < stats["bytes_per_code"] < 60
+    assert ledger.load_codes(set(states)) == states
+    ledger.store_codes({C3: SMALL})  # short again: the overflow copy goes
+    assert not client.exists(f"{prefix}:cx:{bucket}")
+    ledger.store_codes({C3: SOLD_TWICE})
+    ledger.store_codes({C3: None})  # deleted: both go
+    assert not client.exists(f"{prefix}:cx:{bucket}")
+    assert client.hget(f"{prefix}:c:{bucket}", ledger.code_slot(C3)[1]) is None
+
+
+def test_layout_is_recorded_and_kept(make: Callable[..., RedisLedger]) -> None:
+    first = make(buckets=64)
+    assert make(buckets=None).code_bits == first.code_bits == 6
+    with pytest.raises(LedgerError, match="already uses 64 code buckets"):
+        make(buckets=128)
+    with pytest.raises(ValueError, match="power of two"):
+        make(buckets=100)
+
+
+def test_decoding_client_is_refused(redis_url: str, prefix: str) -> None:
+    with pytest.raises(ValueError, match="decode_responses"):
+        RedisLedger(redis.Redis.from_url(redis_url, decode_responses=True), prefix=prefix)
+
+
+def test_warns_when_buckets_would_outgrow_listpack(make: Callable[..., RedisLedger]) -> None:
+    assert not [w for w in make().warnings if "listpack" in w]
+    crowded = make(expected_codes=100_000)  # 16 buckets of 6250 codes
+    assert any("hash-max-listpack-entries" in w for w in crowded.warnings)
+    empty = crowded.stats()
+    assert (empty["codes"], empty["bytes_per_code"]) == (0, None)
+
+
+def test_unreachable_redis_is_a_clear_error() -> None:
+    with pytest.raises(LedgerError) as error:
+        RedisLedger.from_url("redis://user:secret@127.0.0.1:1/0")
+    text = str(error.value)
+    assert "cannot reach Redis at URL: redis://user:***@127.0.0.1:1/0" in text
+    assert "TRACEWATCH_REDIS_URL" in text and "secret" not in text
+
+
+def test_scripts_lost_by_redis_are_loaded_again(redis_server: Callable[..., Any]) -> None:
+    """A restarted Redis (or SCRIPT FLUSH) forgets the Lua scripts: calls load them again."""
+    client = redis.Redis.from_url(redis_server().url)
+    ledger = RedisLedger(client, prefix="tw", buckets=16)
+    ledger.store_codes({C1: SMALL})
+    elsewhere = SMALL._replace(sales=(SMALL.sales[0]._replace(fixmedins_code="P99999900001"),))
+    client.script_flush()
+    ledger.store_codes({C2: elsewhere})  # a new institution: the intern script runs too
+    client.script_flush()
+    assert ledger.load_codes({C1, C2, C3}) == {C1: SMALL, C2: elsewhere}
+    client.close()
