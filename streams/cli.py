@@ -23,7 +23,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = str(value)
-    return load_settings(**overrides)
+    return load_settings(overrides=overrides)
 
 
 def cmd_check(args: argparse.Namespace, settings: Settings) -> int:

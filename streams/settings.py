@@ -36,6 +36,9 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting("kafka", "127.0.0.1:9092", "Kafka bootstrap servers, comma-separated"),
     Setting("redis_url", "redis://127.0.0.1:6379/0", "Redis URL of the ledger"),
+    Setting("ledger", "redis",
+            "worker ledger: redis, memory (lost on exit), or auto (redis if it answers)",
+            "ledger"),
     Setting("key_prefix", "tw", "prefix of every Redis key tracewatch writes"),
     Setting("topic_events", "tracewatch.events", "input topic of NHSA messages"),
     Setting("topic_codes", "tracewatch.codes", "internal topic: per-code events, keyed by code"),
@@ -62,6 +65,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("batch_size", "5000", "most messages handled in one batch", "int"),
     Setting("batch_wait", "0.1", "seconds a batch waits to fill; never longer", "float"),
     Setting("web_port", "6066", "port of the worker's web page and /metrics", "int"),
+    Setting("web_host", "127.0.0.1",
+            "address the web page binds to (0.0.0.0 to serve other hosts, e.g. in a container)"),
     Setting("log_level", "info", "worker log level"),
 )
 
@@ -74,6 +79,7 @@ class Settings:
 
     kafka: str
     redis_url: str
+    ledger: str
     key_prefix: str
     topic_events: str
     topic_codes: str
@@ -94,6 +100,7 @@ class Settings:
     batch_size: int
     batch_wait: float
     web_port: int
+    web_host: str
     log_level: str
 
     @property
@@ -125,6 +132,12 @@ def _path(text: str) -> Path | None:
     return path
 
 
+def _ledger(text: str) -> str:
+    if text not in ("redis", "memory", "auto"):
+        raise ValueError("must be redis, memory or auto")
+    return text
+
+
 def _set(text: str) -> frozenset[str]:
     return frozenset(part.strip() for part in text.split(",") if part.strip())
 
@@ -135,6 +148,7 @@ _CONVERTERS: dict[str, Callable[[str], Any]] = {
     "float": _positive_float,
     "path": _path,
     "set": _set,
+    "ledger": _ledger,
 }
 
 _EXPECTS = {
@@ -143,11 +157,12 @@ _EXPECTS = {
     "path": "the path of an existing file, or empty",
     "set": "comma-separated values",
     "str": "text",
+    "ledger": "one of redis, memory, auto",
 }
 
 
 def load_settings(
-    environ: Mapping[str, str] | None = None, **overrides: str
+    environ: Mapping[str, str] | None = None, overrides: Mapping[str, str] | None = None
 ) -> Settings:
     """Read every setting from ``environ`` (default: the process environment).
 
@@ -157,7 +172,7 @@ def load_settings(
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     for setting in SETTINGS:
-        text = overrides.get(setting.name)
+        text = (overrides or {}).get(setting.name)
         if text is None:
             text = env.get(setting.env, setting.default)
         try:
