@@ -97,26 +97,47 @@ def step(
         return _settle(current._replace(purchases=kept), event.time, window), []
     if known:
         return state, []
-    purchase = _purchase(event)
-    if not current.purchases or current.purchases[-1].time <= purchase.time:
-        purchases = (*current.purchases, purchase)
-    else:
-        purchases = tuple(sorted((*current.purchases, purchase), key=lambda p: p.time))
+    purchases = tuple(sorted((*current.purchases, _purchase(event)), key=_order))
     updated = current._replace(purchases=purchases)
-    counted = [p for p in purchases if event.time - window < p.time <= event.time]
-    institutions = {p.fixmedins_code for p in counted}
-    recently_alerted = (
-        current.last_alert_time is not None
-        and abs(event.time - current.last_alert_time) < window
-    )
-    if (
-        len(counted) < thresholds.min_boxes
-        or len(institutions) < thresholds.min_institutions
-        or recently_alerted
-    ):
+    reached = _first_reached(purchases, window, thresholds, current.last_alert_time)
+    if reached is None:
         return _settle(updated, event.time, window), []
-    alert = _alert(event, counted, len(institutions), thresholds)
-    return _settle(updated._replace(last_alert_time=event.time), event.time, window), [alert]
+    trigger, counted = reached
+    alert = _alert(event, trigger, counted, thresholds)
+    return _settle(updated._replace(last_alert_time=trigger.time), event.time, window), [alert]
+
+
+def _order(purchase: Purchase) -> tuple[int, str, str]:
+    return purchase.time, purchase.msgid, purchase.code
+
+
+def _first_reached(
+    purchases: tuple[Purchase, ...],
+    window: int,
+    thresholds: HoardingThresholds,
+    last_alert_time: int | None,
+) -> tuple[Purchase, list[Purchase]] | None:
+    """The purchase at which, in business-time order, the thresholds are first reached.
+
+    Judged on the time order, not the arrival order, so that the alert (its trigger and its
+    evidence) is the same however the person's purchases interleave on their way here: on
+    Kafka they come from several code partitions. A trigger less than a window after the
+    last alert does not count (once per person and drug in any window).
+    """
+    if len(purchases) < thresholds.min_boxes:
+        return None
+    start = 0
+    for end, trigger in enumerate(purchases):
+        if last_alert_time is not None and trigger.time - last_alert_time < window:
+            continue
+        while purchases[start].time <= trigger.time - window:
+            start += 1
+        if end + 1 - start < thresholds.min_boxes:
+            continue
+        counted = list(purchases[start : end + 1])
+        if len({p.fixmedins_code for p in counted}) >= thresholds.min_institutions:
+            return trigger, counted
+    return None
 
 
 def _purchase(event: PersonEvent) -> Purchase:
@@ -139,9 +160,10 @@ def _settle(state: PersonState, now: int, window: int) -> PersonState | None:
 
 
 def _alert(
-    event: PersonEvent, counted: list[Purchase], institutions: int,
+    event: PersonEvent, trigger: Purchase, counted: list[Purchase],
     thresholds: HoardingThresholds,
 ) -> Alert:
+    institutions = len({p.fixmedins_code for p in counted})
     first, last = counted[0].time, counted[-1].time
     days = (last - first) / DAY_SECONDS
     reason = (
@@ -169,10 +191,10 @@ def _alert(
         drug_trac_codg=None,
         psn_hash=event.psn_hash,
         med_list_codg=event.med_list_codg,
-        fixmedins_code=event.fixmedins_code,
-        mdtrtarea_admvs=event.mdtrtarea_admvs,
-        trigger_msgid=event.trigger_msgid,
-        event_time=format_time(event.time),
+        fixmedins_code=trigger.fixmedins_code,
+        mdtrtarea_admvs=trigger.mdtrtarea_admvs,
+        trigger_msgid=trigger.msgid,
+        event_time=format_time(trigger.time),
         evidence=evidence,
         amount=sum(p.amount for p in counted),
         reason=reason,

@@ -109,3 +109,11 @@ def test_later_duplicate_sale_names_the_hoarding_alert() -> None:
         later = next(a for a in alerts if str(a.rule) == rule)
         notes = [e.note or "" for e in later.evidence]
         assert any(hoard.alert_id in note for note in notes), rule
+
+
+
+def test_a_late_earlier_purchase_after_the_alert_does_not_alert_again() -> None:
+    story = buys(12, 3)
+    late = story.pop(3)
+    alerts = [a for a in run([*story, late]) if str(a.rule) == "HOARDING"]
+    assert [a.trigger_msgid for a in alerts] == ["h10"]
