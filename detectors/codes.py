@@ -18,7 +18,8 @@ GS1 without a serial) is invalid. Neither ever enters the ledger.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+import functools
+from typing import NamedTuple
 
 GS = "\x1d"
 MIN_LEN = 8
@@ -42,24 +43,20 @@ class CodeKind(enum.Enum):
     INVALID = "invalid"
 
 
-@dataclass(frozen=True, slots=True)
-class NormalisedCode:
+class NormalisedCode(NamedTuple):
     """The outcome of normalising one raw code.
 
     ``code`` is the canonical identity for ledger codes, and the stripped raw string for
     barcodes and invalid codes (so an alert can show what was scanned). ``problem`` says in
-    Chinese what is wrong with an invalid code.
+    Chinese what is wrong with an invalid code. ``trackable`` is true when the code
+    identifies one box and belongs in the ledger.
     """
 
     kind: CodeKind
     code: str
     product_key: str | None = None
     problem: str | None = None
-
-    @property
-    def trackable(self) -> bool:
-        """True when this code identifies one box and belongs in the ledger."""
-        return self.kind in (CodeKind.CODE20, CodeKind.GS1, CodeKind.ENTERPRISE)
+    trackable: bool = False
 
 
 def gs1_check_digit_ok(digits: str) -> bool:
@@ -86,6 +83,10 @@ def _invalid(raw: str, problem: str) -> NormalisedCode:
     return NormalisedCode(CodeKind.INVALID, raw, None, problem)
 
 
+def _box(kind: CodeKind, code: str, product_key: str | None) -> NormalisedCode:
+    return NormalisedCode(kind, code, product_key, None, True)
+
+
 def _gs1(gtin: str, serial: str, raw: str) -> NormalisedCode:
     if not gs1_check_digit_ok(gtin):
         return _invalid(raw, f"GS1 码的 GTIN {gtin} 校验位错误")
@@ -93,7 +94,7 @@ def _gs1(gtin: str, serial: str, raw: str) -> NormalisedCode:
         return _invalid(raw, "GS1 码缺少序列号 (21)")
     if not serial.isascii() or not serial.isprintable():
         return _invalid(raw, "GS1 码序列号含非法字符")
-    return NormalisedCode(CodeKind.GS1, f"(01){gtin}(21){serial}", gtin)
+    return _box(CodeKind.GS1, f"(01){gtin}(21){serial}", gtin)
 
 
 def _parse_bracketed(raw: str) -> dict[str, str] | None:
@@ -145,8 +146,12 @@ def _parse_raw_gs1(raw: str) -> dict[str, str] | None:
     return fields
 
 
+@functools.lru_cache(maxsize=1 << 17)
 def normalise(raw: str) -> NormalisedCode:
-    """Classify and canonicalise one raw ``drug_trac_codg`` (SPEC §2)."""
+    """Classify and canonicalise one raw ``drug_trac_codg`` (SPEC §2).
+
+    Cached: inventory counts list the same boxes day after day.
+    """
     text = raw.strip()
     if not text:
         return _invalid(text, "追溯码为空")
@@ -157,7 +162,7 @@ def normalise(raw: str) -> NormalisedCode:
         return _gs1(fields["01"], fields.get("21", ""), text)
     if text.isascii() and text.isdigit():
         if len(text) == 20:
-            return NormalisedCode(CodeKind.CODE20, text, text[:7])
+            return _box(CodeKind.CODE20, text, text[:7])
         if len(text) == 13 and text.startswith("69"):
             return NormalisedCode(CodeKind.BARCODE, text)
         if len(text) == 14:
@@ -174,4 +179,4 @@ def normalise(raw: str) -> NormalisedCode:
         return _invalid(text, f"追溯码长度 {len(text)} 不足 {MIN_LEN} 位")
     if len(text) > MAX_LEN:
         return _invalid(text, f"追溯码长度 {len(text)} 超过 {MAX_LEN} 位")
-    return NormalisedCode(CodeKind.ENTERPRISE, text)
+    return _box(CodeKind.ENTERPRISE, text, None)

@@ -38,13 +38,13 @@ def detect(state: CodeState, event: CodeEvent, config: RuleConfig) -> list[Alert
         city_of(latest.mdtrtarea_admvs) != city_of(event.mdtrtarea_admvs)
         and hours <= config.cross_city_hours
     ):
-        severity, where = "critical", f"{config.cross_city_hours} 小时内异地"
+        severity, where = "critical", f"另一城市（{config.cross_city_hours} 小时内）"
     else:
         severity, where = "high", "另一机构"
     reason = (
         f"追溯码 {event.code} 已于 {sale_evidence(latest).event_time} 在 "
         f"{latest.fixmedins_code}（{latest.mdtrtarea_admvs}）销售且未退货，"
-        f"{hours:.1f} 小时后又在{where} {event.fixmedins_code}（{event.mdtrtarea_admvs}）销售"
+        f"{hours:.1f} 小时后又在{where}的 {event.fixmedins_code}（{event.mdtrtarea_admvs}）销售"
     )
     evidence = tuple(sale_evidence(sale) for sale in comparable)
     return [code_alert(RULE, severity, event, reason, evidence)]

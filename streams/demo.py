@@ -67,7 +67,6 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
 
     print("[2/5] starting the embedded broker …", file=sys.stderr)
     with EmbeddedBroker(log_path=out / "broker.log") as broker:
-        broker.start()
         ensure_topics(broker.bootstrap, [TopicSpec(settings.topic_events, 1)])
         use_redis = _redis_answers(settings.redis_url)
         web_port = free_port()
