@@ -15,10 +15,12 @@ The Redis implementation is :class:`streams.redis_ledger.RedisLedger`.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from detectors.hoarding import HoardingLink, PersonState
 from detectors.model import CodeState
+
+V = TypeVar("V")
 
 
 def record_key(institution: str, infno: str, bchno: str) -> str:
@@ -71,6 +73,15 @@ class Ledger(Protocol):
         """Remember the latest HOARDING alert id per person."""
 
 
+def _apply(table: dict[str, V], changes: Mapping[str, V | None]) -> None:
+    """Write changes into a table; None deletes the key."""
+    for key, value in changes.items():
+        if value is None:
+            table.pop(key, None)
+        else:
+            table[key] = value
+
+
 class MemoryLedger:
     """A ledger in dictionaries: exact, fast, and gone when the process ends."""
 
@@ -89,11 +100,7 @@ class MemoryLedger:
 
     def store_codes(self, states: Mapping[str, CodeState | None]) -> None:
         """Write states; None deletes."""
-        for code, state in states.items():
-            if state is None:
-                self.codes.pop(code, None)
-            else:
-                self.codes[code] = state
+        _apply(self.codes, states)
 
     def seen_messages(self, msgids: Collection[str]) -> set[str]:
         """Which msgids were routed before."""
@@ -118,11 +125,7 @@ class MemoryLedger:
         self.messages.update(msgids)
         self.records.difference_update(records_removed)
         self.records.update(records_added)
-        for key, codes in sales.items():
-            if codes is None:
-                self.sales.pop(key, None)
-            else:
-                self.sales[key] = codes
+        _apply(self.sales, sales)
 
     def load_persons(self, keys: Collection[str]) -> dict[str, PersonState]:
         """Hoarding states that exist."""
@@ -130,11 +133,7 @@ class MemoryLedger:
 
     def store_persons(self, states: Mapping[str, PersonState | None]) -> None:
         """Write hoarding states."""
-        for key, state in states.items():
-            if state is None:
-                self.persons.pop(key, None)
-            else:
-                self.persons[key] = state
+        _apply(self.persons, states)
 
     def hoarding_links(self, psn_hashes: Collection[str]) -> dict[str, HoardingLink]:
         """Latest HOARDING alert per person."""
