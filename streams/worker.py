@@ -31,6 +31,7 @@ from aiokafka.partitioner import murmur2
 from faust.types import EventT, StreamT
 from faust.web import Request, Response, View
 
+from detectors.codes import product_key_of
 from detectors.messages import BadInput, parse
 from detectors.model import Alert, CodeEvent, Message, PersonEvent
 from streams.kafka_io import TopicSpec, ensure_topics
@@ -50,9 +51,20 @@ STATIC = Path(__file__).with_name("static")
 T = TypeVar("T")
 
 
-def partition_of(key: str, partitions: int) -> int:
+def partition_of(key: bytes, partitions: int) -> int:
     """The partition Kafka's default partitioner gives ``key`` (murmur2, as the JVM does)."""
-    return int(murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def code_key(code: str) -> bytes:
+    """The Kafka key of a code's events on the codes topic: its product key when it has one.
+
+    One writer per code still holds (a code has one product), and the boxes of one product
+    share a writer, so a split sale drawing units from several boxes of a product, and every
+    later event of those boxes, are applied in the log's order. Only a split sale across
+    products or enterprise codes forwards the rest of its draw to another partition.
+    """
+    return (product_key_of(code) or code).encode()
 
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
@@ -246,7 +258,7 @@ class Worker:
             routed = await self._retry("route", partial(self.pipeline.route, messages))
             for code_event in routed.events:
                 sends.append(self.codes_topic.send(
-                    key=code_event.code.encode(), value=dump_event(code_event)))
+                    key=code_key(code_event.code), value=dump_event(code_event)))
             sends.extend(self._alert_sends(routed.alerts, oldest))
             await self._send_all(sends)
             await self._retry("commit routing",
@@ -287,7 +299,7 @@ class Worker:
         partitions = self.settings.partitions
 
         def owns(code: str) -> bool:
-            return partition_of(code, partitions) in owned
+            return partition_of(code_key(code), partitions) in owned
 
         return owns
 
@@ -302,7 +314,7 @@ class Worker:
             sends = self._alert_sends(result.alerts, oldest)
             for forwarded in result.forwarded:
                 sends.append(self.codes_topic.send(
-                    key=forwarded.code.encode(), value=dump_event(forwarded)))
+                    key=code_key(forwarded.code), value=dump_event(forwarded)))
             for person in result.person_events:
                 sends.append(self.persons_topic.send(
                     key=person.psn_hash.encode(), value=dump_event(person)))
