@@ -28,6 +28,7 @@ from detectors.model import (
     Alert,
     CodeEvent,
     CodeState,
+    Kind,
     Message,
     PersonEvent,
     Rule,
@@ -173,6 +174,10 @@ class Pipeline:
             pending: CodeEvent | None = event
             while pending is not None:
                 before = states.get(pending.code)
+                if before is None and pending.kind is Kind.STOCK:
+                    # A box in stock that was never sold: nothing to check or remember.
+                    result.applied += 1
+                    break
                 outcome = code_step(before, pending, config)
                 if outcome.duplicate:
                     result.duplicates += 1
