@@ -32,6 +32,7 @@ from detectors.codes import product_key_of
 from detectors.model import (
     DAY_SECONDS,
     Alert,
+    CatalogEntry,
     CodeEvent,
     CodeState,
     Kind,
@@ -80,6 +81,19 @@ def _person_event(sale: SaleRecord, code: str, delta: int, event: CodeEvent) -> 
         amount=sale.amount,
         trigger_msgid=event.msgid,
         seq=event.seq,
+    )
+
+
+def _catalog_entry(code: str, config: RuleConfig) -> CatalogEntry | None:
+    key = product_key_of(code)
+    return config.catalog.get(key) if key is not None else None
+
+
+def _sale_record(event: CodeEvent, units: float) -> SaleRecord:
+    """The standing sale a sale event records, with the units this code gave."""
+    return SaleRecord(
+        event.fixmedins_code, event.mdtrtarea_admvs, event.bchno, event.msgid, event.time,
+        event.psn_hash, event.med_list_codg, event.split, units, event.amount,
     )
 
 
@@ -152,14 +166,10 @@ def _first_sale(event: CodeEvent, config: RuleConfig) -> StepResult:
     Only SUBSTITUTION against the catalog can fire; the result is what ``_sale`` and the
     bookkeeping in ``step`` would give.
     """
-    key = product_key_of(event.code)
-    entry = config.catalog.get(key) if key is not None else None
+    entry = _catalog_entry(event.code, config)
     alerts = substitution.detect(EMPTY, event, entry) if entry is not None else ()
     record_print = record_fingerprint(event.fixmedins_code, event.infno, event.bchno)
-    record = SaleRecord(
-        event.fixmedins_code, event.mdtrtarea_admvs, event.bchno, event.msgid, event.time,
-        event.psn_hash, event.med_list_codg, False, 1.0, event.amount,
-    )
+    record = _sale_record(event, 1.0)
     state = CodeState(
         sales=(record,),
         first_drug=event.med_list_codg or None,
@@ -172,8 +182,7 @@ def _first_sale(event: CodeEvent, config: RuleConfig) -> StepResult:
 
 
 def _sale(state: CodeState, event: CodeEvent, config: RuleConfig) -> StepResult:
-    key = product_key_of(event.code)
-    entry = config.catalog.get(key) if key is not None else None
+    entry = _catalog_entry(event.code, config)
     pack_units = entry.pack_units if entry is not None else None
     alerts = duplicate_sale.detect(state, event, config)
     alerts += substitution.detect(state, event, entry)
@@ -182,18 +191,7 @@ def _sale(state: CodeState, event: CodeEvent, config: RuleConfig) -> StepResult:
         taken = event.units if not event.draw_rest else min(event.units, left)
     else:
         taken = 1.0
-    record = SaleRecord(
-        fixmedins_code=event.fixmedins_code,
-        mdtrtarea_admvs=event.mdtrtarea_admvs,
-        bchno=event.bchno,
-        msgid=event.msgid,
-        time=event.time,
-        psn_hash=event.psn_hash,
-        med_list_codg=event.med_list_codg,
-        split=event.split,
-        units=taken,
-        amount=event.amount,
-    )
+    record = _sale_record(event, taken)
     first_drug, first_ref = state.first_drug, state.first_drug_ref
     if first_drug is None and event.med_list_codg:
         first_drug = event.med_list_codg
