@@ -1,15 +1,22 @@
-"""The Kafka worker: a faust application with three agents over the pipeline's three stages.
+"""The Kafka worker: a faust application whose hot path reads and writes Kafka in batches.
 
-``tracewatch.events`` ──route──▶ ``tracewatch.codes`` (keyed by code: one writer per code)
-──codes──▶ ``tracewatch.persons`` (keyed by person) ──persons──▶ ``tracewatch.alerts``.
-Stateless alerts leave from the first stage, code alerts from the second, HOARDING from the
-third; bad input goes unchanged to ``tracewatch.events.dlq`` with the reason in the
-``tracewatch-reason`` header.
+``tracewatch.events`` ──route──▶ ``tracewatch.codes`` (partitioned by product key: one
+writer per code) ──codes──▶ ``tracewatch.persons`` (partitioned by person) ──persons──▶
+``tracewatch.alerts``. Stateless alerts leave from the first stage, code alerts from the
+second, HOARDING from the third; bad input goes unchanged to ``tracewatch.events.dlq`` with
+the reason in the ``tracewatch-reason`` header.
 
-Every stage works a batch at a time (``take_events``: at most ``TRACEWATCH_BATCH_SIZE``
-records, never waiting more than ``TRACEWATCH_BATCH_WAIT`` seconds), loads and stores the
-ledger once per batch, and writes the ledger only after the batch's output was acknowledged
-by the broker. A crash in between replays the batch: the ledger's fingerprints drop what was
+faust runs the process (start-up, signals, the web pages, timers); the three stages run in
+one faust app task over one aiokafka consumer subscribed to the three topics, a batch at a
+time (``getmany``: at most ``TRACEWATCH_BATCH_SIZE`` records, waiting at most
+``TRACEWATCH_BATCH_WAIT`` seconds when nothing is there, never for a batch to fill). faust's
+per-event streams cost ~300-400 µs a record on our cores (docs/kafka-notes.md), so the hot
+path does not use them, and the internal topics carry one record per batch and partition
+(``streams.wire``), not one per code.
+
+Each batch: every stage calls the shared :class:`Pipeline`, every output record is sent, the
+broker's acknowledgements are awaited, then the ledger is written, then the input offsets are
+committed. A crash in between replays the batch: the ledger's fingerprints drop what was
 applied, and an alert that is raised again has the same ``alert_id`` (the topic's key), so
 nothing is lost and no new alert appears.
 """
@@ -20,15 +27,18 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from functools import partial
+from collections.abc import Callable, Sequence
+from functools import lru_cache, partial
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import faust
 import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.partitioner import murmur2
-from faust.types import EventT, StreamT
+from faust.app.base import BootStrategy
 from faust.web import Request, Response, View
 
 from detectors.codes import product_key_of
@@ -41,7 +51,7 @@ from streams.offline import alert_json, now_text
 from streams.pipeline import Pipeline
 from streams.reference import rule_config
 from streams.settings import Settings
-from streams.wire import dump_event, load_code_event, load_person_event
+from streams.wire import dump_batch, load_code_batch, load_person_batch
 
 log = logging.getLogger("tracewatch.worker")
 
@@ -130,8 +140,52 @@ class LiveFeed:
         }
 
 
+#: Events per record on the internal topics: well under the broker's 1 MB record limit.
+EVENTS_PER_RECORD = 1000
+
+
+@lru_cache(maxsize=1 << 16)
+def _code_partition(key: bytes, partitions: int) -> int:
+    # Product keys are few and hot: murmur2 in pure Python costs ~3 µs a call here.
+    return partition_of(key, partitions)
+
+
+@lru_cache(maxsize=1 << 18)
+def _person_partition(psn_hash: str, partitions: int) -> int:
+    return partition_of(psn_hash.encode(), partitions)
+
+
+def _chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+class _WaitForBatch(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Hands partitions over only between batches, after the batch in hand is committed."""
+
+    def __init__(self, lock: asyncio.Lock) -> None:
+        self.lock = lock
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        async with self.lock:
+            pass
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        log.info("assigned %s", sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
+
+
+class _WithoutFaustClients(BootStrategy):
+    """faust starts the web server, sensors and tasks; the pipeline task has its own clients."""
+
+    enable_kafka_consumer = False
+    enable_kafka_producer = False
+
+
+class _PipelineApp(faust.App):
+    BootStrategy = _WithoutFaustClients
+
+
 class Worker:
-    """Builds the faust app; the agents call the shared :class:`Pipeline`."""
+    """Builds the faust app; its pipeline task calls the shared :class:`Pipeline`."""
 
     def __init__(
         self,
@@ -147,55 +201,132 @@ class Worker:
         self.metrics = metrics or Metrics()
         self.feed = LiveFeed()
         self.psn_key = settings.psn_key_bytes
+        self.group_id = app_id
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self._batch_lock = asyncio.Lock()
         self.app = self._build_app(app_id)
 
     # ------------------------------------------------------------------ app
 
     def _build_app(self, app_id: str) -> faust.App:
         s = self.settings
-        app = faust.App(
+        app = _PipelineApp(
             app_id,
             broker=[f"kafka://{server.strip()}" for server in s.kafka.split(",")],
             store="memory://",
             value_serializer="raw",
             key_serializer="raw",
-            topic_partitions=s.partitions,
             topic_replication_factor=1,
-            topic_allow_declare=True,
             topic_disable_leader=True,
-            consumer_auto_offset_reset="earliest",
-            # Tansu answers a group's first join only after half the session timeout, and
-            # faust's 60 s default made every start wait 30 s (docs/kafka-notes.md).
+            # Tansu answers a group's first join only after half the session timeout
+            # (docs/kafka-notes.md); the app itself subscribes to nothing.
             broker_session_timeout=10.0,
             broker_heartbeat_interval=2.0,
-            broker_rebalance_timeout=10.0,
-            broker_commit_every=s.batch_size,
-            broker_commit_interval=1.0,
-            broker_max_poll_records=max(s.batch_size, 500),
-            stream_buffer_maxsize=max(s.batch_size * 2, 16384),
-            producer_linger=0.005,
-            producer_max_batch_size=1_048_576,
-            producer_acks=-1,
             web_port=s.web_port,
             web_bind=s.web_host,
             web_host=s.web_host,
             web_enabled=True,
             table_cleanup_interval=3600.0,
         )
-        self.events_topic = app.topic(s.topic_events, key_type=bytes, value_type=bytes)
-        self.codes_topic = app.topic(s.topic_codes, key_type=bytes, value_type=bytes,
-                                     partitions=s.partitions, internal=False)
-        self.persons_topic = app.topic(s.topic_persons, key_type=bytes, value_type=bytes,
-                                       partitions=s.partitions)
-        self.alerts_topic = app.topic(s.topic_alerts, key_type=bytes, value_type=bytes)
-        self.dlq_topic = app.topic(s.topic_dlq, key_type=bytes, value_type=bytes)
-
-        app.agent(self.events_topic, name="tracewatch.route")(self._route_agent)
-        app.agent(self.codes_topic, name="tracewatch.codes")(self._codes_agent)
-        app.agent(self.persons_topic, name="tracewatch.persons")(self._persons_agent)
+        app.task(self._run_pipeline)
         app.timer(5.0)(self._sample_gauges)
         self._add_pages(app)
         return app
+
+    # ------------------------------------------------------------------ the loop
+
+    async def _start_clients(self) -> tuple[AIOKafkaConsumer, AIOKafkaProducer]:
+        s = self.settings
+        servers = [server.strip() for server in s.kafka.split(",")]
+        producer = AIOKafkaProducer(
+            bootstrap_servers=servers,
+            acks="all",
+            linger_ms=5,
+            max_batch_size=1 << 20,
+            max_request_size=8 << 20,
+        )
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=servers,
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=s.batch_size,
+            # Tansu answers a waiting fetch only when its wait runs out, not when records
+            # arrive: a short wait keeps a caught-up stage's delay small.
+            fetch_max_wait_ms=50,
+            max_partition_fetch_bytes=8 << 20,
+            fetch_max_bytes=32 << 20,
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=2_000,
+            rebalance_timeout_ms=10_000,
+        )
+        await producer.start()
+        try:
+            await consumer.start()
+        except BaseException:
+            await producer.stop()
+            raise
+        consumer.subscribe(
+            topics=[s.topic_events, s.topic_codes, s.topic_persons],
+            listener=_WaitForBatch(self._batch_lock),
+        )
+        return consumer, producer
+
+    async def _run_pipeline(self) -> None:
+        """Read, handle and commit batches until the app stops."""
+        consumer, producer = await self._start_clients()
+        self.consumer, self.producer = consumer, producer
+        wait_ms = max(1, int(self.settings.batch_wait * 1000))
+        try:
+            while True:
+                batch = await consumer.getmany(timeout_ms=wait_ms,
+                                               max_records=self.settings.batch_size)
+                if not batch:
+                    continue
+                async with self._batch_lock:
+                    await self._handle(batch)
+                    await self._commit(consumer, batch)
+        finally:
+            self.consumer = self.producer = None
+            await consumer.stop()
+            await producer.stop()
+
+    async def _commit(self, consumer: AIOKafkaConsumer,
+                      batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
+        offsets = {tp: records[-1].offset + 1 for tp, records in batch.items() if records}
+        try:
+            await consumer.commit(offsets)
+        except CommitFailedError as error:
+            # The group moved on: the new owner reads these records again, and every stage
+            # is idempotent, so this costs work, not correctness.
+            log.warning("offsets not committed (%s); the batch will be read again", error)
+
+    async def _handle(self, batch: dict[TopicPartition,
+                                        list[ConsumerRecord[bytes, bytes]]]) -> None:
+        s = self.settings
+        events: list[ConsumerRecord[bytes, bytes]] = []
+        codes: list[ConsumerRecord[bytes, bytes]] = []
+        persons: list[ConsumerRecord[bytes, bytes]] = []
+        for tp, records in batch.items():
+            if tp.topic == s.topic_events:
+                events.extend(records)
+            elif tp.topic == s.topic_codes:
+                codes.extend(records)
+            elif tp.topic == s.topic_persons:
+                persons.extend(records)
+        sends: list[asyncio.Future[Any]] = []
+        writes: list[tuple[str, Callable[[], None]]] = []
+        if events:
+            await self._route(events, sends, writes)
+        if codes:
+            await self._apply_codes(codes, sends, writes)
+        if persons:
+            await self._apply_persons(persons, sends, writes)
+        if sends:
+            await asyncio.gather(*sends)
+        for what, write in writes:
+            await self._retry(what, write)
 
     # ------------------------------------------------------------------ helpers
 
@@ -215,69 +346,90 @@ class Worker:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
 
-    async def _send_all(self, sends: Iterable[Awaitable[Any]]) -> None:
-        """Wait until the broker acknowledged every record of a batch."""
-        futures = [await send for send in sends]
-        for future in futures:
-            await future
+    async def _send(self, topic: str, value: bytes, key: bytes | None = None,
+                    partition: int | None = None,
+                    headers: list[tuple[str, bytes]] | None = None) -> asyncio.Future[Any]:
+        """Queue a record; the returned future resolves when the broker has it."""
+        producer = self.producer
+        if producer is None:
+            raise KafkaError("the worker's producer is not running")
+        future: asyncio.Future[Any] = await producer.send(
+            topic, value=value, key=key, partition=partition, headers=headers)
+        return future
 
-    def _alert_sends(self, alerts: Sequence[Alert], arrived: float) -> list[Awaitable[Any]]:
-        sends: list[Awaitable[Any]] = []
+    async def _send_alerts(self, alerts: Sequence[Alert], arrived_ms: int,
+                           sends: list[asyncio.Future[Any]]) -> None:
         detected = now_text()
-        latency = max(0.0, time.time() - arrived) if arrived else 0.0
+        latency = max(0.0, time.time() - arrived_ms / 1000) if arrived_ms else 0.0
         for alert in alerts:
             body = alert.to_dict(detected)
             self.feed.add(body)
             self.metrics.alerts.labels(str(alert.rule), alert.severity).inc()
             self.metrics.alert_latency.observe(latency)
-            sends.append(self.alerts_topic.send(
-                key=alert.alert_id.encode(), value=alert_json(alert, detected)))
-        return sends
+            sends.append(await self._send(self.settings.topic_alerts,
+                                          key=alert.alert_id.encode(),
+                                          value=alert_json(alert, detected)))
 
-    def _batches(self, stream: StreamT[Any]) -> AsyncIterator[Sequence[EventT[Any]]]:
-        """Batches of events: full, or whatever arrived within the batch wait."""
-        typed = cast("faust.Stream[Any]", stream)
-        return typed.take_events(self.settings.batch_size, within=self.settings.batch_wait)
+    async def _send_code_events(self, events: Sequence[CodeEvent], arrived_ms: int,
+                                sends: list[asyncio.Future[Any]]) -> None:
+        partitions = self.settings.partitions
+        by_partition: dict[int, list[CodeEvent]] = {}
+        for event in events:
+            number = _code_partition(code_key(event.code), partitions)
+            by_partition.setdefault(number, []).append(event)
+        for number, group in by_partition.items():
+            for chunk in _chunks(group, EVENTS_PER_RECORD):
+                sends.append(await self._send(self.settings.topic_codes, partition=number,
+                                              value=dump_batch(chunk, arrived_ms)))
+
+    async def _send_person_events(self, events: Sequence[PersonEvent], arrived_ms: int,
+                                  sends: list[asyncio.Future[Any]]) -> None:
+        partitions = self.settings.partitions
+        by_partition: dict[int, list[PersonEvent]] = {}
+        for event in events:
+            number = _person_partition(event.psn_hash, partitions)
+            by_partition.setdefault(number, []).append(event)
+        for number, group in by_partition.items():
+            for chunk in _chunks(group, EVENTS_PER_RECORD):
+                sends.append(await self._send(self.settings.topic_persons, partition=number,
+                                              value=dump_batch(chunk, arrived_ms)))
 
     # ------------------------------------------------------------------ stage 1
 
-    async def _route_agent(self, stream: StreamT[Any]) -> None:
-        async for batch in self._batches(stream):
-            started = time.perf_counter()
-            messages: list[tuple[int, Message]] = []
-            sends: list[Awaitable[Any]] = []
-            oldest = min((e.message.timestamp for e in batch), default=0.0)
-            for number, event in enumerate(batch):
-                raw = event.message.value or b""
-                try:
-                    message = parse(orjson.loads(raw), self.psn_key)
-                except (orjson.JSONDecodeError, BadInput) as error:
-                    sends.append(self._dead_letter(event, error))
-                    continue
-                messages.append((number, message))
-            routed = await self._retry("route", partial(self.pipeline.route, messages))
-            for code_event in routed.events:
-                sends.append(self.codes_topic.send(
-                    key=code_key(code_event.code), value=dump_event(code_event)))
-            sends.extend(self._alert_sends(routed.alerts, oldest))
-            await self._send_all(sends)
-            await self._retry("commit routing",
-                              partial(self.pipeline.commit_routing, routed.commit))
-            self._count_messages(messages, routed.duplicates)
-            self.metrics.codes.labels("invalid").inc(routed.codes_rejected)
-            self.metrics.batch_seconds.labels("route").observe(time.perf_counter() - started)
-            self.metrics.batch_size.labels("route").observe(len(batch))
+    async def _route(self, records: Sequence[ConsumerRecord[bytes, bytes]],
+                     sends: list[asyncio.Future[Any]],
+                     writes: list[tuple[str, Callable[[], None]]]) -> None:
+        started = time.perf_counter()
+        messages: list[tuple[int, Message]] = []
+        arrived_ms = min(record.timestamp for record in records)
+        psn_key = self.psn_key
+        for number, record in enumerate(records):
+            try:
+                message = parse(orjson.loads(record.value or b""), psn_key)
+            except (orjson.JSONDecodeError, BadInput) as error:
+                sends.append(await self._dead_letter(record, error))
+                continue
+            messages.append((number, message))
+        routed = await self._retry("route", partial(self.pipeline.route, messages))
+        await self._send_code_events(routed.events, arrived_ms, sends)
+        await self._send_alerts(routed.alerts, arrived_ms, sends)
+        writes.append(("commit routing", partial(self.pipeline.commit_routing, routed.commit)))
+        self._count_messages(messages, routed.duplicates)
+        self.metrics.codes.labels("invalid").inc(routed.codes_rejected)
+        self.metrics.batch_seconds.labels("route").observe(time.perf_counter() - started)
+        self.metrics.batch_size.labels("route").observe(len(records))
 
-    def _dead_letter(self, event: Any, error: Exception) -> Awaitable[Any]:
+    async def _dead_letter(self, record: ConsumerRecord[bytes, bytes],
+                           error: Exception) -> asyncio.Future[Any]:
         reason = error.reason if isinstance(error, BadInput) else f"not JSON: {error}"
         category = reason.split(":")[0].split(" ")[0] if isinstance(error, BadInput) else "json"
         self.metrics.dlq.labels(category[:32]).inc()
         self.feed.bad += 1
-        message = event.message
-        source = f"{message.topic}/{message.partition}/{message.offset}"
-        return self.dlq_topic.send(
-            key=message.key,
-            value=message.value,
+        source = f"{record.topic}/{record.partition}/{record.offset}"
+        return await self._send(
+            self.settings.topic_dlq,
+            key=record.key,
+            value=record.value or b"",
             headers=[(REASON_HEADER, reason.encode()), (SOURCE_HEADER, source.encode())],
         )
 
@@ -295,63 +447,71 @@ class Worker:
 
     def _owned_codes(self) -> Callable[[str], bool]:
         topic = self.settings.topic_codes
-        owned = {tp.partition for tp in self.app.consumer.assignment() if tp.topic == topic}
+        consumer = self.consumer
+        assigned = consumer.assignment() if consumer is not None else set()
+        owned = {tp.partition for tp in assigned if tp.topic == topic}
         partitions = self.settings.partitions
 
         def owns(code: str) -> bool:
-            return partition_of(code_key(code), partitions) in owned
+            return _code_partition(code_key(code), partitions) in owned
 
         return owns
 
-    async def _codes_agent(self, stream: StreamT[Any]) -> None:
-        async for batch in self._batches(stream):
-            started = time.perf_counter()
-            events: list[CodeEvent] = [load_code_event(e.message.value or b"{}") for e in batch]
-            oldest = min((e.message.timestamp for e in batch), default=0.0)
-            owns = self._owned_codes()
-            result = await self._retry(
-                "load codes", partial(self.pipeline.apply_codes, events, owns, store=False))
-            sends = self._alert_sends(result.alerts, oldest)
-            for forwarded in result.forwarded:
-                sends.append(self.codes_topic.send(
-                    key=code_key(forwarded.code), value=dump_event(forwarded)))
-            for person in result.person_events:
-                sends.append(self.persons_topic.send(
-                    key=person.psn_hash.encode(), value=dump_event(person)))
-            await self._send_all(sends)
-            await self._retry("store codes", partial(self.pipeline.store_codes, result))
-            self.metrics.codes.labels("applied").inc(result.applied)
-            self.metrics.codes.labels("duplicate").inc(result.duplicates)
-            self.metrics.ledger_roundtrips.labels("load").inc()
-            self.metrics.ledger_roundtrips.labels("store").inc(1 if result.changed else 0)
-            self.metrics.batch_seconds.labels("codes").observe(time.perf_counter() - started)
-            self.metrics.batch_size.labels("codes").observe(len(batch))
+    async def _apply_codes(self, records: Sequence[ConsumerRecord[bytes, bytes]],
+                           sends: list[asyncio.Future[Any]],
+                           writes: list[tuple[str, Callable[[], None]]]) -> None:
+        started = time.perf_counter()
+        events: list[CodeEvent] = []
+        arrived_ms = 0
+        for record in records:
+            batch = load_code_batch(record.value or b"{}")
+            events.extend(batch.events)
+            arrived = batch.arrived_ms or record.timestamp
+            arrived_ms = min(arrived_ms, arrived) if arrived_ms else arrived
+        result = await self._retry(
+            "load codes",
+            partial(self.pipeline.apply_codes, events, self._owned_codes(), store=False))
+        await self._send_alerts(result.alerts, arrived_ms, sends)
+        await self._send_code_events(result.forwarded, arrived_ms, sends)
+        await self._send_person_events(result.person_events, arrived_ms, sends)
+        writes.append(("store codes", partial(self.pipeline.store_codes, result)))
+        self.metrics.codes.labels("applied").inc(result.applied)
+        self.metrics.codes.labels("duplicate").inc(result.duplicates)
+        self.metrics.ledger_roundtrips.labels("load").inc()
+        self.metrics.ledger_roundtrips.labels("store").inc(1 if result.changed else 0)
+        self.metrics.batch_seconds.labels("codes").observe(time.perf_counter() - started)
+        self.metrics.batch_size.labels("codes").observe(len(events))
 
     # ------------------------------------------------------------------ stage 3
 
-    async def _persons_agent(self, stream: StreamT[Any]) -> None:
-        async for batch in self._batches(stream):
-            started = time.perf_counter()
-            people: list[PersonEvent] = [load_person_event(e.message.value or b"{}")
-                                         for e in batch]
-            oldest = min((e.message.timestamp for e in batch), default=0.0)
-            found = await self._retry(
-                "load persons", partial(self.pipeline.apply_persons, people, store=False))
-            await self._send_all(self._alert_sends(found.alerts, oldest))
-            await self._retry("store persons", partial(self.pipeline.store_persons, found))
-            self.metrics.batch_seconds.labels("persons").observe(time.perf_counter() - started)
-            self.metrics.batch_size.labels("persons").observe(len(batch))
+    async def _apply_persons(self, records: Sequence[ConsumerRecord[bytes, bytes]],
+                             sends: list[asyncio.Future[Any]],
+                             writes: list[tuple[str, Callable[[], None]]]) -> None:
+        started = time.perf_counter()
+        people: list[PersonEvent] = []
+        arrived_ms = 0
+        for record in records:
+            batch = load_person_batch(record.value or b"{}")
+            people.extend(batch.events)
+            arrived = batch.arrived_ms or record.timestamp
+            arrived_ms = min(arrived_ms, arrived) if arrived_ms else arrived
+        found = await self._retry(
+            "load persons", partial(self.pipeline.apply_persons, people, store=False))
+        await self._send_alerts(found.alerts, arrived_ms, sends)
+        writes.append(("store persons", partial(self.pipeline.store_persons, found)))
+        self.metrics.batch_seconds.labels("persons").observe(time.perf_counter() - started)
+        self.metrics.batch_size.labels("persons").observe(len(people))
 
     # ------------------------------------------------------------------ monitoring
 
     async def _sample_gauges(self) -> None:
         self.metrics.worker_up.set(1)
-        consumer = self.app.consumer
+        consumer = self.consumer
         lags: dict[str, int] = {}
-        for tp in consumer.assignment():
+        for tp in consumer.assignment() if consumer is not None else ():
             try:
-                high = consumer.highwater(tp)
-                position = await consumer.position(tp)
+                high = consumer.highwater(tp)  # type: ignore[union-attr]
+                position = await consumer.position(tp)  # type: ignore[union-attr]
             except Exception:  # a partition being reassigned has no position yet
                 continue
             if high is not None and position is not None:
