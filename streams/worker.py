@@ -12,7 +12,9 @@ time (``getmany``: at most ``TRACEWATCH_BATCH_SIZE`` records, waiting at most
 ``TRACEWATCH_BATCH_WAIT`` seconds when nothing is there, never for a batch to fill). faust's
 per-event streams cost ~300-400 µs a record on our cores (docs/kafka-notes.md), so the hot
 path does not use them, and the internal topics carry one record per batch and partition
-(``streams.wire``), not one per code.
+(``streams.wire``), not one per code. Input partitions are merged in business-time order
+(``streams.align``): a batch from one institution's partition never runs days ahead of
+another's, so a fast replay of a log on many partitions raises what ``check`` raises.
 
 Each batch: every stage calls the shared :class:`Pipeline`, every output record is sent, the
 broker's acknowledgements are awaited, then the ledger is written, then the input offsets are
@@ -30,7 +32,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from functools import lru_cache, partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import faust
 import orjson
@@ -44,6 +46,7 @@ from faust.web import Request, Response, View
 from detectors.codes import product_key_of
 from detectors.messages import BadInput, parse
 from detectors.model import Alert, CodeEvent, Message, PersonEvent
+from streams.align import TimeAligner
 from streams.kafka_io import TopicSpec, ensure_topics
 from streams.ledger import Ledger, MemoryLedger
 from streams.metrics import Metrics
@@ -140,6 +143,9 @@ class LiveFeed:
         }
 
 
+#: An input record with its parsed message, or with the reason it was refused.
+Parsed = tuple[ConsumerRecord[bytes, bytes], Message | Exception]
+
 #: Events per record on the internal topics: well under the broker's 1 MB record limit.
 EVENTS_PER_RECORD = 1000
 
@@ -162,12 +168,14 @@ def _chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
 class _WaitForBatch(ConsumerRebalanceListener):  # type: ignore[misc]
     """Hands partitions over only between batches, after the batch in hand is committed."""
 
-    def __init__(self, lock: asyncio.Lock) -> None:
+    def __init__(self, lock: asyncio.Lock, aligner: TimeAligner[Parsed]) -> None:
         self.lock = lock
+        self.aligner = aligner
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         async with self.lock:
-            pass
+            # Held input was not committed: its new owner reads it again.
+            self.aligner.drop(revoked)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         log.info("assigned %s", sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
@@ -205,6 +213,7 @@ class Worker:
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self._batch_lock = asyncio.Lock()
+        self._input: TimeAligner[Parsed] = TimeAligner()
         self.app = self._build_app(app_id)
 
     # ------------------------------------------------------------------ app
@@ -255,7 +264,7 @@ class Worker:
             # Tansu answers a waiting fetch only when its wait runs out, not when records
             # arrive: a short wait keeps a caught-up stage's delay small.
             fetch_max_wait_ms=50,
-            max_partition_fetch_bytes=8 << 20,
+            max_partition_fetch_bytes=1 << 20,
             fetch_max_bytes=32 << 20,
             session_timeout_ms=10_000,
             heartbeat_interval_ms=2_000,
@@ -269,7 +278,7 @@ class Worker:
             raise
         consumer.subscribe(
             topics=[s.topic_events, s.topic_codes, s.topic_persons],
-            listener=_WaitForBatch(self._batch_lock),
+            listener=_WaitForBatch(self._batch_lock, self._input),
         )
         return consumer, producer
 
@@ -282,19 +291,31 @@ class Worker:
             while True:
                 batch = await consumer.getmany(timeout_ms=wait_ms,
                                                max_records=self.settings.batch_size)
-                if not batch:
+                if not batch and not len(self._input):
                     continue
                 async with self._batch_lock:
-                    await self._handle(batch)
-                    await self._commit(consumer, batch)
+                    offsets = await self._handle(batch)
+                    await self._commit(consumer, offsets)
+                    self._hold_back_fast_partitions(consumer)
         finally:
             self.consumer = self.producer = None
             await consumer.stop()
             await producer.stop()
 
-    async def _commit(self, consumer: AIOKafkaConsumer,
-                      batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
-        offsets = {tp: records[-1].offset + 1 for tp, records in batch.items() if records}
+    def _hold_back_fast_partitions(self, consumer: AIOKafkaConsumer) -> None:
+        """Stop fetching input partitions that are far ahead of the others, until released."""
+        limit = self.settings.batch_size * 2
+        for tp in consumer.assignment():
+            if tp.topic != self.settings.topic_events:
+                continue
+            if self._input.held(tp) > limit:
+                consumer.pause(tp)
+            elif tp in consumer.paused():
+                consumer.resume(tp)
+
+    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+        if not offsets:
+            return
         try:
             await consumer.commit(offsets)
         except CommitFailedError as error:
@@ -302,23 +323,50 @@ class Worker:
             # is idempotent, so this costs work, not correctness.
             log.warning("offsets not committed (%s); the batch will be read again", error)
 
-    async def _handle(self, batch: dict[TopicPartition,
-                                        list[ConsumerRecord[bytes, bytes]]]) -> None:
+    async def _input_behind(self) -> list[TopicPartition]:
+        """Input partitions with records in the broker that were not fetched yet."""
+        consumer = self.consumer
+        if consumer is None:
+            return []
+        behind = []
+        for tp in consumer.assignment():
+            if tp.topic != self.settings.topic_events or self._input.held(tp):
+                continue
+            high = consumer.highwater(tp)
+            if high is None or await consumer.position(tp) < high:
+                behind.append(tp)
+        return behind
+
+    def _parse(self, record: ConsumerRecord[bytes, bytes]) -> tuple[int | None, Parsed]:
+        try:
+            message = parse(orjson.loads(record.value or b""), self.psn_key)
+        except (orjson.JSONDecodeError, BadInput) as error:
+            return None, (record, error)
+        return message.time, (record, message)
+
+    async def _handle(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
+                      ) -> dict[TopicPartition, int]:
+        """Run the three stages over a fetched batch; the offsets it finished, to commit."""
         s = self.settings
-        events: list[ConsumerRecord[bytes, bytes]] = []
         codes: list[ConsumerRecord[bytes, bytes]] = []
         persons: list[ConsumerRecord[bytes, bytes]] = []
+        offsets: dict[TopicPartition, int] = {}
         for tp, records in batch.items():
             if tp.topic == s.topic_events:
-                events.extend(records)
-            elif tp.topic == s.topic_codes:
+                self._input.add(tp, map(self._parse, records))
+                continue
+            if tp.topic == s.topic_codes:
                 codes.extend(records)
             elif tp.topic == s.topic_persons:
                 persons.extend(records)
+            offsets[tp] = records[-1].offset + 1
+        released = self._input.release(behind=await self._input_behind())
+        for tp, (record, _) in released:
+            offsets[cast(TopicPartition, tp)] = record.offset + 1
         sends: list[asyncio.Future[Any]] = []
         writes: list[tuple[str, Callable[[], None]]] = []
-        if events:
-            await self._route(events, sends, writes)
+        if released:
+            await self._route([parsed for _, parsed in released], sends, writes)
         if codes:
             await self._apply_codes(codes, sends, writes)
         if persons:
@@ -327,6 +375,7 @@ class Worker:
             await asyncio.gather(*sends)
         for what, write in writes:
             await self._retry(what, write)
+        return offsets
 
     # ------------------------------------------------------------------ helpers
 
@@ -396,20 +445,16 @@ class Worker:
 
     # ------------------------------------------------------------------ stage 1
 
-    async def _route(self, records: Sequence[ConsumerRecord[bytes, bytes]],
-                     sends: list[asyncio.Future[Any]],
+    async def _route(self, parsed: Sequence[Parsed], sends: list[asyncio.Future[Any]],
                      writes: list[tuple[str, Callable[[], None]]]) -> None:
         started = time.perf_counter()
         messages: list[tuple[int, Message]] = []
-        arrived_ms = min(record.timestamp for record in records)
-        psn_key = self.psn_key
-        for number, record in enumerate(records):
-            try:
-                message = parse(orjson.loads(record.value or b""), psn_key)
-            except (orjson.JSONDecodeError, BadInput) as error:
-                sends.append(await self._dead_letter(record, error))
-                continue
-            messages.append((number, message))
+        arrived_ms = min(record.timestamp for record, _ in parsed)
+        for number, (record, outcome) in enumerate(parsed):
+            if isinstance(outcome, Exception):
+                sends.append(await self._dead_letter(record, outcome))
+            else:
+                messages.append((number, outcome))
         routed = await self._retry("route", partial(self.pipeline.route, messages))
         await self._send_code_events(routed.events, arrived_ms, sends)
         await self._send_alerts(routed.alerts, arrived_ms, sends)
@@ -417,7 +462,7 @@ class Worker:
         self._count_messages(messages, routed.duplicates)
         self.metrics.codes.labels("invalid").inc(routed.codes_rejected)
         self.metrics.batch_seconds.labels("route").observe(time.perf_counter() - started)
-        self.metrics.batch_size.labels("route").observe(len(records))
+        self.metrics.batch_size.labels("route").observe(len(parsed))
 
     async def _dead_letter(self, record: ConsumerRecord[bytes, bytes],
                            error: Exception) -> asyncio.Future[Any]:

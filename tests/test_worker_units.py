@@ -1,8 +1,13 @@
-"""Worker pieces that need no broker: code routing keys, partitions, the live feed."""
+"""Worker pieces that need no broker: routing keys, partitions, input order, wire, live feed."""
 
 from __future__ import annotations
 
+import pytest
+
 from detectors.codes import normalise
+from detectors.model import CodeEvent, Kind, PersonEvent
+from streams.align import TimeAligner
+from streams.wire import dump_batch, dump_event, load_code_batch, load_person_batch
 from streams.worker import LiveFeed, code_key, partition_of
 
 
@@ -34,3 +39,58 @@ def test_live_feed_gives_alerts_after_a_serial() -> None:
     assert [a["n"] for a in page["alerts"]] == [1, 2]
     assert page["serial"] == 3
     assert page["by_rule"] == {"DUPLICATE_SALE": 3}
+
+
+def _times(released: list[tuple[object, str]]) -> list[str]:
+    return [item for _, item in released]
+
+
+def test_aligner_releases_partitions_merged_by_time_up_to_the_slowest() -> None:
+    aligner: TimeAligner[str] = TimeAligner()
+    aligner.add("p0", [(1, "a1"), (5, "a5"), (9, "a9")])
+    aligner.add("p1", [(2, "b2"), (3, "b3")])
+    # p1 is furthest behind (3): it drains; p0 gives only what is not later than 3.
+    assert _times(aligner.release()) == ["a1", "b2", "b3"]
+    assert aligner.held("p0") == 2
+    # Nothing else holds records: p0 drains.
+    assert _times(aligner.release()) == ["a5", "a9"]
+    assert len(aligner) == 0 and aligner.release() == []
+
+
+def test_aligner_waits_for_a_partition_behind_that_holds_nothing() -> None:
+    aligner: TimeAligner[str] = TimeAligner()
+    aligner.add("p0", [(10, "a10")])
+    assert aligner.release(behind=["p1"]) == []
+    aligner.add("p1", [(4, "b4")])
+    assert _times(aligner.release(behind=["p1"])) == ["b4"]
+    assert _times(aligner.release()) == ["a10"]
+
+
+@pytest.mark.parametrize("first", [[(7, "a7"), (None, "bad"), (2, "a2")]])
+def test_aligner_keeps_a_partitions_own_order(first: list[tuple[int | None, str]]) -> None:
+    """An earlier record after a later one waits for it; bad input takes the time before it."""
+    aligner: TimeAligner[str] = TimeAligner()
+    aligner.add("p0", first)
+    aligner.add("p1", [(6, "b6"), (8, "b8")])
+    assert _times(aligner.release()) == ["b6", "a7", "bad", "a2"]
+    assert _times(aligner.release()) == ["b8"]
+
+
+def test_aligner_forgets_revoked_partitions() -> None:
+    aligner: TimeAligner[str] = TimeAligner()
+    aligner.add("p0", [(1, "a1")])
+    aligner.add("p1", [(2, "b2")])
+    aligner.drop(["p0"])
+    assert _times(aligner.release()) == ["b2"]
+
+
+def test_wire_batches_round_trip_and_old_single_events_still_read() -> None:
+    code = CodeEvent("83857930000000000001", Kind.SALE, "3505", "M1", "H1", "510104", "B1",
+                     1_700_000_000, "XA01", "p" * 16, True, 0.5, 12.0, None, ("c2", "c3"), 7)
+    person = PersonEvent("p" * 16, "XA01", code.code, 1, "H1", "510104", "B1", "M1",
+                         1_700_000_000, 12.0, "M1", 7)
+    batch = load_code_batch(dump_batch([code, code._replace(code="c2")], 1234))
+    assert batch.arrived_ms == 1234 and batch.events == [code, code._replace(code="c2")]
+    assert load_person_batch(dump_batch([person], 99)).events == [person]
+    assert load_code_batch(dump_event(code)).events == [code]
+    assert load_person_batch(dump_event(person)).events == [person]

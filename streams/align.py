@@ -1,0 +1,88 @@
+"""Release input records of several partitions in business-time order.
+
+Kafka keeps order within a partition only. The input topic is partitioned by institution,
+and a batch fetched from it holds a run of each partition: replaying a month at full speed,
+one partition's run may reach days past another's. The rules judge events in the order they
+are applied (the later of two sales of a box is the duplicate), so the worker applies
+input in business-time order across partitions as far as it can see:
+
+* each partition's records stay in their own order;
+* of the records fetched so far, those with a time up to the *horizon* are released,
+  merged by time; the horizon is the smallest, over the partitions holding records, of the
+  latest time held — so the partition furthest behind is drained and the others are
+  released up to where it stands;
+* the rest is held for the next round. Every round drains at least one partition, so held
+  records are released at the latest one round later, and a partition with nothing fetched
+  (caught up, or idle) never holds the others back.
+
+Records without a time (bad input, sent to the DLQ) take the time of the record before them.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Hashable, Iterable
+from typing import Generic, NamedTuple, TypeVar
+
+P = TypeVar("P")
+
+
+class Held(NamedTuple, Generic[P]):
+    """A record waiting for release: its business time and what the caller keeps with it."""
+
+    time: int
+    item: P
+
+
+class TimeAligner(Generic[P]):
+    """Holds fetched records per partition and releases them in time order."""
+
+    def __init__(self) -> None:
+        self._held: dict[Hashable, deque[Held[P]]] = {}
+
+    def add(self, partition: Hashable, items: Iterable[tuple[int | None, P]]) -> None:
+        """Hold a partition's newly fetched records, in their order (time ``None``: unknown)."""
+        queue = self._held.setdefault(partition, deque())
+        last = queue[-1].time if queue else 0
+        for time, item in items:
+            if time is not None:
+                last = time
+            queue.append(Held(last, item))
+
+    def held(self, partition: Hashable) -> int:
+        """How many records of ``partition`` wait for release."""
+        queue = self._held.get(partition)
+        return len(queue) if queue else 0
+
+    def __len__(self) -> int:
+        return sum(len(queue) for queue in self._held.values())
+
+    def drop(self, partitions: Iterable[Hashable]) -> None:
+        """Forget the records of partitions this worker no longer owns (they are re-read)."""
+        for partition in partitions:
+            self._held.pop(partition, None)
+
+    def release(self, behind: Iterable[Hashable] = ()) -> list[tuple[Hashable, P]]:
+        """The records up to the horizon, as (partition, item), merged by time.
+
+        ``behind``: partitions with records in the broker not fetched yet.
+        """
+        queues = {p: q for p, q in self._held.items() if q}
+        if not queues or any(not self._held.get(partition) for partition in behind):
+            return []
+        horizon = min(max(held.time for held in queue) for queue in queues.values())
+        runs: list[list[tuple[int, Hashable, P]]] = []
+        for partition, queue in queues.items():
+            run: list[tuple[int, Hashable, P]] = []
+            # Stop at the first record past the horizon, even if later ones are earlier:
+            # a partition's own order is never changed.
+            while queue and queue[0].time <= horizon:
+                held = queue.popleft()
+                run.append((held.time, partition, held.item))
+            if run:
+                runs.append(run)
+        if len(runs) == 1:
+            return [(partition, item) for _, partition, item in runs[0]]
+        return [(partition, item)
+                for _, partition, item in heapq.merge(*runs, key=lambda entry: entry[0])]
