@@ -129,9 +129,58 @@ _SCRIPTS = {
     "load": "ledger_load.lua",
     "store": "ledger_store.lua",
     "intern": "ledger_intern.lua",
+    "sweep": "ledger_sweep.lua",
 }
 
 T = TypeVar("T")
+
+
+CHINA_SECONDS = 8 * 3600
+"""Business time is China time (UTC+8) counted as if it were UTC: wall-clock seconds + this."""
+SWEEP_BATCH = 256
+"""Buckets per sweep script call: ~40,000 entries, a few tens of milliseconds of Redis time."""
+
+
+@dataclass(frozen=True, slots=True)
+class SweepCount:
+    """What one sweep did to one family of bucket hashes (code states or person states).
+
+    ``removed`` counts the entries older than ``cutoff`` (in a dry run: that would be
+    removed). ``bytes_before`` and ``bytes_after`` are the ``MEMORY USAGE`` of the buckets
+    that had such entries (with their overflow hashes), before and after; equal in a dry run.
+    ``unreadable`` entries (no time could be read from them) are kept and counted.
+    """
+
+    family: str
+    cutoff: int
+    buckets: int
+    present: int
+    entries: int
+    removed: int
+    unreadable: int
+    bytes_before: int
+    bytes_after: int
+
+    @property
+    def freed(self) -> int:
+        """Bytes the removal gave back (0 in a dry run)."""
+        return self.bytes_before - self.bytes_after
+
+
+@dataclass(frozen=True, slots=True)
+class SweepResult:
+    """The outcome of :meth:`RedisLedger.sweep`: ``now`` and the cutoffs are business seconds."""
+
+    now: int
+    dry_run: bool
+    codes: SweepCount
+    persons: SweepCount
+    seconds: float
+
+    @property
+    def removed(self) -> int:
+        """Entries removed (or, in a dry run, that would be) in all families."""
+        return self.codes.removed + self.persons.removed
 
 
 class LedgerError(RuntimeError):
@@ -318,6 +367,7 @@ class RedisLedger:
             client.script_load(script.script)  # no NOSCRIPT retry inside a batch
         self._load_script = scripts["load"]
         self._store_script = scripts["store"]
+        self._sweep_script = scripts["sweep"]
         self.interner = RedisInterner(client, prefix, scripts["intern"])
 
         requested = None if buckets is None else buckets.bit_length() - 1
@@ -660,6 +710,73 @@ class RedisLedger:
         for psn, link in links.items():
             pipe.set(self._link_key(psn), codec.pack_link(link), ex=self.person_seconds)
         pipe.execute()
+
+    # ------------------------------------------------------------------ retention sweep
+
+    def business_now(self) -> int:
+        """Now by Redis's clock, in business seconds (the time base of the messages)."""
+        return int(time.time() + self._clock_offset) + CHINA_SECONDS
+
+    def sweep(
+        self,
+        now: int | None = None,
+        *,
+        grace_days: int = 1,
+        dry_run: bool = False,
+        batch: int = SWEEP_BATCH,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> SweepResult:
+        """Remove code states and person states that outlived their retention.
+
+        A code state whose ``last_time`` is more than ``retention_days`` + ``grace_days``
+        before ``now`` is deleted, as is a person's hoarding state whose latest purchase or
+        alert is more than ``person_ttl_days`` + ``grace_days`` before it. ``now`` is in
+        business seconds (China time as the messages give it, see
+        :func:`detectors.messages.parse_time`); None means now by Redis's clock. The rules
+        already treat such a code state as absent, so removing it changes no result; the
+        grace keeps states that a message up to ``grace_days`` late (a replay after a
+        crash, a retried upload) may still see.
+
+        The work is done in Redis, ``batch`` buckets per script call (atomic, so it never
+        races the worker; a value rewritten between calls is judged on its new time); only
+        counts come back. Entries are deleted, never rewritten, so listpack buckets stay
+        listpack. ``dry_run`` counts without removing. ``progress(done, total)`` is called
+        after each call with bucket counts. Safe to call again at any time; a second run
+        removes nothing new. The router memory (msgids, record markers) and the hoarding links
+        expire as whole keys and need no sweep; see the module docstring for the sale index.
+        """
+        if batch < 1:
+            raise ValueError(f"batch must be positive, not {batch}")
+        if grace_days < 0:
+            raise ValueError(f"grace_days must not be negative, not {grace_days}")
+        started = time.perf_counter()
+        moment = self.business_now() if now is None else now
+        grace = grace_days * DAY_SECONDS
+        families = (
+            ("codes", self._codes, self.code_bits, moment - self.retention_seconds - grace,
+             0x80),
+            ("persons", self._persons, self.aux_bits, moment - self.person_seconds - grace,
+             0x02),
+        )
+        total = sum(1 << bits for _, _, bits, _, _ in families)
+        done = 0
+        counts: list[SweepCount] = []
+        for family, table, bits, cutoff, varint_bit in families:
+            sums = [0] * 6
+            buckets = 1 << bits
+            for start in range(0, buckets, batch):
+                keys: list[str] = []
+                for bucket in range(start, min(start + batch, buckets)):
+                    keys += (table.bucket + str(bucket), table.overflow + str(bucket))
+                answer = cast(list[int], self._sweep_script(
+                    keys=keys, args=[cutoff - codec.EPOCH, varint_bit, int(dry_run)]))
+                sums = [total_ + int(part) for total_, part in zip(sums, answer, strict=True)]
+                done += len(keys) // 2
+                if progress is not None:
+                    progress(done, total)
+            counts.append(SweepCount(family, cutoff, buckets, *sums))
+        return SweepResult(moment, dry_run, counts[0], counts[1],
+                           time.perf_counter() - started)
 
     # ------------------------------------------------------------------ observability
 
