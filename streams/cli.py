@@ -189,20 +189,20 @@ def cmd_sweep(args: argparse.Namespace, settings: Settings) -> int:
         cutoff = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(count.cutoff))
         verb = "would be removed" if result.dry_run else "removed"
         text = (f"  {count.family}: {count.entries:,} entries in {count.present:,} of "
-                f"{count.buckets:,} buckets; {count.removed:,} with a last event before {cutoff} "
+                f"{count.buckets:,} buckets; {count.removed:,} older than {cutoff} "
                 f"{verb}")
         if not result.dry_run and count.removed:
             text += f" ({_size(count.freed)} freed)"
         if count.unreadable:
-            text += f"; {count.unreadable:,} unreadable entries kept"
+            text += f"; {count.unreadable:,} entries without a readable time kept"
         return text
 
     now = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(result.now))
     mode = "dry run, nothing removed" if result.dry_run else "done"
     print(f"tracewatch sweep: {settings.key_prefix!r} at {where}, now {now} (business time), "
           f"{mode} in {result.seconds:.1f} s", file=sys.stderr)
-    print(line(result.codes), file=sys.stderr)
-    print(line(result.persons), file=sys.stderr)
+    for count in result.families:
+        print(line(count), file=sys.stderr)
     return 0
 
 
@@ -258,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--show", type=int, default=10, help="misses and false alarms to list")
 
     sweep = add("sweep", cmd_sweep,
-                "remove code and person states older than the retention from the Redis ledger")
+                "remove code states, person states and sale index entries older than the "
+                "retention from the Redis ledger")
     sweep.add_argument("--now", type=_business_time, default=None,
                        help="business time (China) the retention counts back from, "
                        "'YYYY-MM-DD HH:MM:SS'; default: now by Redis's clock")
@@ -271,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="days a person's hoarding state is kept after its last purchase "
                        "or alert (default: 400, as the worker)")
     sweep.add_argument("--batch", type=_count(1), default=None,
-                       help="buckets per Redis script call (default 256)")
+                       help="buckets per Redis script call (default 64)")
     sweep.add_argument("--redis-url", help="Redis URL (default: TRACEWATCH_REDIS_URL)")
     sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
 

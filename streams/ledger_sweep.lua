@@ -1,24 +1,43 @@
--- tracewatch ledger: remove, from a batch of bucket hashes, the entries whose packed state's
+-- tracewatch ledger: remove, from a batch of bucket hashes, the entries whose packed value's
 -- time is older than a cutoff (the retention sweep). Atomic like every script, so it never
 -- races the worker's writes: an entry rewritten between two batches is judged on its new value.
 --
 -- KEYS: per bucket, the bucket hash and then its overflow hash.
 -- ARGV[1]: the cutoff, in seconds since the codec's EPOCH (may be negative);
--- ARGV[2]: the header bit that marks a varint time (128 for code states, 2 for person
---          states): without it, bytes 2 to 5 of the value are the time, big-endian;
+-- ARGV[2]: what the buckets hold, which says where the time is:
+--   "code"   a code state: header byte, then (unless the header's bit 0x80 is set) 4 bytes of
+--            last_time, big-endian; with that bit, a zigzag varint;
+--   "person" a person state: the same with bit 0x02 (the latest purchase or alert time);
+--   "sale"   the sale index: a varint count, the codes (header varint 0: 9 bytes follow,
+--            else header - 1 bytes), then 2 bytes of day stamp, big-endian (none: no time);
 -- ARGV[3]: "1" to count only (dry run), "0" to remove.
 -- An empty value in the bucket is a marker: the value lives in the overflow hash.
 -- Entries are only deleted (HDEL), so a listpack bucket stays listpack; an emptied bucket
 -- disappears. Expiries are left as they are.
--- Returns {buckets that exist, entries seen, entries older than the cutoff, unreadable entries
--- (kept), MEMORY USAGE before and after of the buckets that lost entries (with overflow)}.
+-- Returns {buckets that exist, entries seen, entries older than the cutoff, entries without a
+-- readable time (kept), MEMORY USAGE before and after of the buckets that lost entries (with
+-- their overflow hashes)}.
 
 local STEP = 4000 -- well below Lua's unpack() limit
 local cutoff = tonumber(ARGV[1])
-local varint_bit = tonumber(ARGV[2])
+local mode = ARGV[2]
 local dry = ARGV[3] == '1'
+local DAY = 86400
 
-local function packed_time(value)
+-- the unsigned varint at pos, and the position after it (nil when it runs off the end)
+local function uvarint(value, pos)
+  local result, scale = 0, 1
+  for p = pos, pos + 9 do
+    local byte = string.byte(value, p)
+    if not byte then return nil end
+    if byte < 128 then return result + byte * scale, p + 1 end
+    result = result + (byte - 128) * scale
+    scale = scale * 128
+  end
+  return nil
+end
+
+local function state_time(value, varint_bit)
   local header = string.byte(value, 1)
   if not header then return nil end
   if bit.band(header, varint_bit) == 0 then
@@ -26,19 +45,31 @@ local function packed_time(value)
     local a, b, c, d = string.byte(value, 2, 5)
     return ((a * 256 + b) * 256 + c) * 256 + d
   end
-  local result, scale = 0, 1
-  for pos = 2, 11 do -- a zigzag varint of at most 10 bytes
-    local byte = string.byte(value, pos)
-    if not byte then return nil end
-    if byte < 128 then
-      result = result + byte * scale
-      if result % 2 == 0 then return result / 2 end
-      return -(result + 1) / 2
-    end
-    result = result + (byte - 128) * scale
-    scale = scale * 128
+  local zigzag = uvarint(value, 2)
+  if not zigzag then return nil end
+  if zigzag % 2 == 0 then return zigzag / 2 end
+  return -(zigzag + 1) / 2
+end
+
+-- the last second of the sale entry's stamped day (so a whole day must be past the cutoff)
+local function sale_time(value)
+  local count, pos = uvarint(value, 1)
+  if not count then return nil end
+  for _ = 1, count do
+    local header
+    header, pos = uvarint(value, pos)
+    if not header then return nil end
+    pos = pos + (header == 0 and 9 or header - 1)
   end
-  return nil
+  if #value - pos + 1 ~= 2 then return nil end
+  local a, b = string.byte(value, pos, pos + 1)
+  return (a * 256 + b + 1) * DAY - 1
+end
+
+local function packed_time(value)
+  if mode == 'code' then return state_time(value, 128) end
+  if mode == 'person' then return state_time(value, 2) end
+  return sale_time(value)
 end
 
 local function usage(key)

@@ -14,7 +14,8 @@ from detectors.hoarding import PersonState, Purchase
 from detectors.messages import parse_time
 from detectors.model import DAY_SECONDS, CodeState
 from streams.cli import main
-from streams.redis_ledger import RedisLedger
+from streams.codec import pack_codes
+from streams.redis_ledger import RedisLedger, _digest_slot
 from tests.test_codec import typical_state
 
 pytestmark = pytest.mark.integration
@@ -166,10 +167,41 @@ def test_router_memory_is_left_to_its_expiry(make: Callable[..., RedisLedger]) -
     ledger = make()
     ledger.commit_routing({"EX-1"}, {"rec-1"}, set(), {"sale-1": (code(11),)})
     ledger.store_codes({code(11): aged(1000)})
-    ledger.sweep(NOW)
+    ledger.sweep(ledger.business_now())
     assert ledger.seen_messages({"EX-1"}) == {"EX-1"}
     assert ledger.seen_records({"rec-1"}) == {"rec-1"}
     assert ledger.sale_codes({"sale-1"}) == {"sale-1": (code(11),)}
+
+
+def test_sale_index_entries_go_a_retention_after_their_last_write(
+    client: redis.Redis, prefix: str, make: Callable[..., RedisLedger]
+) -> None:
+    ledger = make()
+    many = tuple(code(n) for n in range(100, 112))  # longer than 40 bytes: overflow
+    ledger._clock_offset -= 150 * DAY_SECONDS  # written 150 days ago, by Redis's clock
+    ledger.commit_routing(set(), set(), set(), {
+        "old": (code(1),), "old-long": many, "again": (code(2),), "old-empty": ()})
+    ledger._clock_offset += 150 * DAY_SECONDS
+    ledger.commit_routing(set(), set(), set(), {
+        "new": (code(3), "ENTERPRISE-CODE-0001"), "again": (code(2), code(4))})
+    bucket, field = _digest_slot("legacy", ledger.sale_bits)
+    client.hset(f"{prefix}:s:{bucket}", field, pack_codes((code(5),)))  # no day stamp
+    keys = {"old", "old-long", "again", "old-empty", "new", "legacy"}
+
+    dry = ledger.sweep(dry_run=True)
+    assert (dry.sales.entries, dry.sales.removed, dry.sales.unreadable) == (6, 3, 1)
+    assert len(ledger.sale_codes(keys)) == 6
+    result = ledger.sweep()
+
+    assert result.sales.removed == 3
+    assert ledger.sale_codes(keys) == {"new": (code(3), "ENTERPRISE-CODE-0001"),
+                                       "again": (code(2), code(4)), "legacy": (code(5),)}
+    assert not any(client.hlen(key) for key in client.scan_iter(match=f"{prefix}:sx:*"))
+    for key in client.scan_iter(match=f"{prefix}:s:*"):
+        assert client.object("encoding", key) == b"listpack"
+    # day stamps: kept while any of its day is within retention + grace
+    assert ledger.sweep(ledger.business_now() + 50 * DAY_SECONDS).sales.removed == 0
+    assert ledger.sweep(ledger.business_now() + 103 * DAY_SECONDS).sales.removed == 2
 
 
 def test_unreadable_values_are_counted_and_kept(
@@ -185,11 +217,12 @@ def test_unreadable_values_are_counted_and_kept(
 
 
 def test_progress_is_reported_per_batch(make: Callable[..., RedisLedger]) -> None:
-    ledger = make()  # 4 code buckets, 1 person bucket
+    ledger = make()  # 4 code buckets, 1 person bucket, 4 sale buckets
     calls: list[tuple[int, int]] = []
     result = ledger.sweep(NOW, batch=3, progress=lambda done, total: calls.append((done, total)))
-    assert calls == [(3, 5), (4, 5), (5, 5)]
-    assert (result.codes.buckets, result.codes.present, result.persons.buckets) == (4, 0, 1)
+    assert calls == [(3, 9), (4, 9), (5, 9), (8, 9), (9, 9)]
+    assert [(c.family, c.buckets, c.present) for c in result.families] == [
+        ("codes", 4, 0), ("persons", 1, 0), ("sales", 4, 0)]
     with pytest.raises(ValueError, match="batch"):
         ledger.sweep(NOW, batch=0)
 
@@ -210,24 +243,28 @@ def test_cli_sweeps_end_to_end(
     ledger = make(person_ttl_days=400)
     ledger.store_codes({**FRESH, **STALE})
     ledger.store_persons({"a": person(10), "b": person(402)})
+    ledger._clock_offset = NOW - 400 * DAY_SECONDS - ledger.business_now()  # a year before
+    ledger.commit_routing(set(), set(), set(), {"sale": (code(11),)})
     args = ["sweep", "--now", "2026-11-23 12:00:00", "--no-progress"]
 
     assert main([*args, "--dry-run"]) == 0
     dry = capsys.readouterr().err
     assert "dry run, nothing removed" in dry
-    assert f"{len(STALE)} with a last event before 2026-08-14 12:00:00 would be removed" in dry
+    assert f"{len(STALE)} older than 2026-08-14 12:00:00 would be removed" in dry
     assert ledger.load_codes(set(STALE)).keys() == STALE.keys()
 
     assert main(args) == 0
     done = capsys.readouterr().err
     assert f"codes: {len(FRESH) + len(STALE)} entries in" in done
-    assert f"{len(STALE)} with a last event before 2026-08-14 12:00:00 removed (" in done
-    assert "persons: 2 entries in 1 of 1 buckets; 1 with a last event before" in done
+    assert f"{len(STALE)} older than 2026-08-14 12:00:00 removed (" in done
+    assert "persons: 2 entries in 1 of 1 buckets; 1 older than" in done
+    assert "sales: 1 entries in 1 of 4 buckets; 1 older than" in done
+    assert ledger.sale_codes({"sale"}) == {}
     assert ledger.load_codes({*FRESH, *STALE}) == FRESH
     assert ledger.load_persons({"a", "b"}) == {"a": person(10)}
 
     assert main([*args, "--grace-days", "0", "--batch", "1"]) == 0
-    assert "1 with a last event before 2026-08-15 12:00:00 removed" in capsys.readouterr().err
+    assert "1 older than 2026-08-15 12:00:00 removed" in capsys.readouterr().err
     assert ledger.load_codes(set(FRESH)).keys() == FRESH.keys() - {code(3)}
 
 
