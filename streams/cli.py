@@ -10,9 +10,13 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from streams.reference import ReferenceError, rule_config
 from streams.settings import Settings, SettingsError, load_settings, settings_help
+
+if TYPE_CHECKING:
+    import redis
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
@@ -129,6 +133,22 @@ def _size(count: int) -> str:
 
 def cmd_sweep(args: argparse.Namespace, settings: Settings) -> int:
     """Remove ledger entries older than the retention from Redis."""
+    import redis
+
+    from streams.redis_ledger import _redact
+
+    where = _redact(settings.redis_url)
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5,
+                                  socket_timeout=60)
+    try:
+        return _sweep(args, settings, client, where)
+    finally:
+        client.close()
+
+
+def _sweep(args: argparse.Namespace, settings: Settings, client: redis.Redis,
+           where: str) -> int:
+    """``tracewatch sweep`` on an open (not yet checked) client of ``where``."""
     import time
 
     import redis
@@ -141,13 +161,9 @@ def cmd_sweep(args: argparse.Namespace, settings: Settings) -> int:
         LedgerError,
         RedisLedger,
         SweepCount,
-        _redact,
     )
 
-    where = _redact(settings.redis_url)
     try:
-        client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5,
-                                      socket_timeout=60)
         client.ping()
         meta = KEY_META.format(prefix=settings.key_prefix)
         if not client.exists(meta):  # RedisLedger() would create an empty ledger here

@@ -764,6 +764,12 @@ class RedisLedger:
         after each call with bucket counts. Safe to call again at any time; a second run
         removes nothing new. The router memory (msgids, record markers) and the hoarding links
         expire as whole keys and need no sweep.
+
+        From a periodic timer, once a day is plenty: ``ledger.sweep(now)`` with ``now`` the
+        latest business time the worker has processed (or None for the clock). With the
+        clock, states written by a replay of a log older than the retention are swept as
+        soon as they are written, while the rules, reckoning from the log's time, would
+        still see them.
         """
         if batch < 1:
             raise ValueError(f"batch must be positive, not {batch}")

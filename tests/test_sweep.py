@@ -96,6 +96,7 @@ def test_stale_codes_go_fresh_codes_stay(
                        ledger.code_slot(code(4))[1]) is not None
     for bucket in range(4):
         assert client.object("encoding", f"{prefix}:c:{bucket}") == b"listpack"
+        assert client.ttl(f"{prefix}:c:{bucket}") > 99 * DAY_SECONDS  # expiry untouched
     again = ledger.sweep(NOW)
     assert (again.codes.entries, again.codes.removed) == (len(FRESH), 0)
     assert again.codes.bytes_before == again.codes.bytes_after == 0
