@@ -10,9 +10,13 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from streams.reference import ReferenceError, rule_config
 from streams.settings import Settings, SettingsError, load_settings, settings_help
+
+if TYPE_CHECKING:
+    import redis
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
@@ -94,6 +98,130 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return run_demo(args, settings)
 
 
+def _business_time(text: str) -> int:
+    """``--now``: a business time ``YYYY-MM-DD[ HH:MM:SS]`` (China time, as in the messages)."""
+    from detectors.messages import BadInput, parse_time
+
+    try:
+        return parse_time(text.strip(), "--now")
+    except BadInput as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _count(least: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``least``."""
+
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = least - 1
+        if value < least:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {least}, not {text!r}")
+        return value
+
+    return convert
+
+
+def _size(count: int) -> str:
+    """Bytes for people: 812 B, 24.6 kB, 310.2 MB, 1.4 GB."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= scale:
+            return f"{count / scale:,.1f} {unit}"
+    return f"{count} B"
+
+
+def cmd_sweep(args: argparse.Namespace, settings: Settings) -> int:
+    """Remove ledger entries older than the retention from Redis."""
+    import redis
+
+    from streams.redis_ledger import _redact
+
+    where = _redact(settings.redis_url)
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5,
+                                  socket_timeout=60)
+    try:
+        return _sweep(args, settings, client, where)
+    finally:
+        client.close()
+
+
+def _sweep(args: argparse.Namespace, settings: Settings, client: redis.Redis,
+           where: str) -> int:
+    """``tracewatch sweep`` on an open (not yet checked) client of ``where``."""
+    import time
+
+    import redis
+    from tqdm import tqdm
+
+    from streams.redis_ledger import (
+        DEFAULT_PERSON_TTL_DAYS,
+        KEY_META,
+        SWEEP_BATCH,
+        LedgerError,
+        RedisLedger,
+        SweepCount,
+    )
+
+    try:
+        client.ping()
+        meta = KEY_META.format(prefix=settings.key_prefix)
+        if not client.exists(meta):  # RedisLedger() would create an empty ledger here
+            print(f"tracewatch sweep: no tracewatch ledger with key prefix "
+                  f"{settings.key_prefix!r} at {where} ({meta} is missing); "
+                  "check TRACEWATCH_REDIS_URL and TRACEWATCH_KEY_PREFIX",
+                  file=sys.stderr)
+            return 2
+        ledger = RedisLedger(client, prefix=settings.key_prefix,
+                             retention_days=settings.retention_days,
+                             dedupe_days=settings.dedupe_days,
+                             person_ttl_days=args.person_days or DEFAULT_PERSON_TTL_DAYS)
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
+        print(f"tracewatch sweep: cannot reach Redis at {where} ({error}); start redis-server "
+              "or set TRACEWATCH_REDIS_URL (or --redis-url)", file=sys.stderr)
+        return 2
+    except (LedgerError, redis.RedisError) as error:
+        print(f"tracewatch sweep: {error}", file=sys.stderr)
+        return 2
+
+    bar = tqdm(total=0, unit="bucket", file=sys.stderr,
+               disable=args.no_progress, desc="sweep" + (" (dry run)" if args.dry_run else ""))
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        result = ledger.sweep(args.now, grace_days=args.grace_days, dry_run=args.dry_run,
+                              batch=args.batch or SWEEP_BATCH, progress=progress)
+    except redis.RedisError as error:
+        print(f"tracewatch sweep: stopped after {bar.n:,} buckets: {error}; what was removed "
+              "stays removed, and running the sweep again is safe", file=sys.stderr)
+        return 1
+    finally:
+        bar.close()
+
+    def line(count: SweepCount) -> str:
+        cutoff = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(count.cutoff))
+        verb = "would be removed" if result.dry_run else "removed"
+        text = (f"  {count.family}: {count.entries:,} entries in {count.present:,} of "
+                f"{count.buckets:,} buckets; {count.removed:,} older than {cutoff} "
+                f"{verb}")
+        if not result.dry_run and count.removed:
+            text += f" ({_size(count.freed)} freed)"
+        if count.unreadable:
+            text += f"; {count.unreadable:,} entries without a readable time kept"
+        return text
+
+    now = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(result.now))
+    mode = "dry run, nothing removed" if result.dry_run else "done"
+    print(f"tracewatch sweep: {settings.key_prefix!r} at {where}, now {now} (business time), "
+          f"{mode} in {result.seconds:.1f} s", file=sys.stderr)
+    for count in result.families:
+        print(line(count), file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
@@ -144,6 +272,25 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--min", type=float, default=0.999,
                           help="exit non-zero when precision or recall is under this")
     evaluate.add_argument("--show", type=int, default=10, help="misses and false alarms to list")
+
+    sweep = add("sweep", cmd_sweep,
+                "remove code states, person states and sale index entries older than the "
+                "retention from the Redis ledger")
+    sweep.add_argument("--now", type=_business_time, default=None,
+                       help="business time (China) the retention counts back from, "
+                       "'YYYY-MM-DD HH:MM:SS'; default: now by Redis's clock")
+    sweep.add_argument("--dry-run", action="store_true",
+                       help="count what would be removed; remove nothing")
+    sweep.add_argument("--grace-days", type=_count(0), default=1,
+                       help="keep entries this many days past the retention, for late "
+                       "messages and replays (default 1)")
+    sweep.add_argument("--person-days", type=_count(1), default=None,
+                       help="days a person's hoarding state is kept after its last purchase "
+                       "or alert (default: 400, as the worker)")
+    sweep.add_argument("--batch", type=_count(1), default=None,
+                       help="buckets per Redis script call (default 64)")
+    sweep.add_argument("--redis-url", help="Redis URL (default: TRACEWATCH_REDIS_URL)")
+    sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     demo = add("demo", cmd_demo, "the main job end to end: embedded broker, worker, a simulated "
                "day replayed, alerts printed")

@@ -758,21 +758,45 @@ def _read_code(reader: _Reader) -> str:
     return reader.take(header - 1).decode("utf-8", "surrogatepass")
 
 
-def pack_codes(codes: Sequence[str]) -> bytes:
-    """The codes a sale listed (the sale index, for 3507 deletes)."""
+DAY_STAMP_MAX = 0xFFFF
+
+
+def day_stamp(seconds: int) -> int:
+    """The day of a business time, counted from :data:`EPOCH` and kept within 2 bytes."""
+    return min(DAY_STAMP_MAX, max(0, (seconds - EPOCH) // 86_400))
+
+
+def pack_codes(codes: Sequence[str], day: int | None = None) -> bytes:
+    """The codes a sale listed (the sale index, for 3507 deletes), and the day the index
+    last wrote them (:func:`day_stamp`, 2 bytes big-endian after the codes, for the retention
+    sweep) when given."""
     out = bytearray()
     _uvarint(out, len(codes))
     for code in codes:
         _put_code(out, code)
+    if day is not None:
+        out += day.to_bytes(2, "big")
     return bytes(out)
 
 
-def unpack_codes(data: bytes) -> tuple[str, ...]:
-    """The inverse of :func:`pack_codes`."""
+def _read_codes(data: bytes) -> tuple[tuple[str, ...], int | None]:
     reader = _Reader(data)
     codes = tuple(_read_code(reader) for _ in range(reader.uvarint()))
+    day = None
+    if len(data) - reader.pos == 2:
+        day = int.from_bytes(reader.take(2), "big")
     reader.end()
-    return codes
+    return codes, day
+
+
+def unpack_codes(data: bytes) -> tuple[str, ...]:
+    """The codes of :func:`pack_codes` (with or without a day)."""
+    return _read_codes(data)[0]
+
+
+def codes_day(data: bytes) -> int | None:
+    """The day stamp of :func:`pack_codes`, or None when it was packed without one."""
+    return _read_codes(data)[1]
 
 
 # --------------------------------------------------------------------------- hoarding link

@@ -27,19 +27,23 @@ so one long value never converts its whole bucket. Raising ``hash-max-listpack-v
 128 (``CONFIG SET`` or redis.conf) keeps codes with two or three sales inline.
 
 Retention. Bucket keys expire ``retention_days`` after their last write (refreshed on every
-write), so a bucket nobody writes to disappears; but a live bucket keeps codes that went quiet
-until they are written again or deleted. That is harmless for the results: the pure detectors
-treat state whose ``last_time`` is older than the retention (in business time) as absent, so
-an old entry behaves exactly like a missing one. It does cost memory; reclaiming it means
-deleting such entries (a packed code state is a header byte and, unless its top bit is set,
-4 big-endian bytes of ``last_time`` in seconds since :data:`streams.codec.EPOCH`).
+write), so a bucket nobody writes to disappears; but a live bucket keeps codes that went quiet.
+The pure detectors already treat state whose ``last_time`` is older than the retention (in
+business time) as absent, so an old entry behaves exactly like a missing one; it only costs
+memory. :meth:`RedisLedger.sweep` (``tracewatch sweep``) reclaims it: a Lua script per batch
+of buckets deletes the entries whose packed time is older than the cutoff (a packed code state
+is a header byte and, unless its top bit is set, 4 big-endian bytes of ``last_time`` in seconds
+since :data:`streams.codec.EPOCH`; a person state likewise with its latest purchase or alert,
+header bit 0x02; a sale index entry ends in a 2-byte day stamp, :func:`streams.codec.day_stamp`,
+of its last write by Redis's clock).
 
 Router memory: ``msgid`` and record markers are 8-byte digests in bucket hashes of the current
 *slice* of ``dedupe_days`` of wall-clock time (Redis's clock); lookups check the current and the
 previous slice, and a slice key expires when it stops being checked, so a marker is remembered
 at least ``dedupe_days`` and at most twice that. The sale index (institution + bchno → codes,
 for 3507 deletes) is bucketed like the codes, keyed by a digest, with expiry ``retention_days``
-(one key per sale would cost ~100 bytes of key overhead per sale, more than the codes).
+(one key per sale would cost ~100 bytes of key overhead per sale, more than the codes); each
+entry carries the day it was last written, for the sweep.
 Person hoarding states are bucketed the same way with expiry ``person_ttl_days``; the hoarding
 link of a person is one small string key each (few people have one).
 
@@ -89,7 +93,7 @@ KEY_DICT_REV = "{prefix}:dict:{table}:rev"
 """Hash: id → interned text; field "0" is the last id given out. Never expires."""
 KEY_CODES = "{prefix}:c:{bucket}"
 """Hash: code field (codec.code_slot) → packed CodeState, or "" when in the overflow.
-Expires retention_days after its last write."""
+Expires retention_days after its last write; older states in it are removed by the sweep."""
 KEY_CODES_BIG = "{prefix}:cx:{bucket}"
 """Hash: code field → packed CodeState too long for the bucket. Expiry as the bucket's."""
 KEY_MSGIDS = "{prefix}:m:{slice}:{bucket}"
@@ -97,13 +101,14 @@ KEY_MSGIDS = "{prefix}:m:{slice}:{bucket}"
 KEY_RECORDS = "{prefix}:r:{slice}:{bucket}"
 """Hash: 8-byte digest of a routed record (institution, infno, bchno) → "". As msgids."""
 KEY_SALES = "{prefix}:s:{bucket}"
-"""Hash: 8-byte digest of institution + bchno → the sale's codes (codec.pack_codes), or ""
-when in the overflow. Expires retention_days after its last write."""
+"""Hash: 8-byte digest of institution + bchno → the sale's codes and the day of the write
+(codec.pack_codes), or "" when in the overflow. Expires retention_days after its last write;
+entries older than that are removed by the sweep."""
 KEY_SALES_BIG = "{prefix}:sx:{bucket}"
 """Hash: sale digest → codes too long for the bucket."""
 KEY_PERSONS = "{prefix}:p:{bucket}"
 """Hash: 8-byte digest of person + drug → packed PersonState, or "" when in the overflow.
-Expires person_ttl_days after its last write."""
+Expires person_ttl_days after its last write; older states in it are removed by the sweep."""
 KEY_PERSONS_BIG = "{prefix}:px:{bucket}"
 """Hash: person digest → packed PersonState too long for the bucket."""
 KEY_LINK = "{prefix}:hl:{psn_hash}"
@@ -129,9 +134,68 @@ _SCRIPTS = {
     "load": "ledger_load.lua",
     "store": "ledger_store.lua",
     "intern": "ledger_intern.lua",
+    "sweep": "ledger_sweep.lua",
 }
 
 T = TypeVar("T")
+
+
+CHINA_SECONDS = 8 * 3600
+"""Business time is China time (UTC+8) counted as if it were UTC: wall-clock seconds + this."""
+SWEEP_BATCH = 64
+"""Buckets per sweep script call: ~10,000 codes at the default sizing, about 10 ms of Redis
+time (scripts/sweep_speed.py)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SweepCount:
+    """What one sweep did to one family of bucket hashes: ``codes`` (code states),
+    ``persons`` (hoarding states) or ``sales`` (the sale index).
+
+    ``buckets`` is the number of bucket keys of the family, ``present`` how many exist;
+    ``entries`` counts their fields and ``removed`` those older than ``cutoff`` (business
+    seconds; in a dry run: that would be removed). ``bytes_before`` and ``bytes_after`` are
+    the ``MEMORY USAGE`` of the buckets that had such entries (with their overflow hashes),
+    before and after; equal in a dry run. ``unreadable`` entries, whose time cannot be read
+    (a sale index entry written before entries carried a day stamp), are kept and counted.
+    """
+
+    family: str
+    cutoff: int
+    buckets: int
+    present: int
+    entries: int
+    removed: int
+    unreadable: int
+    bytes_before: int
+    bytes_after: int
+
+    @property
+    def freed(self) -> int:
+        """Bytes the removal gave back (0 in a dry run)."""
+        return self.bytes_before - self.bytes_after
+
+
+@dataclass(frozen=True, slots=True)
+class SweepResult:
+    """The outcome of :meth:`RedisLedger.sweep`: ``now`` and the cutoffs are business seconds."""
+
+    now: int
+    dry_run: bool
+    codes: SweepCount
+    persons: SweepCount
+    sales: SweepCount
+    seconds: float
+
+    @property
+    def families(self) -> tuple[SweepCount, ...]:
+        """The counts of code states, person states and the sale index."""
+        return (self.codes, self.persons, self.sales)
+
+    @property
+    def removed(self) -> int:
+        """Entries removed (or, in a dry run, that would be) in all families."""
+        return sum(count.removed for count in self.families)
 
 
 class LedgerError(RuntimeError):
@@ -318,6 +382,7 @@ class RedisLedger:
             client.script_load(script.script)  # no NOSCRIPT retry inside a batch
         self._load_script = scripts["load"]
         self._store_script = scripts["store"]
+        self._sweep_script = scripts["sweep"]
         self.interner = RedisInterner(client, prefix, scripts["intern"])
 
         requested = None if buckets is None else buckets.bit_length() - 1
@@ -613,8 +678,10 @@ class RedisLedger:
                 bucket, digest = _digest_slot(key, bits)
                 group_of(template, current, bucket).sets += (digest, b"")
         sale_bits = self.sale_bits
+        day = codec.day_stamp(self.business_now())
         sale_groups = self._write_groups(self._sales, self.retention_seconds, (
-            (_digest_slot(key, sale_bits), None if codes is None else codec.pack_codes(codes))
+            (_digest_slot(key, sale_bits),
+             None if codes is None else codec.pack_codes(codes, day))
             for key, codes in sales.items()
         ))
         self._store([*groups.values(), *sale_groups])
@@ -660,6 +727,82 @@ class RedisLedger:
         for psn, link in links.items():
             pipe.set(self._link_key(psn), codec.pack_link(link), ex=self.person_seconds)
         pipe.execute()
+
+    # ------------------------------------------------------------------ retention sweep
+
+    def business_now(self) -> int:
+        """Now by Redis's clock, in business seconds (the time base of the messages)."""
+        return int(time.time() + self._clock_offset) + CHINA_SECONDS
+
+    def sweep(
+        self,
+        now: int | None = None,
+        *,
+        grace_days: int = 1,
+        dry_run: bool = False,
+        batch: int = SWEEP_BATCH,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> SweepResult:
+        """Remove code states, person states and sale index entries past their retention.
+
+        A code state whose ``last_time`` is more than ``retention_days`` + ``grace_days``
+        before ``now`` is deleted, as is a person's hoarding state whose latest purchase or
+        alert is more than ``person_ttl_days`` + ``grace_days`` before it, and a sale index
+        entry (the codes of a sale, for 3507 deletes) whose day stamp (the day it was last
+        written, by Redis's clock) is wholly more than ``retention_days`` + ``grace_days``
+        before it. ``now`` is in
+        business seconds (China time as the messages give it, see
+        :func:`detectors.messages.parse_time`); None means now by Redis's clock. The rules
+        already treat such a code state as absent, so removing it changes no result; the
+        grace keeps states that a message up to ``grace_days`` late (a replay after a
+        crash, a retried upload) may still see.
+
+        The work is done in Redis, ``batch`` buckets per script call (atomic, so it never
+        races the worker; a value rewritten between calls is judged on its new time); only
+        counts come back. Entries are deleted, never rewritten, so listpack buckets stay
+        listpack. ``dry_run`` counts without removing. ``progress(done, total)`` is called
+        after each call with bucket counts. Safe to call again at any time; a second run
+        removes nothing new. The router memory (msgids, record markers) and the hoarding links
+        expire as whole keys and need no sweep.
+
+        From a periodic timer, once a day is plenty: ``ledger.sweep(now)`` with ``now`` the
+        latest business time the worker has processed (or None for the clock). With the
+        clock, states written by a replay of a log older than the retention are swept as
+        soon as they are written, while the rules, reckoning from the log's time, would
+        still see them.
+        """
+        if batch < 1:
+            raise ValueError(f"batch must be positive, not {batch}")
+        if grace_days < 0:
+            raise ValueError(f"grace_days must not be negative, not {grace_days}")
+        started = time.perf_counter()
+        moment = self.business_now() if now is None else now
+        grace = grace_days * DAY_SECONDS
+        families = (
+            ("codes", "code", self._codes, self.code_bits, self.retention_seconds),
+            ("persons", "person", self._persons, self.aux_bits, self.person_seconds),
+            ("sales", "sale", self._sales, self.sale_bits, self.retention_seconds),
+        )
+        total = sum(1 << bits for _, _, _, bits, _ in families)
+        done = 0
+        counts: list[SweepCount] = []
+        for family, mode, table, bits, keep in families:
+            cutoff = moment - keep - grace
+            sums = [0] * 6
+            buckets = 1 << bits
+            for start in range(0, buckets, batch):
+                keys: list[str] = []
+                for bucket in range(start, min(start + batch, buckets)):
+                    keys += (table.bucket + str(bucket), table.overflow + str(bucket))
+                answer = cast(list[int], self._sweep_script(
+                    keys=keys, args=[cutoff - codec.EPOCH, mode, int(dry_run)]))
+                sums = [total_ + int(part) for total_, part in zip(sums, answer, strict=True)]
+                done += len(keys) // 2
+                if progress is not None:
+                    progress(done, total)
+            counts.append(SweepCount(family, cutoff, buckets, *sums))
+        return SweepResult(moment, dry_run, counts[0], counts[1], counts[2],
+                           time.perf_counter() - started)
 
     # ------------------------------------------------------------------ observability
 

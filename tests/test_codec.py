@@ -12,11 +12,14 @@ from detectors.hoarding import HoardingLink, PersonState, Purchase
 from detectors.model import CodeState, SaleRecord, fingerprint
 from streams import codec
 from streams.codec import (
+    DAY_STAMP_MAX,
     EPOCH,
     CodecError,
     MemoryInterner,
     code_of_slot,
     code_slot,
+    codes_day,
+    day_stamp,
     pack_code_state,
     pack_codes,
     pack_link,
@@ -234,11 +237,24 @@ def test_codes_and_links_round_trip() -> None:
     for _ in range(500):
         codes = tuple(random_code(rng) for _ in range(rng.randrange(6)))
         assert unpack_codes(pack_codes(codes)) == codes
+        day = rng.randrange(DAY_STAMP_MAX + 1)
+        stamped = pack_codes(codes, day)
+        assert len(stamped) == len(pack_codes(codes)) + 2
+        assert (unpack_codes(stamped), codes_day(stamped)) == (codes, day)
+        assert codes_day(pack_codes(codes)) is None
     link = HoardingLink("a" * 24, "P5101040001120261101091245", "P51010400011",
                         "2026-11-01 09:12:45")
     assert unpack_link(pack_link(link)) == link
     odd = HoardingLink("", "编号", "", "")
     assert unpack_link(pack_link(odd)) == odd
+
+
+def test_day_stamps() -> None:
+    assert day_stamp(EPOCH) == day_stamp(EPOCH + 86_399) == 0
+    assert day_stamp(EPOCH + 86_400) == 1
+    assert day_stamp(EPOCH - 1) == 0 and day_stamp(EPOCH + 10**10) == DAY_STAMP_MAX
+    with pytest.raises(CodecError):
+        unpack_codes(pack_codes(("83857930000000000001",)) + b"\x00")
 
 
 def test_truncated_or_padded_bytes_are_refused() -> None:
