@@ -55,6 +55,8 @@ SETTINGS: tuple[Setting, ...] = (
             "DUPLICATE_SALE is critical across cities within this many hours", "int"),
     Setting("retention_days", "1095", "days a code is kept after its last event", "int"),
     Setting("dedupe_days", "30", "days a msgid or record number is remembered for retries", "int"),
+    Setting("sweep_hours", "24",
+            "hours between the worker's sweeps of Redis entries past their retention", "int"),
     Setting("hoarding_min_boxes", "10", "HOARDING: standing boxes of one drug", "int"),
     Setting("hoarding_min_institutions", "3", "HOARDING: from at least this many institutions",
             "int"),
@@ -93,6 +95,7 @@ class Settings:
     cross_city_hours: int
     retention_days: int
     dedupe_days: int
+    sweep_hours: int
     hoarding_min_boxes: int
     hoarding_min_institutions: int
     hoarding_window_days: int

@@ -214,6 +214,8 @@ class Worker:
         self.producer: AIOKafkaProducer | None = None
         self._batch_lock = asyncio.Lock()
         self._input: TimeAligner[Parsed] = TimeAligner()
+        #: The latest business time applied: "now" for the retention sweep.
+        self.latest_time = 0
         self.app = self._build_app(app_id)
 
     # ------------------------------------------------------------------ app
@@ -240,6 +242,7 @@ class Worker:
         )
         app.task(self._run_pipeline)
         app.timer(5.0)(self._sample_gauges)
+        app.timer(s.sweep_hours * 3600.0)(self._sweep)
         self._add_pages(app)
         return app
 
@@ -455,6 +458,8 @@ class Worker:
                 sends.append(await self._dead_letter(record, outcome))
             else:
                 messages.append((number, outcome))
+                if outcome.time > self.latest_time:
+                    self.latest_time = outcome.time
         routed = await self._retry("route", partial(self.pipeline.route, messages))
         await self._send_code_events(routed.events, arrived_ms, sends)
         await self._send_alerts(routed.alerts, arrived_ms, sends)
@@ -571,6 +576,24 @@ class Worker:
                 self.metrics.ledger_bytes_per_code.set(figures.get("bytes_per_code", 0))
             except Exception as error:  # monitoring must never stop the worker
                 log.debug("ledger stats failed: %s", error)
+
+    async def _sweep(self) -> None:
+        """Remove ledger entries past their retention, judged by the latest business time.
+
+        The messages' time, not the clock: a replay of an old log must not have its states
+        swept as soon as they are written. Runs in a thread; the sweep's Lua calls are atomic
+        and short, so the pipeline goes on meanwhile.
+        """
+        sweep = getattr(self.ledger, "sweep", None)
+        if not callable(sweep) or not self.latest_time:
+            return
+        try:
+            result = await asyncio.to_thread(sweep, self.latest_time)
+        except Exception as error:  # a failed sweep is retried at the next timer
+            log.error("retention sweep failed: %s; it runs again in %d h", error,
+                      self.settings.sweep_hours)
+            return
+        log.info("retention sweep removed %s", result.removed)
 
     def _add_pages(self, app: faust.App) -> None:
         worker = self

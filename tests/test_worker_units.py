@@ -94,3 +94,28 @@ def test_wire_batches_round_trip_and_old_single_events_still_read() -> None:
     assert load_person_batch(dump_batch([person], 99)).events == [person]
     assert load_code_batch(dump_event(code)).events == [code]
     assert load_person_batch(dump_event(person)).events == [person]
+
+
+def test_the_worker_sweeps_by_the_latest_business_time_it_applied() -> None:
+    import asyncio
+
+    from streams.ledger import MemoryLedger
+    from streams.settings import load_settings
+    from streams.worker import Worker
+
+    class SweptLedger(MemoryLedger):
+        def __init__(self) -> None:
+            super().__init__()
+            self.swept: list[int] = []
+
+        def sweep(self, now: int) -> object:
+            self.swept.append(now)
+            return type("Result", (), {"removed": 0})()
+
+    ledger = SweptLedger()
+    worker = Worker(load_settings({}), ledger=ledger)
+    asyncio.run(worker._sweep())
+    assert ledger.swept == []  # nothing applied yet: no time to judge by
+    worker.latest_time = 1_700_000_000
+    asyncio.run(worker._sweep())
+    assert ledger.swept == [1_700_000_000]
