@@ -113,6 +113,35 @@ def open_ledger(settings: Settings) -> Ledger:
         return MemoryLedger()
 
 
+class Progress:
+    """How far the worker got: for /healthz, the benchmark and an operator's curiosity.
+
+    Input records fetched and released (in time order) to the first stage, internal events
+    sent and applied: when every stage has applied what was sent to it and all the input
+    fetched was released, everything the worker read has been judged.
+    """
+
+    def __init__(self) -> None:
+        self.first_at = 0.0
+        self.last_at = 0.0
+        self.input_records = 0
+        self.input_released = 0
+        self.codes_sent = 0
+        self.codes_applied = 0
+        self.persons_sent = 0
+        self.persons_applied = 0
+
+    def touch(self) -> None:
+        """Note the wall time of work done."""
+        self.last_at = time.time()
+        if not self.first_at:
+            self.first_at = self.last_at
+
+    def as_dict(self) -> dict[str, float | int]:
+        """The counters as JSON-ready values."""
+        return dict(vars(self))
+
+
 class LiveFeed:
     """The latest alerts and counters for the supervisor page."""
 
@@ -208,6 +237,7 @@ class Worker:
         self.pipeline = Pipeline(self.ledger, self.config)
         self.metrics = metrics or Metrics()
         self.feed = LiveFeed()
+        self.progress = Progress()
         self.psn_key = settings.psn_key_bytes
         self.group_id = app_id
         self.consumer: AIOKafkaConsumer | None = None
@@ -354,9 +384,11 @@ class Worker:
         codes: list[ConsumerRecord[bytes, bytes]] = []
         persons: list[ConsumerRecord[bytes, bytes]] = []
         offsets: dict[TopicPartition, int] = {}
+        progress = self.progress
         for tp, records in batch.items():
             if tp.topic == s.topic_events:
                 self._input.add(tp, map(self._parse, records))
+                progress.input_records += len(records)
                 continue
             if tp.topic == s.topic_codes:
                 codes.extend(records)
@@ -364,6 +396,7 @@ class Worker:
                 persons.extend(records)
             offsets[tp] = records[-1].offset + 1
         released = self._input.release(behind=await self._input_behind())
+        progress.input_released += len(released)
         for tp, (record, _) in released:
             offsets[cast(TopicPartition, tp)] = record.offset + 1
         sends: list[asyncio.Future[Any]] = []
@@ -378,6 +411,8 @@ class Worker:
             await asyncio.gather(*sends)
         for what, write in writes:
             await self._retry(what, write)
+        if batch or released:
+            progress.touch()
         return offsets
 
     # ------------------------------------------------------------------ helpers
@@ -433,6 +468,7 @@ class Worker:
             for chunk in _chunks(group, EVENTS_PER_RECORD):
                 sends.append(await self._send(self.settings.topic_codes, partition=number,
                                               value=dump_batch(chunk, arrived_ms)))
+        self.progress.codes_sent += len(events)
 
     async def _send_person_events(self, events: Sequence[PersonEvent], arrived_ms: int,
                                   sends: list[asyncio.Future[Any]]) -> None:
@@ -445,6 +481,7 @@ class Worker:
             for chunk in _chunks(group, EVENTS_PER_RECORD):
                 sends.append(await self._send(self.settings.topic_persons, partition=number,
                                               value=dump_batch(chunk, arrived_ms)))
+        self.progress.persons_sent += len(events)
 
     # ------------------------------------------------------------------ stage 1
 
@@ -525,6 +562,7 @@ class Worker:
         await self._send_code_events(result.forwarded, arrived_ms, sends)
         await self._send_person_events(result.person_events, arrived_ms, sends)
         writes.append(("store codes", partial(self.pipeline.store_codes, result)))
+        self.progress.codes_applied += len(events)
         self.metrics.codes.labels("applied").inc(result.applied)
         self.metrics.codes.labels("duplicate").inc(result.duplicates)
         self.metrics.ledger_roundtrips.labels("load").inc()
@@ -549,6 +587,7 @@ class Worker:
             "load persons", partial(self.pipeline.apply_persons, people, store=False))
         await self._send_alerts(found.alerts, arrived_ms, sends)
         writes.append(("store persons", partial(self.pipeline.store_persons, found)))
+        self.progress.persons_applied += len(people)
         self.metrics.batch_seconds.labels("persons").observe(time.perf_counter() - started)
         self.metrics.batch_size.labels("persons").observe(len(people))
 
@@ -617,7 +656,8 @@ class Worker:
 
         class Health(View):
             async def get(self, request: Request) -> Response:
-                return self.json({"ok": True, "messages": worker.feed.messages})
+                return self.json({"ok": True, "messages": worker.feed.messages,
+                                  **worker.progress.as_dict()})
 
         app.page("/metrics")(MetricsPage)
         app.page("/api/alerts")(AlertsApi)
