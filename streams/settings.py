@@ -55,6 +55,9 @@ SETTINGS: tuple[Setting, ...] = (
             "DUPLICATE_SALE is critical across cities within this many hours", "int"),
     Setting("retention_days", "1095", "days a code is kept after its last event", "int"),
     Setting("dedupe_days", "30", "days a msgid or record number is remembered for retries", "int"),
+    Setting("expected_codes", "10000000",
+            "codes a new Redis ledger is sized for (its bucket count; fixed once created)",
+            "int"),
     Setting("sweep_hours", "24",
             "hours between the worker's sweeps of Redis entries past their retention", "int"),
     Setting("hoarding_min_boxes", "10", "HOARDING: standing boxes of one drug", "int"),
@@ -95,6 +98,7 @@ class Settings:
     cross_city_hours: int
     retention_days: int
     dedupe_days: int
+    expected_codes: int
     sweep_hours: int
     hoarding_min_boxes: int
     hoarding_min_institutions: int

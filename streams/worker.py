@@ -105,6 +105,7 @@ def open_ledger(settings: Settings) -> Ledger:
             prefix=settings.key_prefix,
             retention_days=settings.retention_days,
             dedupe_days=settings.dedupe_days,
+            expected_codes=settings.expected_codes,
         )
     except Exception as error:
         if settings.ledger != "auto":
@@ -296,7 +297,7 @@ class Worker:
             max_poll_records=s.batch_size,
             # Tansu answers a waiting fetch only when its wait runs out, not when records
             # arrive: a short wait keeps a caught-up stage's delay small.
-            fetch_max_wait_ms=50,
+            fetch_max_wait_ms=20,
             max_partition_fetch_bytes=1 << 20,
             fetch_max_bytes=32 << 20,
             session_timeout_ms=10_000,
