@@ -183,6 +183,27 @@ def arguments(prog: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
+PEERS = ("peers_quix", "peers_faust")
+
+
+def peer_command(peer: str, *, bootstrap: str, input_topic: str, output_topic: str,
+                 expect_codes: int, report: Path, state_dir: Path, run_id: str,
+                 catalog: Path | None = None, partitions: int | None = None,
+                 timeout: float = 600.0) -> list[str]:
+    """The command line that runs one peer (``peers_quix`` or ``peers_faust``) as a process."""
+    if peer not in PEERS:
+        raise ValueError(f"unknown peer {peer!r}; one of {', '.join(PEERS)}")
+    argv = [sys.executable, "-m", f"streams.{peer}", "--bootstrap", bootstrap,
+            "--input", input_topic, "--output", output_topic,
+            "--expect-codes", str(expect_codes), "--report", str(report),
+            "--state-dir", str(state_dir), "--run-id", run_id, "--timeout", f"{timeout:g}"]
+    if catalog is not None:
+        argv += ["--catalog", str(catalog)]
+    if partitions is not None:
+        argv += ["--partitions", str(partitions)]
+    return argv
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process in MiB (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -23,6 +23,8 @@ Tansu: a topic's configs are reported only when they were given at creation, and
 the input topic's ``retention.ms`` to size its repartition and changelog topics; when the
 broker does not report it, this app assumes ``-1`` (keep forever), as Kafka's defaults would
 say for a benchmark topic. Create the input topic with ``retention.ms`` to avoid relying on it.
+``--partitions`` is accepted for a command line like the faust peer's and not used: Quix sizes
+its repartition and changelog topics like the input topic.
 """
 
 from __future__ import annotations

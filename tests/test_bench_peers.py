@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import subprocess
-import sys
 import time
 import zlib
 from collections import Counter
@@ -31,10 +30,12 @@ from streams.offline import run_check
 from streams.peers_common import (
     DUPLICATE_SALE,
     EXIT_TIMEOUT,
+    PEERS,
     SPLIT_OVERDISPENSE,
     Progress,
     explode,
     pack_units_of,
+    peer_command,
     start_watchdog,
     step,
 )
@@ -162,7 +163,7 @@ def test_watchdog_reports_how_far_it_got(capsys: pytest.CaptureFixture[str]) -> 
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("peer", ["peers_quix", "peers_faust"])
+@pytest.mark.parametrize("peer", PEERS)
 def test_peer_handles_every_code_and_raises_the_planted_alerts(
     broker: Any, topic_name: Callable[[str], str], tmp_path: Path, peer: str
 ) -> None:
@@ -179,15 +180,14 @@ def test_peer_handles_every_code_and_raises_the_planted_alerts(
     report = tmp_path / "report.json"
     run_id = source.rsplit(".", 1)[-1]
     started = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, "-m", f"streams.{peer}", "--bootstrap", broker.bootstrap,
-         "--input", source, "--output", output,
-         "--catalog", str(work.write_catalog(tmp_path / "catalog.csv")),
-         "--expect-codes", str(work.codes), "--report", str(report),
-         "--state-dir", str(tmp_path / "state"), "--run-id", f"{peer}-{run_id}",
-         "--timeout", "90"],
-        stdin=subprocess.DEVNULL, capture_output=True, timeout=150, check=False,
+    command = peer_command(
+        peer, bootstrap=broker.bootstrap, input_topic=source, output_topic=output,
+        expect_codes=work.codes, report=report, state_dir=tmp_path / "state",
+        run_id=f"{peer}-{run_id}", catalog=work.write_catalog(tmp_path / "catalog.csv"),
+        timeout=90,
     )
+    done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True,
+                          timeout=150, check=False)
     took = time.monotonic() - started
     log = (done.stdout + done.stderr).decode(errors="replace")[-4000:]
     assert done.returncode == 0, log
