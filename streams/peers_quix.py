@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,10 @@ SESSION_TIMEOUT_MS = 10_000
 def build_app(bootstrap: str, input_topic: str, output_topic: str, state_dir: Path,
               run_id: str, pack_units: dict[str, int], progress: Progress) -> Any:
     """The Quix Streams application, ready to ``run()``."""
-    from quixstreams import Application, State
+    # quixstreams imports authlib's httpx integration, which warns on import (and sets its own
+    # filter to always show that warning); not ours to fix, so it is recorded and dropped.
+    with warnings.catch_warnings(record=True):
+        from quixstreams import Application, State
 
     app = Application(
         broker_address=bootstrap,
