@@ -98,6 +98,13 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return run_demo(args, settings)
 
 
+def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
+    """The benchmark of issue 5."""
+    from streams.bench import run_bench
+
+    return run_bench(args, settings)
+
+
 def _business_time(text: str) -> int:
     """``--now``: a business time ``YYYY-MM-DD[ HH:MM:SS]`` (China time, as in the messages)."""
     from detectors.messages import BadInput, parse_time
@@ -301,6 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("demo-out"),
                       help="folder for the simulated log and the alerts")
     demo.add_argument("--timeout", type=float, default=300, help="give up after this many s")
+
+    bench = add("bench", cmd_bench, "tracewatch's worker against a Quix Streams app and a naive "
+                "faust app on one broker: codes/s, latency, Redis bytes per code")
+    from streams.bench import add_arguments as bench_arguments
+
+    bench_arguments(bench)
     return parser
 
 

@@ -26,6 +26,7 @@ nothing is lost and no new alert appears.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections import deque
@@ -123,6 +124,7 @@ class Progress:
     """
 
     def __init__(self) -> None:
+        self.partitions_assigned = 0
         self.first_at = 0.0
         self.last_at = 0.0
         self.input_records = 0
@@ -198,9 +200,11 @@ def _chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
 class _WaitForBatch(ConsumerRebalanceListener):  # type: ignore[misc]
     """Hands partitions over only between batches, after the batch in hand is committed."""
 
-    def __init__(self, lock: asyncio.Lock, aligner: TimeAligner[Parsed]) -> None:
+    def __init__(self, lock: asyncio.Lock, aligner: TimeAligner[Parsed],
+                 progress: Progress) -> None:
         self.lock = lock
         self.aligner = aligner
+        self.progress = progress
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         async with self.lock:
@@ -208,6 +212,7 @@ class _WaitForBatch(ConsumerRebalanceListener):  # type: ignore[misc]
             self.aligner.drop(revoked)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
+        self.progress.partitions_assigned = len(assigned)
         log.info("assigned %s", sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
 
 
@@ -312,7 +317,7 @@ class Worker:
             raise
         consumer.subscribe(
             topics=[s.topic_events, s.topic_codes, s.topic_persons],
-            listener=_WaitForBatch(self._batch_lock, self._input),
+            listener=_WaitForBatch(self._batch_lock, self._input, self.progress),
         )
         return consumer, producer
 
@@ -320,6 +325,11 @@ class Worker:
         """Read, handle and commit batches until the app stops."""
         consumer, producer = await self._start_clients()
         self.consumer, self.producer = consumer, producer
+        # A batch makes tens of thousands of short-lived tuples: collect the young generation
+        # less often, and keep what start-up built (faust, aiokafka, the catalog) out of
+        # every full collection.
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 20)
         wait_ms = max(1, int(self.settings.batch_wait * 1000))
         try:
             while True:

@@ -1,0 +1,551 @@
+"""``tracewatch bench``: tracewatch's worker against its peers, side by side, one broker, one run.
+
+1. Build a workload (:mod:`streams.bench_workload`: NHSA messages with 1 to 10 codes each,
+   split sales, returns, retries, a few percent of duplicates) and load it into the input
+   topic of an embedded Tansu broker **before** any clock starts.
+2. Throughput, each contender in its own process, reading the same pre-loaded topic:
+
+   * ``tracewatch``: ``tracewatch worker`` with the Redis ledger (all its rules);
+   * ``quixstreams``: :mod:`streams.peers_quix`, a straightforward Quix Streams app with
+     RocksDB state applying ``DUPLICATE_SALE`` and ``SPLIT_OVERDISPENSE``;
+   * ``naive-faust``: :mod:`streams.peers_faust`, a faust agent and ``Table``, one event at
+     a time.
+
+   Codes per second = codes listed in the workload / (wall time the last was judged − wall
+   time the first record was handled): start-up and group joins are left out for everyone.
+3. Latency, on tracewatch's worker still running: a second workload produced at half the
+   throughput just measured; for every alert, the time from its triggering message being
+   produced to the alert record (its Kafka timestamp); p50/p99. Then one alert after the
+   worker sat idle: a batch must not wait for filling.
+4. Redis bytes per tracked code of tracewatch's ledger after the run (sampled buckets).
+5. ``--soak SECONDS``: steady load at half the throughput; worker RSS and lag sampled every
+   ten seconds.
+
+The last line is ``codes_per_s=N vs_quixstreams=X.XX vs_naive_faust=X.XX p99_ms=N
+redis_bytes_per_code=N``. Every loop here is bounded; everything runs on loopback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from streams.settings import Settings
+
+#: Workload sizes: messages for throughput, seconds of paced load.
+QUICK = {"messages": 12_000, "paced_s": 10.0}
+FULL = {"messages": 100_000, "paced_s": 60.0}
+PEERS = ("quixstreams", "naive-faust")
+PEER_MODULES = {"quixstreams": "peers_quix", "naive-faust": "peers_faust"}
+
+
+class BenchError(RuntimeError):
+    """The benchmark could not run; the message says why and what to do."""
+
+
+@dataclass
+class Throughput:
+    """One contender's run over the pre-loaded workload."""
+
+    name: str
+    codes: int = 0
+    seconds: float = 0.0
+    alerts: int = 0
+    rss_mb: float = 0.0
+    note: str = ""
+
+    @property
+    def codes_per_s(self) -> float:
+        """Codes judged per second of processing."""
+        return self.codes / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class Latency:
+    """Message-to-alert times of the paced phase, and of one alert after idling."""
+
+    rate_msgs_per_s: float = 0.0
+    alerts: int = 0
+    samples_ms: list[float] = field(default_factory=list)
+    idle_ms: float | None = None
+
+    def percentile(self, share: float) -> float:
+        """The ``share`` (0-1) percentile of the samples, in ms (0 without samples)."""
+        if not self.samples_ms:
+            return 0.0
+        ordered = sorted(self.samples_ms)
+        return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+# --------------------------------------------------------------------------- the worker
+
+
+class WorkerUnderTest:
+    """``tracewatch worker`` as a subprocess on the bench's topics, with its own key prefix."""
+
+    def __init__(self, bootstrap: str, input_topic: str, catalog: Path, settings: Settings,
+                 run: str, partitions: int, workdir: Path, expected_codes: int) -> None:
+        from streams.broker import free_port
+
+        self.port = free_port()
+        self.prefix = f"twbench{run}"
+        self.alerts_topic = f"bench.{run}.tw.alerts"
+        self.redis_url = settings.redis_url
+        self.env = {
+            **os.environ,
+            "TRACEWATCH_KAFKA": bootstrap,
+            "TRACEWATCH_TOPIC_EVENTS": input_topic,
+            "TRACEWATCH_TOPIC_CODES": f"bench.{run}.tw.codes",
+            "TRACEWATCH_TOPIC_PERSONS": f"bench.{run}.tw.persons",
+            "TRACEWATCH_TOPIC_ALERTS": self.alerts_topic,
+            "TRACEWATCH_TOPIC_DLQ": f"bench.{run}.tw.dlq",
+            "TRACEWATCH_PARTITIONS": str(partitions),
+            "TRACEWATCH_LEDGER": "redis",
+            "TRACEWATCH_REDIS_URL": settings.redis_url,
+            "TRACEWATCH_KEY_PREFIX": self.prefix,
+            # Sized for this run, so its buckets are as full as a production ledger's
+            # (~150 codes each) and bytes per code mean what they mean at 10 million.
+            "TRACEWATCH_EXPECTED_CODES": str(expected_codes),
+            "TRACEWATCH_CATALOG": str(catalog),
+            "TRACEWATCH_WEB_PORT": str(self.port),
+            "TRACEWATCH_LOG_LEVEL": "warning",
+        }
+        self.log_path = workdir / "worker.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start the worker process."""
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"],
+                                        env=self.env, stdout=log, stderr=subprocess.STDOUT)
+
+    def health(self) -> dict[str, Any] | None:
+        """The worker's /healthz, or None while it does not answer."""
+        self._check_alive()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz",
+                                        timeout=2) as answer:
+                body: dict[str, Any] = orjson.loads(answer.read())
+                return body
+        except OSError:
+            return None
+
+    def _check_alive(self) -> None:
+        if self.process is not None and self.process.poll() is not None:
+            tail = self.log_path.read_text(errors="replace")[-2000:]
+            raise BenchError(f"the worker stopped (exit {self.process.returncode}); "
+                             f"its log {self.log_path} ends:\n{tail}")
+
+    def wait_idle(self, records: int, timeout: float) -> dict[str, Any]:
+        """Wait until ``records`` input records were released and every stage caught up."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            health = self.health()
+            if (health and health["input_released"] >= records
+                    and health["codes_applied"] >= health["codes_sent"]
+                    and health["persons_applied"] >= health["persons_sent"]):
+                return health
+            time.sleep(0.05)
+        raise BenchError(f"the worker did not judge {records} records within {timeout:.0f} s; "
+                         f"see {self.log_path}")
+
+    def wait_assigned(self, timeout: float) -> None:
+        """Wait until the worker joined its group and holds partitions."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            health = self.health()
+            if health and health.get("partitions_assigned"):
+                return
+            time.sleep(0.1)
+        raise BenchError(f"the worker got no partitions within {timeout:.0f} s; "
+                         f"see {self.log_path}")
+
+    def rss_mb(self) -> float:
+        """The worker's resident memory now, in MB."""
+        if self.process is None:
+            return 0.0
+        try:
+            for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return 0.0
+
+    def stop(self, clean: bool = True) -> None:
+        """Stop the worker; with ``clean``, remove its keys from Redis too."""
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.process = None
+        if not clean:
+            return
+        try:
+            import redis
+
+            client = redis.Redis.from_url(self.redis_url)
+            for key in client.scan_iter(match=f"{self.prefix}:*", count=1000):
+                client.unlink(key)
+        except Exception as error:  # cleaning up must not hide the result
+            print(f"tracewatch bench: could not remove {self.prefix}:* from Redis: {error}",
+                  file=sys.stderr)
+
+    def bytes_per_code(self) -> tuple[float, int]:
+        """Redis bytes per tracked code and the codes tracked (sampled buckets)."""
+        from streams.redis_ledger import RedisLedger
+
+        ledger = RedisLedger.from_url(self.redis_url, prefix=self.prefix)
+        figures = ledger.stats(sample=1024)
+        return float(figures.get("bytes_per_code", 0.0)), int(figures.get("codes", 0))
+
+
+# --------------------------------------------------------------------------- phases
+
+
+def _run_tracewatch(worker: WorkerUnderTest, messages: int, codes: int,
+                    timeout: float) -> Throughput:
+    from streams.kafka_io import consume_all
+
+    worker.start()
+    health = worker.wait_idle(messages, timeout)
+    alerts = consume_all(worker.env["TRACEWATCH_KAFKA"], worker.alerts_topic, timeout_s=2)
+    return Throughput("tracewatch", codes, health["last_at"] - health["first_at"],
+                      len(alerts), worker.rss_mb(), "all rules, Redis ledger")
+
+
+def _run_peer(name: str, bootstrap: str, input_topic: str, catalog: Path, codes: int,
+              run: str, partitions: int, workdir: Path, timeout: float) -> Throughput:
+    from streams.peers_common import peer_command
+
+    report = workdir / f"{name}.report.json"
+    log_path = workdir / f"{name}.log"
+    command = peer_command(PEER_MODULES[name], bootstrap=bootstrap, input_topic=input_topic,
+                           output_topic=f"bench.{run}.{name}.alerts", expect_codes=codes,
+                           report=report, state_dir=workdir / f"{name}.state",
+                           run_id=f"{run}{name.replace('-', '')}", catalog=catalog,
+                           partitions=partitions, timeout=timeout)
+    with log_path.open("wb") as log:
+        finished = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT,
+                                  timeout=timeout + 60, check=False)
+    if finished.returncode != 0 or not report.is_file():
+        tail = log_path.read_text(errors="replace")[-1500:]
+        return Throughput(name, note=f"failed (exit {finished.returncode}); {log_path}: {tail}")
+    body = orjson.loads(report.read_bytes())
+    return Throughput(name, int(body["codes"]), float(body["done"]) - float(body["first"]),
+                      int(body.get("alerts", 0)), float(body.get("rss_mb", 0.0)),
+                      "DUPLICATE_SALE + SPLIT_OVERDISPENSE only")
+
+
+def _paced_produce(bootstrap: str, topic: str, lines: Sequence[bytes], rate: float,
+                   seconds: float, key_of: Callable[[bytes], bytes | None]) -> dict[str, float]:
+    """Produce ``lines`` at ``rate`` per second for at most ``seconds``; msgid → send time."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=0)
+    sent: dict[str, float] = {}
+    started = time.time()
+    try:
+        for index, line in enumerate(lines):
+            due = started + index / rate
+            if due - started > seconds:
+                break
+            pause = due - time.time()
+            if pause > 0:
+                time.sleep(pause)
+            msgid = str(orjson.loads(line).get("msgid", ""))
+            sent[msgid] = time.time()
+            producer.send(topic, value=line, key=key_of(line))
+        producer.flush(timeout=30)
+    finally:
+        producer.close(timeout=5)
+    return sent
+
+
+def _institution_key(line: bytes) -> bytes | None:
+    code = orjson.loads(line).get("fixmedins_code")
+    return str(code).encode() if code else None
+
+
+def _latencies(bootstrap: str, alerts_topic: str, sent: dict[str, float],
+               keep: Path | None = None) -> list[float]:
+    """Milliseconds from each sent trigger message to its alert record; (sent, ms) to
+    ``keep`` as CSV."""
+    from streams.kafka_io import consume_all
+
+    records = consume_all(bootstrap, alerts_topic, timeout_s=2)
+    pairs = []
+    for record in records:
+        alert = orjson.loads(record.value or b"{}")
+        at = sent.get(str(alert.get("trigger_msgid")))
+        if at is not None:
+            pairs.append((at, max(0.0, record.timestamp / 1000 - at) * 1000))
+    pairs.sort()
+    if keep is not None:
+        keep.write_text("sent_unix_s,latency_ms\n"
+                        + "".join(f"{at:.3f},{ms:.1f}\n" for at, ms in pairs))
+    return [ms for _, ms in pairs]
+
+
+def _duplicate_of(lines: Sequence[bytes], tag: str) -> bytes:
+    """A whole-box sale of the workload sold again under a new msgid: one DUPLICATE_SALE."""
+    for line in reversed(lines):
+        body = orjson.loads(line)
+        info = body.get("input", {}).get("selinfo", {})
+        if body.get("infno") == "3505" and str(info.get("trdn_flag")) == "0" \
+                and info.get("drugtracinfo"):
+            body["msgid"] = f"BENCH-IDLE-{tag}"
+            info["fixmedins_bchno"] = f"IDLE{tag}"
+            return orjson.dumps(body)
+    raise BenchError("the workload has no whole-box sale to resell for the idle probe")
+
+
+def _measure_latency(worker: WorkerUnderTest, bootstrap: str, input_topic: str, seed: int,
+                     rate: float, seconds: float, run: str) -> Latency:
+    from streams.bench_workload import generate
+
+    before = worker.health() or {}
+    count = max(100, int(rate * seconds))
+    paced = generate(count, seed + 1)
+    sent = _paced_produce(bootstrap, input_topic, paced.lines, rate, seconds, _institution_key)
+    worker.wait_idle(int(before.get("input_released", 0)) + len(sent), 120)
+    result = Latency(rate_msgs_per_s=rate)
+    result.samples_ms = _latencies(bootstrap, worker.alerts_topic, sent,
+                                   worker.log_path.with_name("latency.csv"))
+    result.alerts = len(result.samples_ms)
+    # One alert after the worker sat idle: the batch it lands in must not wait to fill.
+    time.sleep(3)
+    probe = _duplicate_of(paced.lines[: len(sent)], run)
+    probe_sent = _paced_produce(bootstrap, input_topic, [probe], 1.0, 1.0, _institution_key)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        idle = _latencies(bootstrap, worker.alerts_topic, probe_sent)
+        if idle:
+            result.idle_ms = idle[0]
+            break
+    return result
+
+
+def _soak(worker: WorkerUnderTest, bootstrap: str, input_topic: str, seed: int, rate: float,
+          seconds: float) -> list[tuple[float, float, int]]:
+    """Steady load for ``seconds``: (elapsed s, worker RSS MB, lag in records) every 10 s."""
+    import threading
+
+    from streams.bench_workload import generate
+
+    lines = generate(max(100, int(rate * seconds) + 1), seed + 2).lines
+    base = int((worker.health() or {}).get("input_records", 0))
+    produced = [0]
+
+    def produce() -> None:
+        sent = _paced_produce(bootstrap, input_topic, lines, rate, seconds, _institution_key)
+        produced[0] = len(sent)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    started = time.monotonic()
+    thread.start()
+    samples: list[tuple[float, float, int]] = []
+    while thread.is_alive() and time.monotonic() - started < seconds + 60:
+        time.sleep(10)
+        health = worker.health() or {}
+        elapsed = time.monotonic() - started
+        expected = min(len(lines), int(elapsed * rate))
+        lag = max(0, expected - (int(health.get("input_released", 0)) - base))
+        samples.append((round(elapsed, 1), round(worker.rss_mb(), 1), lag))
+        print(f"  soak {elapsed:6.0f} s  worker RSS {samples[-1][1]:7.1f} MB  lag {lag}",
+              file=sys.stderr)
+    thread.join(timeout=60)
+    return samples
+
+
+# --------------------------------------------------------------------------- the command
+
+
+@contextmanager
+def _broker(workdir: Path) -> Iterator[str]:
+    from streams.broker import EmbeddedBroker
+
+    with EmbeddedBroker(log_path=workdir / "tansu.log") as broker:
+        yield broker.bootstrap
+
+
+def _check_redis(settings: Settings) -> None:
+    import redis
+
+    try:
+        redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2).ping()
+    except Exception as error:
+        raise BenchError(f"tracewatch bench needs Redis for the worker's ledger and none "
+                         f"answers at TRACEWATCH_REDIS_URL={settings.redis_url} ({error}); "
+                         "start redis-server or set TRACEWATCH_REDIS_URL") from None
+
+
+def _table(results: Sequence[Throughput]) -> str:
+    rows = [f"{'contender':<12} {'codes':>9} {'seconds':>8} {'codes/s':>9} {'alerts':>7} "
+            f"{'RSS MB':>7}  what"]
+    for r in results:
+        if r.seconds <= 0:
+            rows.append(f"{r.name:<12} {'-':>9} {'-':>8} {'-':>9} {'-':>7} {'-':>7}  {r.note}")
+            continue
+        rows.append(f"{r.name:<12} {r.codes:>9,} {r.seconds:>8.2f} {r.codes_per_s:>9,.0f} "
+                    f"{r.alerts:>7,} {r.rss_mb:>7.0f}  {r.note}")
+    return "\n".join(rows)
+
+
+def run_bench(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the benchmark; print the table and the summary line. 0 on success, 2 if it could
+    not run."""
+    from streams.bench_workload import generate, write_catalog, write_log
+    from streams.kafka_io import TopicSpec, ensure_topics, replay
+
+    sizes = QUICK if args.quick else FULL
+    messages = args.messages or int(sizes["messages"])
+    paced_s = args.paced_seconds or float(sizes["paced_s"])
+    run = uuid.uuid4().hex[:8]
+    skip = set(args.skip or ())
+    unknown = skip - set(PEERS)
+    if unknown:
+        print(f"tracewatch bench: --skip takes {', '.join(PEERS)}, not {', '.join(unknown)}",
+              file=sys.stderr)
+        return 2
+    try:
+        _check_redis(settings)
+    except BenchError as error:
+        print(f"tracewatch bench: {error}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="tracewatch-bench-") as scratch:
+        workdir = Path(args.keep) if args.keep else Path(scratch)
+        workdir.mkdir(parents=True, exist_ok=True)
+        print(f"[1/5] workload: {messages:,} messages (seed {args.seed})", file=sys.stderr)
+        workload = generate(messages, args.seed)
+        log = write_log(workload.lines, workdir / "workload.jsonl")
+        catalog = write_catalog(workload.catalog, workdir / "catalog.csv")
+        print(f"      {workload.codes:,} codes, {workload.duplicate_sales} duplicate sales, "
+              f"{workload.split_overdispenses} split overdispenses planted", file=sys.stderr)
+        with _broker(workdir) as bootstrap:
+            input_topic = f"bench.{run}.events"
+            # Quix Streams reads the input topic's retention.ms, which Tansu reports only
+            # when the topic was created with it (docs/kafka-notes.md).
+            ensure_topics(bootstrap, [TopicSpec(input_topic, args.partitions, retention_ms=-1)])
+            print(f"[2/5] loading the input topic ({args.partitions} partitions) before "
+                  "timing", file=sys.stderr)
+            replay(log, bootstrap, input_topic, progress=sys.stderr.isatty())
+            results: list[Throughput] = []
+            worker = WorkerUnderTest(bootstrap, input_topic, catalog, settings, run,
+                                     args.partitions, workdir, workload.codes)
+            latency = Latency()
+            soak: list[tuple[float, float, int]] = []
+            bytes_per_code, tracked = 0.0, 0
+            try:
+                print("[3/5] tracewatch worker", file=sys.stderr)
+                results.append(_run_tracewatch(worker, messages, workload.codes, args.timeout))
+                print(f"      {results[0].codes_per_s:,.0f} codes/s", file=sys.stderr)
+                # The peers read the same topic next: stop the worker first, so it neither
+                # takes their CPU nor adds the latency phase's messages before they run.
+                worker.stop(clean=False)
+                for name in PEERS:
+                    if name in skip:
+                        continue
+                    print(f"[4/5] {name}", file=sys.stderr)
+                    peer = _run_peer(name, bootstrap, input_topic, catalog, workload.codes,
+                                     run, args.partitions, workdir, args.timeout)
+                    results.append(peer)
+                    if peer.seconds > 0:
+                        print(f"      {peer.codes_per_s:,.0f} codes/s", file=sys.stderr)
+                rate = 0.5 * results[0].codes_per_s / max(1.0, workload.codes / messages)
+                print(f"[5/5] tracewatch latency at half its throughput ({rate:,.0f} messages/s "
+                      f"for {paced_s:.0f} s), then one alert after idling", file=sys.stderr)
+                worker.start()
+                worker.wait_assigned(args.timeout)
+                latency = _measure_latency(worker, bootstrap, input_topic, args.seed, rate,
+                                           paced_s, run)
+                if args.soak:
+                    print(f"      soak: {args.soak:.0f} s at {rate:,.0f} messages/s",
+                          file=sys.stderr)
+                    soak = _soak(worker, bootstrap, input_topic, args.seed, rate, args.soak)
+                bytes_per_code, tracked = worker.bytes_per_code()
+            except BenchError as error:
+                print(f"tracewatch bench: {error}", file=sys.stderr)
+                return 2
+            finally:
+                worker.stop()
+        print(_report(results, latency, soak, bytes_per_code, tracked, messages, workload.codes,
+                      workload.expected_alerts, args))
+    return 0
+
+
+def _ratio(mine: float, other: Throughput | None) -> str:
+    if other is None or other.codes_per_s <= 0:
+        return "nan"
+    return f"{mine / other.codes_per_s:.2f}"
+
+
+def _report(results: Sequence[Throughput], latency: Latency,
+            soak: Sequence[tuple[float, float, int]], bytes_per_code: float, tracked: int,
+            messages: int, codes: int, planted: int, args: argparse.Namespace) -> str:
+    by_name = {r.name: r for r in results}
+    mine = by_name["tracewatch"].codes_per_s
+    lines = [
+        "",
+        f"tracewatch bench — {messages:,} messages, {codes:,} codes, "
+        f"{args.partitions} partitions, Tansu, {os.cpu_count()} CPUs",
+        _table(results),
+        f"(the workload plants {planted:,} DUPLICATE_SALE and SPLIT_OVERDISPENSE cases: each "
+        "contender's alerts should be that many)",
+        "",
+        f"latency at {latency.rate_msgs_per_s:,.0f} messages/s: {latency.alerts} alerts, "
+        f"p50 {latency.percentile(0.5):.0f} ms, p99 {latency.percentile(0.99):.0f} ms, "
+        f"max {max(latency.samples_ms, default=0):.0f} ms; one alert after idling: "
+        + (f"{latency.idle_ms:.0f} ms" if latency.idle_ms is not None else "not seen"),
+        f"Redis: {bytes_per_code:.1f} bytes per tracked code ({tracked:,} codes, sampled)",
+    ]
+    if soak:
+        rss = [s[1] for s in soak]
+        lines.append(f"soak {soak[-1][0]:.0f} s: worker RSS {rss[0]:.0f} → {rss[-1]:.0f} MB "
+                     f"(min {min(rss):.0f}, max {max(rss):.0f}); lag max "
+                     f"{max(s[2] for s in soak)}, last {soak[-1][2]} records; mean lag "
+                     f"{statistics.mean(s[2] for s in soak):.0f}")
+    lines.append(
+        f"codes_per_s={mine:.0f} vs_quixstreams={_ratio(mine, by_name.get('quixstreams'))} "
+        f"vs_naive_faust={_ratio(mine, by_name.get('naive-faust'))} "
+        f"p99_ms={latency.percentile(0.99):.0f} redis_bytes_per_code={bytes_per_code:.0f}")
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``tracewatch bench``."""
+    parser.add_argument("--quick", action="store_true",
+                        help=f"a small run, under two minutes ({QUICK['messages']:,} messages, "
+                             f"{QUICK['paced_s']:.0f} s paced)")
+    parser.add_argument("--messages", type=int, default=0,
+                        help=f"messages in the workload (default {FULL['messages']:,})")
+    parser.add_argument("--seed", type=int, default=7, help="workload seed (default 7)")
+    parser.add_argument("--partitions", type=int, default=4,
+                        help="partitions of the input and internal topics (default 4)")
+    parser.add_argument("--paced-seconds", type=float, default=0.0,
+                        help="seconds of paced load for the latency (default 60, quick 10)")
+    parser.add_argument("--soak", type=float, default=0.0, metavar="SECONDS",
+                        help="also run a steady load this long (e.g. 600), sampling the "
+                             "worker's memory and lag")
+    parser.add_argument("--skip", nargs="*", choices=PEERS, help="peers not to run")
+    parser.add_argument("--timeout", type=float, default=900.0,
+                        help="give up on a contender after this many seconds (default 900)")
+    parser.add_argument("--keep", type=Path,
+                        help="keep the workload, logs and reports in this folder")
