@@ -34,7 +34,7 @@ import hashlib
 import math
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from detectors.code_ledger import message_fingerprint, record_fingerprint
@@ -719,6 +719,25 @@ def code_slot(code: str, bucket_bits: int) -> tuple[int, bytes]:
     if len(raw) <= _FIELD_TEXT_MAX:
         return bucket, bytes([_FIELD_TEXT]) + raw
     return bucket, bytes([_FIELD_DIGEST]) + hashlib.blake2b(raw, digest_size=16).digest()
+
+
+def code_slots(codes: Iterable[str], bucket_bits: int) -> tuple[list[int], list[bytes]]:
+    """The buckets and the fields of many codes: ``code_slot`` of each, in order."""
+    buckets: list[int] = []
+    fields: list[bytes] = []
+    rest_bits = _CODE20_BITS - bucket_bits
+    rest_mask = (1 << rest_bits) - 1
+    size = code20_field_size(bucket_bits)
+    for code in codes:
+        if len(code) == 20 and code.isascii() and code.isdigit():
+            mixed = (int(code) * _MIX) & _CODE20_MASK
+            buckets.append(mixed >> rest_bits)
+            fields.append((mixed & rest_mask).to_bytes(size, "big"))
+        else:
+            bucket, field = code_slot(code, bucket_bits)
+            buckets.append(bucket)
+            fields.append(field)
+    return buckets, fields
 
 
 def code_of_slot(bucket: int, field: bytes, bucket_bits: int) -> str | None:

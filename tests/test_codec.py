@@ -18,6 +18,7 @@ from streams.codec import (
     MemoryInterner,
     code_of_slot,
     code_slot,
+    code_slots,
     codes_day,
     day_stamp,
     pack_code_state,
@@ -319,6 +320,15 @@ def test_code_slots_are_distinct_and_invertible(bits: int) -> None:
         assert 0 <= bucket < 1 << bits
         back = code_of_slot(bucket, field, bits)
         assert back == code or (back is None and len(code.encode()) > 40)
+
+
+@pytest.mark.parametrize("bits", [0, 4, 12, 16, 24])
+def test_code_slots_of_a_batch_are_each_code_slot(bits: int) -> None:
+    rng = random.Random(bits + 100)
+    codes = [random_code(rng) for _ in range(2000)] + ["８３８５７９３０１２３４５６７８０００１"]
+    buckets, fields = code_slots(codes, bits)
+    assert list(zip(buckets, fields, strict=True)) == [code_slot(code, bits) for code in codes]
+    assert code_slots([], bits) == ([], [])
 
 
 def test_code20_field_is_seven_bytes_for_usual_bucket_counts() -> None:
