@@ -176,6 +176,7 @@ def child(args: argparse.Namespace) -> None:
             ledger.interner.to_id(table, text)
     ledger.interner.resolve()  # a worker that has run a while has these cached
     times: dict[str, list[float]] = {name: [] for name in OPERATIONS}
+    inside: dict[str, list[float]] = {name: [] for name in OPERATIONS}  # Redis's own time
     profile = None
     if args.profile:
         import cProfile
@@ -185,6 +186,7 @@ def child(args: argparse.Namespace) -> None:
                            args.known)
         for name in OPERATIONS:
             method = getattr(ledger, name)
+            client.config_resetstat()
             if profile is not None and batch:
                 profile.enable()
             started = time.perf_counter()
@@ -194,10 +196,13 @@ def child(args: argparse.Namespace) -> None:
                 profile.disable()
             if batch:
                 times[name].append(seconds)
+                stats = client.info("commandstats")
+                inside[name].append(sum(int(value["usec"]) for key, value in stats.items()
+                                        if key.startswith("cmdstat_evalsha")) / 1e6)
     if profile is not None:
         import pstats
         pstats.Stats(profile, stream=sys.stderr).sort_stats("tottime").print_stats(120)
-    print(json.dumps(times))
+    print(json.dumps({"times": times, "inside": inside}))
 
 
 # --------------------------------------------------------------------------- parent
@@ -259,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     server = start_server(port)
     results: dict[str, dict[str, list[float]]] = {
         tree: {name: [] for name in OPERATIONS} for tree in trees}
+    redis_time: dict[str, dict[str, list[float]]] = {
+        tree: {name: [] for name in OPERATIONS} for tree in trees}
     try:
         fill(port, args.codes, args.expected, World(), args.messages, args.per_message)
         for round_ in range(args.rounds):
@@ -274,8 +281,10 @@ def main(argv: list[str] | None = None) -> int:
                 done = subprocess.run(command, check=True, capture_output=True, text=True)
                 if args.profile:
                     print(f"--- profile of {tree}, round {round_ + 1}\n{done.stderr}")
-                for name, seconds in json.loads(done.stdout.splitlines()[-1]).items():
-                    results[tree][name] += seconds
+                answer = json.loads(done.stdout.splitlines()[-1])
+                for name in OPERATIONS:
+                    results[tree][name] += answer["times"][name]
+                    redis_time[tree][name] += answer["inside"][name]
                 print(f"round {round_ + 1}: {tree} done", flush=True)
     finally:
         server.terminate()
@@ -284,8 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     size = args.messages * args.per_message
     print(f"\nledger of {args.codes:,} codes in buckets for {args.expected:,}; batches of "
           f"{args.messages:,} messages, {size:,} codes ({args.known:.0%} of the loaded ones "
-          f"known); best of {args.rounds * args.batches} batches, median in brackets; codes/s")
-    header = f"{'call':<16}" + "".join(f"{tree:>24}" for tree in trees)
+          f"known); codes/s of the best of {args.rounds * args.batches} batches, of the median "
+          "in brackets; ms of Redis's own time per batch (median, EVALSHA in INFO commandstats)")
+    header = f"{'call':<16}" + "".join(f"{tree:>30}" for tree in trees)
     print(header + ("   new/old" if len(trees) == 2 else ""))
     for name in OPERATIONS:
         line = f"{name:<16}"
@@ -293,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
         for tree in trees:
             seconds = results[tree][name]
             best.append(min(seconds))
-            line += f"{size / min(seconds):>12,.0f} ({size / statistics.median(seconds):>9,.0f})"
+            line += (f"{size / min(seconds):>10,.0f} ({size / statistics.median(seconds):>8,.0f})"
+                     f" {statistics.median(redis_time[tree][name]) * 1e3:>6.0f} ms")
         if len(best) == 2:
             line += f"   {best[0] / best[1]:.2f}×"
         print(line)
