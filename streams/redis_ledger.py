@@ -53,7 +53,12 @@ script (atomic, so writers never race) and cached in the process. They never exp
 states refer to them. Use ``maxmemory-policy noeviction`` or a ``volatile-*`` policy.
 
 Round trips: each ledger call is one Redis command (a Lua script call, ``MGET``, or one
-pipeline), plus one more when the batch names strings this process has not cached yet.
+pipeline), plus one more when the batch names strings this process has not cached yet. The
+load and store scripts (``ledger_load.lua``, ``ledger_store.lua``) take a batch flat, as
+Python has it: every bucket hash the batch touches once in KEYS (with its overflow hash),
+one ARGV string of 4-byte bucket numbers, one per field, and the fields (and values) in the
+batch's order; the script groups them by bucket. Building that costs no object per bucket
+(``scripts/ledger_speed.py`` times it).
 
 Fields and values are binary; the client must not decode responses.
 """
