@@ -22,59 +22,79 @@ end
 
 local limit, runs = string.match(ARGV[1], '^(%d+)(.*)$')
 limit = tonumber(limit)
-local bucket, over, ttl = {}, {}, {}
-local n, k = 0, 0
-for count, flag, seconds in string.gmatch(runs, ' (%d+) ([01]) (%d+)') do
-  count = tonumber(count)
-  for j = 1, count do
-    bucket[n + j] = KEYS[k + j]
-    if flag == '1' then over[n + j] = KEYS[k + count + j] end
-    ttl[n + j] = seconds
-  end
-  n = n + count
-  k = k + (flag == '1' and 2 or 1) * count
-end
 
-local dels, sets, overs = {}, {}, {}
+-- The writes of each bucket, in order, without a table per bucket: a counting sort of the
+-- write numbers by bucket.
 local index = ARGV[2]
 local byte = string.byte
-local a = 3
-for p = 1, #index, 4 do
+local entry, count = {}, {}
+local writes = #index / 4
+for i = 1, writes do
+  local p = 4 * i - 3
   local b1, b2, b3, b4 = byte(index, p, p + 3)
   local e = b1 + 256 * (b2 + 256 * (b3 + 256 * b4))
-  local set = e % 2
-  local b = (e - set) / 2 + 1
-  local name, value = ARGV[a], ARGV[a + 1]
-  a = a + 2
-  local into
-  if set == 0 then
-    into = dels
-  elseif over[b] and #value > limit then
-    into = overs
-  else
-    into = sets
-  end
-  local list = into[b]
-  if not list then
-    list = {}
-    into[b] = list
-  end
-  list[#list + 1] = name
-  if set == 1 then list[#list + 1] = value end
+  entry[i] = e
+  local b = (e - e % 2) / 2 + 1
+  count[b] = (count[b] or 0) + 1
+end
+local buckets = 0
+for n in string.gmatch(runs, ' (%d+) [01] %d+') do buckets = buckets + tonumber(n) end
+local start, next_at, order = {}, {}, {}
+local at = 1
+for b = 1, buckets do
+  start[b] = at
+  next_at[b] = at
+  at = at + (count[b] or 0)
+end
+for i = 1, writes do
+  local e = entry[i]
+  local b = (e - e % 2) / 2 + 1
+  order[next_at[b]] = i
+  next_at[b] = next_at[b] + 1
 end
 
-for b = 1, n do
-  local d, s, o = dels[b], sets[b], overs[b]
-  local key, big = bucket[b], over[b]
-  if d then call_range('HDEL', key, d, 1, #d) end
-  if s then call_range('HSET', key, s, 1, #s) end
-  if big and (d or s) and redis.call('EXISTS', big) == 1 then
+local function write(key, big, ttl, first, last)
+  if first == last then -- the common case: one write to the bucket
+    local i = order[first]
+    local name, value = ARGV[2 * i + 1], ARGV[2 * i + 2]
+    if entry[i] % 2 == 0 then
+      redis.call('HDEL', key, name)
+      if big and redis.call('EXISTS', big) == 1 then redis.call('HDEL', big, name) end
+    elseif big and #value > limit then
+      redis.call('HSET', key, name, '')
+      redis.call('HSET', big, name, value)
+      redis.call('EXPIRE', big, ttl)
+      redis.call('EXPIRE', key, ttl)
+    else
+      redis.call('HSET', key, name, value)
+      if big and redis.call('EXISTS', big) == 1 then redis.call('HDEL', big, name) end
+      redis.call('EXPIRE', key, ttl)
+    end
+    return
+  end
+  local d, s, o = {}, {}, {}
+  for j = first, last do
+    local i = order[j]
+    local name, value = ARGV[2 * i + 1], ARGV[2 * i + 2]
+    if entry[i] % 2 == 0 then
+      d[#d + 1] = name
+    elseif big and #value > limit then
+      o[#o + 1] = name
+      o[#o + 1] = value
+    else
+      s[#s + 1] = name
+      s[#s + 1] = value
+    end
+  end
+  if #d > 0 then call_range('HDEL', key, d, 1, #d) end
+  if #s > 0 then call_range('HSET', key, s, 1, #s) end
+  if big and (#d > 0 or #s > 0) and redis.call('EXISTS', big) == 1 then
     local names = {}
-    if d then for i = 1, #d do names[#names + 1] = d[i] end end
-    if s then for i = 1, #s, 2 do names[#names + 1] = s[i] end end
+    for i = 1, #d do names[#names + 1] = d[i] end
+    for i = 1, #s, 2 do names[#names + 1] = s[i] end
     call_range('HDEL', big, names, 1, #names)
   end
-  if o then
+  if #o > 0 then
     local markers = {}
     for i = 1, #o, 2 do
       markers[#markers + 1] = o[i]
@@ -82,8 +102,22 @@ for b = 1, n do
     end
     call_range('HSET', key, markers, 1, #markers)
     call_range('HSET', big, o, 1, #o)
-    redis.call('EXPIRE', big, ttl[b])
+    redis.call('EXPIRE', big, ttl)
   end
-  if s or o then redis.call('EXPIRE', key, ttl[b]) end
+  if #s > 0 or #o > 0 then redis.call('EXPIRE', key, ttl) end
 end
-return n
+
+local b, k = 0, 0
+for n, flag, ttl in string.gmatch(runs, ' (%d+) ([01]) (%d+)') do
+  n = tonumber(n)
+  for j = 1, n do
+    local c = count[b + j]
+    if c then
+      local first = start[b + j]
+      write(KEYS[k + j], flag == '1' and KEYS[k + n + j] or nil, ttl, first, first + c - 1)
+    end
+  end
+  b = b + n
+  k = k + (flag == '1' and 2 or 1) * n
+end
+return buckets
