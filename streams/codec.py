@@ -34,7 +34,7 @@ import hashlib
 import math
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from detectors.code_ledger import message_fingerprint, record_fingerprint
@@ -108,6 +108,10 @@ def _uvarint(out: bytearray, value: int) -> None:
         return
     if value < 0:
         raise ValueError(f"varint of a negative number: {value}")
+    if value < 0x4000:
+        out.append((value & 0x7F) | 0x80)
+        out.append(value >> 7)
+        return
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
         value >>= 7
@@ -246,6 +250,15 @@ class _Reader:
 
     def uvarint(self) -> int:
         data, pos = self.data, self.pos
+        if pos + 1 < len(data):  # the common one- and two-byte cases
+            first = data[pos]
+            if first < 0x80:
+                self.pos = pos + 1
+                return first
+            second = data[pos + 1]
+            if second < 0x80:
+                self.pos = pos + 2
+                return (first & 0x7F) | second << 7
         result = shift = 0
         while True:
             if pos >= len(data):
@@ -426,69 +439,110 @@ def _sale_prints(sales: Sequence[SaleRecord]) -> list[str]:
 
 
 def _pack_sale(out: bytearray, sale: SaleRecord, base: int, interner: Interner) -> None:
-    institution = sale.fixmedins_code
-    flags, rest, stamp, fen = _origin_flags(
-        institution, sale.mdtrtarea_admvs, sale.msgid, sale.amount
-    )
-    if sale.split:
-        flags |= _SPLIT
-    psn = sale.psn_hash
+    """A sale: flags, then :func:`_put_origin`'s fields, person, drug, units and amount.
+    :func:`_origin_flags` and :func:`_put_origin` are inlined here (the hot path); the bytes
+    are theirs."""
+    institution, admvs, bchno, msgid, moment, psn, drug, split, units, amount = sale
+    flags = _SPLIT if split else 0
+    if admvs == institution[1:7]:
+        flags |= _ADMVS_OWN
+    rest = msgid
+    if institution and msgid.startswith(institution):
+        flags |= _MSG_PREFIX
+        rest = msgid[len(institution):]
+    stamp = _nhsa_stamp(rest)
+    if stamp is not None:
+        flags |= _MSG_STAMP
+    fen = _centi(amount)
+    if fen is None:
+        flags |= _AMOUNT_F64
     psn_raw = None
     if psn is not None:
         psn_raw = _hex_bytes(psn, 8)
         flags |= _PSN_TEXT if psn_raw is None else _PSN_RAW
-    if sale.med_list_codg is not None:
+    if drug is not None:
         flags |= _DRUG
-    units = sale.units
     centi_units = None
     if units != 1.0 or math.copysign(1.0, units) < 0:
         centi_units = _centi(units)
         flags |= _UNITS_F64 if centi_units is None else _UNITS_CENTI
     _uvarint(out, flags)
-    _put_origin(out, flags, institution, sale.mdtrtarea_admvs, sale.bchno, rest, stamp,
-                sale.time, base, interner)
+    _uvarint(out, interner.to_id(INST, institution))
+    if not flags & _ADMVS_OWN:
+        _uvarint(out, interner.to_id(ADMVS, admvs))
+    _put_text(out, bchno)
+    if base == moment:
+        out.append(0)
+    else:
+        _svarint(out, base - moment)
+    if stamp is None:
+        _put_text(out, rest)
+    else:
+        stamped, sequence, digits = stamp
+        _svarint(out, stamped - moment)
+        if digits == _NHSA_SEQUENCE_DIGITS:
+            _uvarint(out, sequence * 2)
+        else:
+            _uvarint(out, sequence * 2 + 1)
+            _uvarint(out, digits)
     if psn_raw is not None:
         out += psn_raw
     elif psn is not None:
         _put_str(out, psn)
-    if sale.med_list_codg is not None:
-        _uvarint(out, interner.to_id(DRUG, sale.med_list_codg))
-    if flags & _UNITS_CENTI:
-        assert centi_units is not None
+    if drug is not None:
+        _uvarint(out, interner.to_id(DRUG, drug))
+    if centi_units is not None:
         _uvarint(out, centi_units)
     elif flags & _UNITS_F64:
         out += _F64.pack(units)
-    _put_amount(out, flags, sale.amount, fen)
+    if fen is None:
+        out += _F64.pack(amount)
+    else:
+        _uvarint(out, fen)
 
 
 def _read_sale(reader: _Reader, base: int, interner: Interner) -> SaleRecord:
-    flags = reader.uvarint()
-    institution, admvs, bchno, msgid, moment = _read_origin(reader, flags, base, interner)
+    """A sale as written by :func:`_pack_sale` (:func:`_read_origin` inlined: the hot path)."""
+    uvarint = reader.uvarint
+    flags = uvarint()
+    institution = interner.to_text(INST, uvarint())
+    if flags & _ADMVS_OWN:
+        admvs = institution[1:7]
+    else:
+        admvs = interner.to_text(ADMVS, uvarint())
+    bchno = reader.text()
+    moment = base - reader.svarint()
+    if flags & _MSG_STAMP:
+        stamped = time.strftime("%Y%m%d%H%M%S", time.gmtime(moment + reader.svarint()))
+        packed = uvarint()
+        digits = uvarint() if packed & 1 else _NHSA_SEQUENCE_DIGITS
+        rest = stamped + (str(packed >> 1).zfill(digits) if digits else "")
+    else:
+        rest = reader.text()
     if flags & _PSN_RAW:
         psn: str | None = reader.take(8).hex()
     elif flags & _PSN_TEXT:
         psn = reader.string()
     else:
         psn = None
-    drug = interner.to_text(DRUG, reader.uvarint()) if flags & _DRUG else None
+    drug = interner.to_text(DRUG, uvarint()) if flags & _DRUG else None
     if flags & _UNITS_CENTI:
-        units = reader.uvarint() / 100
+        units = uvarint() / 100
     elif flags & _UNITS_F64:
         units = reader.f64()
     else:
         units = 1.0
-    amount = _read_amount(reader, flags)
     return SaleRecord(
-        fixmedins_code=institution,
-        mdtrtarea_admvs=admvs,
-        bchno=bchno,
-        msgid=msgid,
-        time=moment,
-        psn_hash=psn,
-        med_list_codg=drug,
-        split=bool(flags & _SPLIT),
-        units=units,
-        amount=amount,
+        institution,
+        admvs,
+        bchno,
+        institution + rest if flags & _MSG_PREFIX else rest,
+        moment,
+        psn,
+        drug,
+        bool(flags & _SPLIT),
+        units,
+        reader.f64() if flags & _AMOUNT_F64 else uvarint() / 100,
     )
 
 
@@ -554,7 +608,10 @@ def unpack_code_state(data: bytes, interner: Interner) -> CodeState:
     count = header & _SALES_MASK
     if count == _SALES_MASK:
         count = reader.uvarint()
-    sales = tuple(_read_sale(reader, last_time, interner) for _ in range(count))
+    if count == 1:
+        sales: tuple[SaleRecord, ...] = (_read_sale(reader, last_time, interner),)
+    else:
+        sales = tuple([_read_sale(reader, last_time, interner) for _ in range(count)])
 
     if header & _APPLIED_CANONICAL:
         applied = tuple(_sale_prints(sales)) if sales else ()
@@ -719,6 +776,25 @@ def code_slot(code: str, bucket_bits: int) -> tuple[int, bytes]:
     if len(raw) <= _FIELD_TEXT_MAX:
         return bucket, bytes([_FIELD_TEXT]) + raw
     return bucket, bytes([_FIELD_DIGEST]) + hashlib.blake2b(raw, digest_size=16).digest()
+
+
+def code_slots(codes: Iterable[str], bucket_bits: int) -> tuple[list[int], list[bytes]]:
+    """The buckets and the fields of many codes: ``code_slot`` of each, in order."""
+    buckets: list[int] = []
+    fields: list[bytes] = []
+    rest_bits = _CODE20_BITS - bucket_bits
+    rest_mask = (1 << rest_bits) - 1
+    size = code20_field_size(bucket_bits)
+    for code in codes:
+        if len(code) == 20 and code.isascii() and code.isdigit():
+            mixed = (int(code) * _MIX) & _CODE20_MASK
+            buckets.append(mixed >> rest_bits)
+            fields.append((mixed & rest_mask).to_bytes(size, "big"))
+        else:
+            bucket, field = code_slot(code, bucket_bits)
+            buckets.append(bucket)
+            fields.append(field)
+    return buckets, fields
 
 
 def code_of_slot(bucket: int, field: bytes, bucket_bits: int) -> str | None:

@@ -1,43 +1,60 @@
 -- tracewatch ledger: read the fields of many bucket hashes in one call (one round trip).
 --
--- KEYS: per group, the bucket hash and, when the group has one, its overflow hash.
--- ARGV: per group: a header "F N" (F: 1 when the group has an overflow hash, else 0; N: the
--- number of fields), then the N fields.
--- Returns the values of all fields, group after group, in order (nil when absent).
--- In a group with an overflow hash, an empty value in the bucket is a marker: the value was
--- too long for the bucket's compact (listpack) encoding and lives in the overflow hash.
+-- KEYS: n bucket hashes and, when ARGV[1] is '1', their n overflow hashes after them, in the
+-- same order (KEYS[n + k] is the overflow hash of KEYS[k]).
+-- ARGV[1]: '1' when the keys have overflow hashes, else '0'.
+-- ARGV[2]: for each field, the number (from 0) of its bucket hash among the n, as 4 bytes
+-- little-endian.
+-- ARGV[3], ...: the fields, in that order.
+-- Returns the values of the fields in the order given (nil when absent).
+-- With overflow hashes, an empty value in the bucket is a marker: the value was too long for
+-- the bucket's compact (listpack) encoding and lives in the overflow hash.
 
 local STEP = 4000 -- stay well below Lua's unpack() limit
-local out = {}
-local k, p = 1, 1
-while p <= #ARGV do
-  local flag, count = string.match(ARGV[p], '^([01]) (%d+)$')
-  local n = tonumber(count)
-  local bucket = KEYS[k]
-  local overflow = nil
-  if flag == '1' then overflow = KEYS[k + 1] end
-  k = k + (overflow and 2 or 1)
-  p = p + 1
-  local first = #out
-  for s = 0, n - 1, STEP do
-    local last = math.min(s + STEP, n) - 1
-    local values = redis.call('HMGET', bucket, unpack(ARGV, p + s, p + last))
-    for i = 1, #values do out[first + s + i] = values[i] end
+local overflow = ARGV[1] == '1'
+local n = overflow and #KEYS / 2 or #KEYS
+local index = ARGV[2]
+local byte = string.byte
+
+-- The fields of each bucket hash, and where each goes in the answer.
+local names, where, out = {}, {}, {}
+local i = 0
+for p = 1, #index, 4 do
+  i = i + 1
+  out[i] = false
+  local b1, b2, b3, b4 = byte(index, p, p + 3)
+  local k = b1 + 256 * (b2 + 256 * (b3 + 256 * b4)) + 1
+  local list = names[k]
+  if not list then
+    list = {}
+    names[k] = list
+    where[k] = {}
   end
-  if overflow then
-    local where, names = {}, {}
-    for i = 1, n do
-      if out[first + i] == '' then
-        where[#where + 1] = first + i
-        names[#names + 1] = ARGV[p + i - 1]
+  local m = #list + 1
+  list[m] = ARGV[i + 2]
+  where[k][m] = i
+end
+
+for k = 1, n do
+  local list, at = names[k], where[k]
+  if list then
+    for s = 1, #list, STEP do
+      local values = redis.call('HMGET', KEYS[k], unpack(list, s, math.min(s + STEP - 1, #list)))
+      for j = 1, #values do out[at[s + j - 1]] = values[j] end
+    end
+    if overflow then
+      local big, bigat = {}, {}
+      for j = 1, #list do
+        if out[at[j]] == '' then
+          big[#big + 1] = list[j]
+          bigat[#bigat + 1] = at[j]
+        end
+      end
+      for s = 1, #big, STEP do
+        local values = redis.call('HMGET', KEYS[n + k], unpack(big, s, math.min(s + STEP - 1, #big)))
+        for j = 1, #values do out[bigat[s + j - 1]] = values[j] end
       end
     end
-    for s = 1, #names, STEP do
-      local last = math.min(s + STEP - 1, #names)
-      local values = redis.call('HMGET', overflow, unpack(names, s, last))
-      for i = 1, #values do out[where[s + i - 1]] = values[i] end
-    end
   end
-  p = p + n
 end
 return out

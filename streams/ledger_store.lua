@@ -1,13 +1,16 @@
 -- tracewatch ledger: write the fields of many bucket hashes in one call (one round trip).
 --
--- KEYS: per group, the bucket hash and, when the group has one, its overflow hash.
--- ARGV: per group: a header "F TTL D S O" (F: 1 when the group has an overflow hash, else 0;
--- TTL: seconds), then
---   d fields to delete, s (field, value) pairs to set in the bucket, and
---   o (field, value) pairs too long for the bucket: the bucket gets an empty marker under
---   the field and the overflow hash the value.
--- Deletes run before sets. A field set in the bucket or deleted loses its overflow copy.
--- Every written key gets its expiry pushed to ttl. Returns the number of groups.
+-- ARGV[1]: "LIMIT" and, per run of bucket hashes, " N F TTL": N hashes, F 1 when they have
+-- overflow hashes (else 0), TTL their expiry in seconds.
+-- KEYS: per run, its N bucket hashes, then, when F is 1, their N overflow hashes in the same
+-- order.
+-- ARGV[2]: per write, 4 bytes little-endian: 2 * (number of its bucket hash, from 0, counting
+-- the bucket hashes of all runs) + 1 for a set, + 0 for a delete.
+-- ARGV[3], ...: per write, its field and its value (empty for a delete).
+-- A value longer than LIMIT in a bucket with an overflow hash goes there, and the bucket gets
+-- an empty marker under the field. Per bucket, deletes run before sets; a field set in the
+-- bucket or deleted loses its overflow copy. Every written key gets its expiry pushed to TTL
+-- (a bucket that only had deletes keeps its own). Returns the number of bucket hashes.
 
 local STEP = 4000 -- even, and well below Lua's unpack() limit
 
@@ -17,39 +20,104 @@ local function call_range(command, key, list, first, last)
   end
 end
 
-local groups = 0
-local k, p = 1, 1
-while p <= #ARGV do
-  local flag, ttl, d, s, o = string.match(ARGV[p], '^([01]) (%d+) (%d+) (%d+) (%d+)$')
-  d, s, o = tonumber(d), tonumber(s), tonumber(o)
-  local bucket = KEYS[k]
-  local overflow = nil
-  if flag == '1' then overflow = KEYS[k + 1] end
-  k = k + (overflow and 2 or 1)
-  local dels = p + 1
-  local sets = dels + d
-  local overs = sets + 2 * s
-  p = overs + 2 * o
-  groups = groups + 1
+local limit, runs = string.match(ARGV[1], '^(%d+)(.*)$')
+limit = tonumber(limit)
 
-  if d > 0 then call_range('HDEL', bucket, ARGV, dels, sets - 1) end
-  if s > 0 then call_range('HSET', bucket, ARGV, sets, overs - 1) end
-  if overflow and (d > 0 or s > 0) and redis.call('EXISTS', overflow) == 1 then
-    local names = {}
-    for i = dels, sets - 1 do names[#names + 1] = ARGV[i] end
-    for i = sets, overs - 1, 2 do names[#names + 1] = ARGV[i] end
-    call_range('HDEL', overflow, names, 1, #names)
+-- The writes of each bucket, in order, without a table per bucket: a counting sort of the
+-- write numbers by bucket.
+local index = ARGV[2]
+local byte = string.byte
+local entry, count = {}, {}
+local writes = #index / 4
+for i = 1, writes do
+  local p = 4 * i - 3
+  local b1, b2, b3, b4 = byte(index, p, p + 3)
+  local e = b1 + 256 * (b2 + 256 * (b3 + 256 * b4))
+  entry[i] = e
+  local b = (e - e % 2) / 2 + 1
+  count[b] = (count[b] or 0) + 1
+end
+local buckets = 0
+for n in string.gmatch(runs, ' (%d+) [01] %d+') do buckets = buckets + tonumber(n) end
+local start, next_at, order = {}, {}, {}
+local at = 1
+for b = 1, buckets do
+  start[b] = at
+  next_at[b] = at
+  at = at + (count[b] or 0)
+end
+for i = 1, writes do
+  local e = entry[i]
+  local b = (e - e % 2) / 2 + 1
+  order[next_at[b]] = i
+  next_at[b] = next_at[b] + 1
+end
+
+local function write(key, big, ttl, first, last)
+  if first == last then -- the common case: one write to the bucket
+    local i = order[first]
+    local name, value = ARGV[2 * i + 1], ARGV[2 * i + 2]
+    if entry[i] % 2 == 0 then
+      redis.call('HDEL', key, name)
+      if big and redis.call('EXISTS', big) == 1 then redis.call('HDEL', big, name) end
+    elseif big and #value > limit then
+      redis.call('HSET', key, name, '')
+      redis.call('HSET', big, name, value)
+      redis.call('EXPIRE', big, ttl)
+      redis.call('EXPIRE', key, ttl)
+    else
+      redis.call('HSET', key, name, value)
+      if big and redis.call('EXISTS', big) == 1 then redis.call('HDEL', big, name) end
+      redis.call('EXPIRE', key, ttl)
+    end
+    return
   end
-  if overflow and o > 0 then
+  local d, s, o = {}, {}, {}
+  for j = first, last do
+    local i = order[j]
+    local name, value = ARGV[2 * i + 1], ARGV[2 * i + 2]
+    if entry[i] % 2 == 0 then
+      d[#d + 1] = name
+    elseif big and #value > limit then
+      o[#o + 1] = name
+      o[#o + 1] = value
+    else
+      s[#s + 1] = name
+      s[#s + 1] = value
+    end
+  end
+  if #d > 0 then call_range('HDEL', key, d, 1, #d) end
+  if #s > 0 then call_range('HSET', key, s, 1, #s) end
+  if big and (#d > 0 or #s > 0) and redis.call('EXISTS', big) == 1 then
+    local names = {}
+    for i = 1, #d do names[#names + 1] = d[i] end
+    for i = 1, #s, 2 do names[#names + 1] = s[i] end
+    call_range('HDEL', big, names, 1, #names)
+  end
+  if #o > 0 then
     local markers = {}
-    for i = overs, p - 1, 2 do
-      markers[#markers + 1] = ARGV[i]
+    for i = 1, #o, 2 do
+      markers[#markers + 1] = o[i]
       markers[#markers + 1] = ''
     end
-    call_range('HSET', bucket, markers, 1, #markers)
-    call_range('HSET', overflow, ARGV, overs, p - 1)
-    redis.call('EXPIRE', overflow, ttl)
+    call_range('HSET', key, markers, 1, #markers)
+    call_range('HSET', big, o, 1, #o)
+    redis.call('EXPIRE', big, ttl)
   end
-  if s > 0 or o > 0 then redis.call('EXPIRE', bucket, ttl) end
+  if #s > 0 or #o > 0 then redis.call('EXPIRE', key, ttl) end
 end
-return groups
+
+local b, k = 0, 0
+for n, flag, ttl in string.gmatch(runs, ' (%d+) ([01]) (%d+)') do
+  n = tonumber(n)
+  for j = 1, n do
+    local c = count[b + j]
+    if c then
+      local first = start[b + j]
+      write(KEYS[k + j], flag == '1' and KEYS[k + n + j] or nil, ttl, first, first + c - 1)
+    end
+  end
+  b = b + n
+  k = k + (flag == '1' and 2 or 1) * n
+end
+return buckets

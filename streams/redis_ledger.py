@@ -53,7 +53,12 @@ script (atomic, so writers never race) and cached in the process. They never exp
 states refer to them. Use ``maxmemory-policy noeviction`` or a ``volatile-*`` policy.
 
 Round trips: each ledger call is one Redis command (a Lua script call, ``MGET``, or one
-pipeline), plus one more when the batch names strings this process has not cached yet.
+pipeline), plus one more when the batch names strings this process has not cached yet. The
+load and store scripts (``ledger_load.lua``, ``ledger_store.lua``) take a batch flat, as
+Python has it: every bucket hash the batch touches once in KEYS (with its overflow hash),
+one ARGV string of 4-byte bucket numbers, one per field, and the fields (and values) in the
+batch's order; the script groups them by bucket. Building that costs no object per bucket
+(``scripts/ledger_speed.py`` times it).
 
 Fields and values are binary; the client must not decode responses.
 """
@@ -63,10 +68,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import sys
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass, field
+from array import array
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from importlib import resources
+from itertools import chain
 from typing import Any, TypeVar, cast
 
 import redis
@@ -213,6 +221,20 @@ def _digest_slot(text: str, bits: int) -> tuple[int, bytes]:
     return int.from_bytes(digest[8:], "big") >> (32 - bits), digest[:8]
 
 
+def _digest_slots(texts: Iterable[str], bits: int) -> tuple[list[int], list[bytes]]:
+    """The buckets and fields of keys stored under their digests, as :func:`_digest_slot`."""
+    buckets: list[int] = []
+    fields: list[bytes] = []
+    shift = 32 - bits
+    blake2b = hashlib.blake2b
+    from_bytes = int.from_bytes
+    for text in texts:
+        digest = blake2b(text.encode("utf-8", "surrogatepass"), digest_size=12).digest()
+        buckets.append(from_bytes(digest[8:], "big") >> shift)
+        fields.append(digest[:8])
+    return buckets, fields
+
+
 def _bits_for(count: int) -> int:
     """Bucket bits for ``count`` codes at most CODES_PER_BUCKET each."""
     buckets = max(1, -(-count // CODES_PER_BUCKET))
@@ -308,17 +330,23 @@ class RedisInterner:
 # --------------------------------------------------------------------------- bucketed maps
 
 
-@dataclass(slots=True)
-class _Group:
-    """The fields of one bucket hash (and its overflow hash) in one script call."""
+_INDEX_TYPE = next(code for code in "IL" if array(code).itemsize == 4)
 
-    bucket: str
-    overflow: str | None
-    ttl: int = 0
-    fields: list[bytes] = field(default_factory=list)
-    deletes: list[bytes] = field(default_factory=list)
-    sets: list[bytes] = field(default_factory=list)
-    overs: list[bytes] = field(default_factory=list)
+
+def _index_bytes(numbers: list[int]) -> bytes:
+    """``numbers`` as 4-byte little-endian unsigned integers, as the Lua scripts read them."""
+    packed = array(_INDEX_TYPE, numbers)
+    if sys.byteorder == "big":
+        packed.byteswap()
+    return packed.tobytes()
+
+
+def _numbered(buckets: Iterable[int]) -> tuple[list[int], dict[int, int]]:
+    """For each bucket, its number (from 0) among the distinct buckets in order of first
+    appearance; and those buckets → their numbers."""
+    numbers: dict[int, int] = {}
+    number = numbers.setdefault
+    return [number(bucket, len(numbers)) for bucket in buckets], numbers
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,9 +362,51 @@ class _Map:
         return cls(template.format(prefix=prefix, bucket=""),
                    overflow.format(prefix=prefix, bucket=""))
 
-    def group(self, bucket: int, ttl: int = 0) -> _Group:
-        """An empty group for one bucket of this family."""
-        return _Group(self.bucket + str(bucket), self.overflow + str(bucket), ttl)
+
+class _Writes:
+    """KEYS and ARGV of one call of ``ledger_store.lua``, built straight from a batch.
+
+    Each :meth:`run` adds the bucket hashes one family touches (with their overflow hashes,
+    and one expiry), one 4-byte entry per write (the bucket's number among all runs and
+    whether it sets or deletes) and the write's field and value. A bucket met twice in one
+    batch is one key; no per-bucket object is built.
+    """
+
+    __slots__ = ("args", "entries", "keys", "runs", "size")
+
+    def __init__(self, limit: int) -> None:
+        self.keys: list[str] = []
+        self.runs: list[bytes] = [b"%d" % limit]
+        self.entries: list[int] = []
+        self.args: list[bytes] = [b"", b""]  # the header and the entries, filled in by call
+        self.size = 0
+
+    def run(self, table: str, overflow: str | None, ttl: int, buckets: Sequence[int],
+            names: Sequence[bytes], values: Sequence[bytes | None]) -> None:
+        """Write ``values[i]`` under ``names[i]`` in bucket ``buckets[i]`` of the family
+        whose keys are ``table`` (and ``overflow``, None when it has none) with a bucket
+        number; None deletes. Within a bucket, deletes run before sets; runs run in order."""
+        if not names:
+            return
+        numbers: dict[int, int] = {}
+        number = numbers.setdefault
+        base = self.size
+        self.entries += [(base + number(bucket, len(numbers))) * 2 + (value is not None)
+                         for bucket, value in zip(buckets, values, strict=True)]
+        self.args += chain.from_iterable(
+            zip(names, [b"" if value is None else value for value in values], strict=True))
+        self.keys += [table + str(bucket) for bucket in numbers]
+        if overflow is not None:
+            self.keys += [overflow + str(bucket) for bucket in numbers]
+        self.runs.append(b"%d %d %d" % (len(numbers), overflow is not None, ttl))
+        self.size += len(numbers)
+
+    def call(self, script: Script) -> None:
+        """Apply the writes, in one script call (none when there are none)."""
+        if self.entries:
+            self.args[0] = b" ".join(self.runs)
+            self.args[1] = _index_bytes(self.entries)
+            script(keys=self.keys, args=self.args)
 
 
 class RedisLedger:
@@ -490,74 +560,25 @@ class RedisLedger:
         current = int(now // self.dedupe_seconds)
         return current, int((current + 2) * self.dedupe_seconds - now) + 1
 
-    def _load(self, groups: Collection[_Group]) -> list[list[bytes | None]]:
-        """The values of each group's fields (None when absent), in one script call."""
-        keys: list[str] = []
-        args: list[Any] = []
-        for group in groups:
-            keys.append(group.bucket)
-            if group.overflow is not None:
-                keys.append(group.overflow)
-            args.append(b"%d %d" % (group.overflow is not None, len(group.fields)))
-            args += group.fields
-        if not keys:
+    def _load(self, keys: list[str], overflow: bool, numbers: list[int],
+              fields: list[bytes]) -> list[bytes | None]:
+        """The values of ``fields[i]`` in bucket hash ``keys[numbers[i]]`` (None when absent),
+        in one script call. With ``overflow``, ``keys`` ends with the buckets' overflow hashes,
+        in the same order."""
+        if not fields:
             return []
-        flat = cast(list[bytes | None], self._load_script(keys=keys, args=args))
-        split: list[list[bytes | None]] = []
-        start = 0
-        for group in groups:
-            split.append(flat[start:start + len(group.fields)])
-            start += len(group.fields)
-        return split
+        return cast(list[bytes | None], self._load_script(
+            keys=keys, args=[b"1" if overflow else b"0", _index_bytes(numbers), *fields]))
 
-    def _store(self, groups: Iterable[_Group]) -> None:
-        """Apply each group's deletes and sets, in one script call."""
-        keys: list[str] = []
-        args: list[Any] = []
-        for group in groups:
-            keys.append(group.bucket)
-            if group.overflow is not None:
-                keys.append(group.overflow)
-            args.append(b"%d %d %d %d %d" % (
-                group.overflow is not None, group.ttl, len(group.deletes),
-                len(group.sets) // 2, len(group.overs) // 2))
-            args += group.deletes
-            args += group.sets
-            args += group.overs
-        if keys:
-            self._store_script(keys=keys, args=args)
-
-    def _load_map(self, table: _Map, slots: Mapping[str, tuple[int, bytes]]) -> dict[str, bytes]:
-        """Values of the keys whose (bucket, field) are given; absent ones left out."""
-        groups: dict[int, _Group] = {}
-        for bucket, name in slots.values():
-            group = groups.get(bucket)
-            if group is None:
-                group = groups[bucket] = table.group(bucket)
-            group.fields.append(name)
-        loaded = self._load(groups.values())
-        found = {(bucket, name): value
-                 for (bucket, group), values in zip(groups.items(), loaded, strict=True)
-                 for name, value in zip(group.fields, values, strict=True) if value is not None}
-        return {key: found[slot] for key, slot in slots.items() if slot in found}
-
-    def _write_groups(self, table: _Map, ttl: int,
-                      values: Iterable[tuple[tuple[int, bytes], bytes | None]]) -> list[_Group]:
-        """Store groups writing (bucket, field) → value; None deletes. Values longer than the
-        listpack limit go to the overflow hash."""
-        groups: dict[int, _Group] = {}
-        limit = self.inline_limit
-        for (bucket, name), value in values:
-            group = groups.get(bucket)
-            if group is None:
-                group = groups[bucket] = table.group(bucket, ttl)
-            if value is None:
-                group.deletes.append(name)
-            elif len(value) <= limit:
-                group.sets += (name, value)
-            else:
-                group.overs += (name, value)
-        return list(groups.values())
+    def _load_map(self, table: _Map, items: Sequence[str], buckets: Sequence[int],
+                  fields: Sequence[bytes]) -> dict[str, bytes]:
+        """Values of the items stored under ``(buckets[i], fields[i])``; absent ones left out."""
+        numbers, distinct = _numbered(buckets)
+        keys = [table.bucket + str(bucket) for bucket in distinct]
+        keys += [table.overflow + str(bucket) for bucket in distinct]
+        values = self._load(keys, True, numbers, list(fields))
+        return {item: value for item, value in zip(items, values, strict=True)
+                if value is not None}
 
     def _with_dictionary(self, items: Iterable[tuple[str, T]],
                          work: Callable[[T, Interner], Any]) -> dict[str, Any]:
@@ -590,8 +611,8 @@ class RedisLedger:
 
     def load_codes(self, codes: Collection[str]) -> dict[str, CodeState]:
         """States of the given codes that exist; absent codes are left out."""
-        bits = self.code_bits
-        raw = self._load_map(self._codes, {c: codec.code_slot(c, bits) for c in codes})
+        wanted = list(codes)
+        raw = self._load_map(self._codes, wanted, *codec.code_slots(wanted, self.code_bits))
         states = self._with_dictionary(raw.items(), codec.unpack_code_state)
         return {code: states[code] for code in raw}
 
@@ -601,40 +622,36 @@ class RedisLedger:
             ((code, state) for code, state in states.items() if state is not None),
             codec.pack_code_state,
         )
-        bits = self.code_bits
-        self._store(self._write_groups(self._codes, self.retention_seconds, (
-            (codec.code_slot(code, bits), packed.get(code)) for code in states
-        )))
+        codes = list(states)
+        writes = _Writes(self.inline_limit)
+        writes.run(self._codes.bucket, self._codes.overflow, self.retention_seconds,
+                   *codec.code_slots(codes, self.code_bits), [packed.get(code) for code in codes])
+        writes.call(self._store_script)
 
     # ------------------------------------------------------------------ router memory
 
-    def _router_key(self, template: str, period: int, bucket: int) -> str:
-        return template.format(prefix=self.prefix, slice=period, bucket=bucket)
+    def _router_table(self, template: str, period: int) -> str:
+        """The start of the keys of one slice's buckets (a bucket number completes them)."""
+        return template.format(prefix=self.prefix, slice=period, bucket="")
 
     def _seen(self, template: str, keys: Collection[str]) -> set[str]:
         """Which keys have a marker in the current or the previous slice."""
         if not keys:
             return set()
         current, _ = self._slice()
-        bits = self.aux_bits
-        slots = {key: _digest_slot(key, bits) for key in keys}
-        groups: dict[tuple[int, int], _Group] = {}
-        for bucket, digest in slots.values():
-            for period in (current, current - 1):
-                group = groups.get((period, bucket))
-                if group is None:
-                    group = groups[period, bucket] = _Group(
-                        self._router_key(template, period, bucket), None)
-                group.fields.append(digest)
-        loaded = self._load(groups.values())
-        present = {(period, bucket, digest)
-                   for ((period, bucket), group), values in zip(groups.items(), loaded,
-                                                                strict=True)
-                   for digest, value in zip(group.fields, values, strict=True)
-                   if value is not None}
-        return {key for key, (bucket, digest) in slots.items()
-                if (current, bucket, digest) in present
-                or (current - 1, bucket, digest) in present}
+        texts = list(keys)
+        buckets, digests = _digest_slots(texts, self.aux_bits)
+        numbers, distinct = _numbered(buckets)
+        count = len(distinct)
+        now, before = (self._router_table(template, period) for period in (current, current - 1))
+        table_keys = [now + str(bucket) for bucket in distinct]
+        table_keys += [before + str(bucket) for bucket in distinct]
+        values = self._load(table_keys, False, numbers + [n + count for n in numbers],
+                            digests + digests)
+        half = len(texts)
+        return {text for text, here, there in zip(texts, values[:half], values[half:],
+                                                  strict=True)
+                if here is not None or there is not None}
 
     def seen_messages(self, msgids: Collection[str]) -> set[str]:
         """Which of these msgids were routed before (in the last dedupe_days or more)."""
@@ -646,8 +663,8 @@ class RedisLedger:
 
     def sale_codes(self, keys: Collection[str]) -> dict[str, tuple[str, ...]]:
         """Codes listed by the sales with these keys."""
-        bits = self.sale_bits
-        raw = self._load_map(self._sales, {key: _digest_slot(key, bits) for key in keys})
+        wanted = list(keys)
+        raw = self._load_map(self._sales, wanted, *_digest_slots(wanted, self.sale_bits))
         return {key: codec.unpack_codes(value) for key, value in raw.items()}
 
     def commit_routing(
@@ -660,38 +677,30 @@ class RedisLedger:
         """Remember a routed batch: its msgids, records, and sale codes (None forgets)."""
         current, ttl = self._slice()
         bits = self.aux_bits
-        groups: dict[tuple[str, int, int], _Group] = {}
-
-        def group_of(template: str, period: int, bucket: int) -> _Group:
-            group = groups.get((template, period, bucket))
-            if group is None:
-                group = groups[template, period, bucket] = _Group(
-                    self._router_key(template, period, bucket), None, ttl)
-            return group
-
-        for key in records_removed:
-            bucket, digest = _digest_slot(key, bits)
+        writes = _Writes(self.inline_limit)
+        if records_removed:  # from the current and the previous slice, before any sets
+            buckets, digests = _digest_slots(records_removed, bits)
+            nothing: list[bytes | None] = [None] * len(digests)
             for period in (current, current - 1):
-                group_of(KEY_RECORDS, period, bucket).deletes.append(digest)
+                writes.run(self._router_table(KEY_RECORDS, period), None, ttl, buckets,
+                           digests, nothing)
         for template, keys in ((KEY_MSGIDS, msgids), (KEY_RECORDS, records_added)):
-            for key in keys:
-                bucket, digest = _digest_slot(key, bits)
-                group_of(template, current, bucket).sets += (digest, b"")
-        sale_bits = self.sale_bits
+            buckets, digests = _digest_slots(keys, bits)
+            writes.run(self._router_table(template, current), None, ttl, buckets, digests,
+                       [b""] * len(digests))
         day = codec.day_stamp(self.business_now())
-        sale_groups = self._write_groups(self._sales, self.retention_seconds, (
-            (_digest_slot(key, sale_bits),
-             None if codes is None else codec.pack_codes(codes, day))
-            for key, codes in sales.items()
-        ))
-        self._store([*groups.values(), *sale_groups])
+        writes.run(self._sales.bucket, self._sales.overflow, self.retention_seconds,
+                   *_digest_slots(sales, self.sale_bits),
+                   [None if codes is None else codec.pack_codes(codes, day)
+                    for codes in sales.values()])
+        writes.call(self._store_script)
 
     # ------------------------------------------------------------------ persons
 
     def load_persons(self, keys: Collection[str]) -> dict[str, PersonState]:
         """Hoarding states of (person, drug) keys that exist."""
-        bits = self.aux_bits
-        raw = self._load_map(self._persons, {key: _digest_slot(key, bits) for key in keys})
+        wanted = list(keys)
+        raw = self._load_map(self._persons, wanted, *_digest_slots(wanted, self.aux_bits))
         states = self._with_dictionary(raw.items(), codec.unpack_person_state)
         return {key: states[key] for key in raw}
 
@@ -701,10 +710,11 @@ class RedisLedger:
             ((key, state) for key, state in states.items() if state is not None),
             codec.pack_person_state,
         )
-        bits = self.aux_bits
-        self._store(self._write_groups(self._persons, self.person_seconds, (
-            (_digest_slot(key, bits), packed.get(key)) for key in states
-        )))
+        keys = list(states)
+        writes = _Writes(self.inline_limit)
+        writes.run(self._persons.bucket, self._persons.overflow, self.person_seconds,
+                   *_digest_slots(keys, self.aux_bits), [packed.get(key) for key in keys])
+        writes.call(self._store_script)
 
     def _link_key(self, psn_hash: str) -> str:
         return KEY_LINK.format(prefix=self.prefix, psn_hash=psn_hash)
@@ -818,11 +828,11 @@ class RedisLedger:
         sampled = list(range(0, total, step))
         pipe = self.client.pipeline(transaction=False)
         for bucket in sampled:
-            group = self._codes.group(bucket)
-            pipe.hlen(group.bucket)
-            pipe.memory_usage(group.bucket, samples=0)
-            pipe.memory_usage(cast(str, group.overflow), samples=0)
-            pipe.object("encoding", group.bucket)
+            key = self._codes.bucket + str(bucket)
+            pipe.hlen(key)
+            pipe.memory_usage(key, samples=0)
+            pipe.memory_usage(self._codes.overflow + str(bucket), samples=0)
+            pipe.object("encoding", key)
         pipe.info("memory")
         answers = pipe.execute()
         info = answers.pop()

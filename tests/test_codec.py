@@ -3,6 +3,7 @@ typical ones, and codes that map to distinct (bucket, field) slots."""
 
 from __future__ import annotations
 
+import hashlib
 import random
 
 import pytest
@@ -18,6 +19,7 @@ from streams.codec import (
     MemoryInterner,
     code_of_slot,
     code_slot,
+    code_slots,
     codes_day,
     day_stamp,
     pack_code_state,
@@ -212,6 +214,27 @@ def test_random_code_states_round_trip_exactly() -> None:
         assert unpack_code_state(packed, interner) == state
 
 
+def test_packed_bytes_are_those_of_the_layout() -> None:
+    """Speed-ups of the codec must not change a byte: the digest of many packed values and
+    code slots, as the codec of layout 1 wrote them."""
+    rng = random.Random(77)
+    interner = MemoryInterner()
+    digest = hashlib.sha256()
+    for serial in range(300):
+        digest.update(pack_code_state(random_code_state(rng), interner))
+        digest.update(pack_code_state(typical_state(serial), interner))
+    for _ in range(100):
+        digest.update(pack_person_state(random_person_state(rng), interner))
+    codes = [random_code(rng) for _ in range(300)]
+    digest.update(pack_codes(codes, 1234))
+    for bits in (4, 16):
+        for code in codes:
+            bucket, field = code_slot(code, bits)
+            digest.update(bucket.to_bytes(4, "big") + field)
+    assert digest.hexdigest() == (
+        "f83ba80b62223fb642133105eb14758f4bbe753a4eaa303bd867de73a7618ca2")
+
+
 def test_round_trip_keeps_float_bits() -> None:
     """-0.0 == 0.0, so compare the floats' representations as well."""
     rng = random.Random(7)
@@ -319,6 +342,15 @@ def test_code_slots_are_distinct_and_invertible(bits: int) -> None:
         assert 0 <= bucket < 1 << bits
         back = code_of_slot(bucket, field, bits)
         assert back == code or (back is None and len(code.encode()) > 40)
+
+
+@pytest.mark.parametrize("bits", [0, 4, 12, 16, 24])
+def test_code_slots_of_a_batch_are_each_code_slot(bits: int) -> None:
+    rng = random.Random(bits + 100)
+    codes = [random_code(rng) for _ in range(2000)] + ["８３８５７９３０１２３４５６７８０００１"]
+    buckets, fields = code_slots(codes, bits)
+    assert list(zip(buckets, fields, strict=True)) == [code_slot(code, bits) for code in codes]
+    assert code_slots([], bits) == ([], [])
 
 
 def test_code20_field_is_seven_bytes_for_usual_bucket_counts() -> None:

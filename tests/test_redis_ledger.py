@@ -343,6 +343,62 @@ def test_buckets_stay_listpack_and_long_values_overflow(
     assert client.hget(f"{prefix}:c:{bucket}", ledger.code_slot(C3)[1]) is None
 
 
+def test_one_batch_moves_values_between_bucket_and_overflow(
+    client: CountingRedis, prefix: str, make: Callable[..., RedisLedger]
+) -> None:
+    """Sets, deletes, long and short values of one bucket in one batch, each way round."""
+    ledger = make(buckets=1)
+    long = SOLD_TWICE
+    codes = [f"8385793{n:013d}" for n in range(8)]
+    first: dict[str, CodeState | None] = {
+        codes[0]: long, codes[1]: SMALL, codes[2]: long, codes[3]: SMALL, codes[4]: long}
+    second: dict[str, CodeState | None] = {
+        codes[0]: SMALL,  # long → short: the overflow copy goes
+        codes[1]: long,  # short → long
+        codes[2]: None,  # long deleted: both go
+        codes[3]: None,
+        codes[5]: long,  # new, long
+        codes[6]: SMALL,
+        codes[7]: None,  # absent, deleted
+    }
+    memory = MemoryLedger()
+    for batch in (first, second):
+        ledger.store_codes(batch)
+        memory.store_codes(batch)
+        assert ledger.load_codes(set(codes)) == memory.load_codes(set(codes))
+    bucket = f"{prefix}:c:0"
+    overflow = {ledger.code_slot(code)[1] for code in (codes[1], codes[4], codes[5])}
+    assert set(client.hkeys(f"{prefix}:cx:0")) == overflow
+    assert {name for name, value in client.hgetall(bucket).items() if value == b""} == overflow
+    assert client.hlen(bucket) == 5
+    assert client.object("encoding", bucket) == b"listpack"
+
+
+def test_batches_larger_than_one_lua_unpack_per_bucket(make: Callable[..., RedisLedger]) -> None:
+    """One bucket hash getting thousands of fields in one call (the scripts split their
+    HMGET/HSET/HDEL calls), long values among them, and as many router keys."""
+    rng = random.Random(4)
+    ledger, memory = make(buckets=1), MemoryLedger()  # one code bucket, one router bucket
+    ledger.inline_limit = 40
+    codes = [f"8385793{n:013d}" for n in range(9000)]
+    states = [typical_state(n) for n in range(50)] + [SOLD_TWICE]
+    batch: dict[str, CodeState | None] = {code: rng.choice(states) for code in codes}
+    for round_ in range(2):
+        ledger.store_codes(batch)
+        memory.store_codes(batch)
+        assert ledger.load_codes(set(codes)) == memory.load_codes(set(codes)), round_
+        batch = {code: None if rng.random() < 0.3 else rng.choice(states) for code in codes}
+    msgids = {f"M{n}" for n in range(9000)}
+    records = {record_key("P51010400011", "3505", f"S{n}") for n in range(4500)}
+    for one in (ledger, memory):
+        one.commit_routing(msgids, records, set(), {})
+        one.commit_routing(set(), set(), set(list(records)[:100]), {})
+    asked = msgids | {f"M{n}" for n in range(9000, 10_000)}
+    assert ledger.seen_messages(asked) == memory.seen_messages(asked) == msgids
+    asked = records | {record_key("P51010400011", "3505", "S-1")}
+    assert ledger.seen_records(asked) == memory.seen_records(asked)
+
+
 def test_layout_is_recorded_and_kept(make: Callable[..., RedisLedger]) -> None:
     first = make(buckets=64)
     assert make(buckets=None).code_bits == first.code_bits == 6
