@@ -18,6 +18,7 @@ rules. It
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -55,11 +56,14 @@ class StepResult(NamedTuple):
     duplicate: bool = False
 
 
+# Both fingerprints are cached: every code of a message has the same two.
+@functools.lru_cache(maxsize=1024)
 def record_fingerprint(institution: str, infno: str, bchno: str) -> str:
     """Fingerprint of one institution record, the re-upload idempotency key."""
     return fingerprint("r", institution, infno, bchno)
 
 
+@functools.lru_cache(maxsize=1024)
 def message_fingerprint(msgid: str) -> str:
     """Fingerprint of one upload, the retry idempotency key."""
     return fingerprint("m", msgid)

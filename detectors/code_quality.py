@@ -20,7 +20,7 @@ record number).
 from __future__ import annotations
 
 from detectors.codes import CodeKind, NormalisedCode
-from detectors.model import Alert, Message, Rule, format_time
+from detectors.model import Alert, Message, Rule, format_day, format_time
 
 
 def _alert(
@@ -48,7 +48,7 @@ def expired(message: Message) -> bool:
     return (
         message.infno == "3505"
         and message.expy_end is not None
-        and format_time(message.time)[:10] > message.expy_end[:10]
+        and format_day(message.time) > message.expy_end[:10]
     )
 
 

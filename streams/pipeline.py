@@ -116,52 +116,61 @@ class Pipeline:
 
     def _route(self, messages: Sequence[tuple[int, Message]], sightings: bool) -> RouteResult:
         ledger = self.ledger
+        config = self.config
         result = RouteResult()
         commit = result.commit
+        msgids, records_added, records_removed, sales = (
+            commit.msgids, commit.records_added, commit.records_removed, commit.sales)
+        events, work, alerts = result.events, result.work, result.alerts
+        keys = [
+            record_key(m.fixmedins_code, m.infno, m.bchno) if m.infno in CODE_INFNOS else ""
+            for _, m in messages
+        ]
         seen_msgids = ledger.seen_messages({m.msgid for _, m in messages})
-        seen_records = ledger.seen_records(
-            {record_key(m.fixmedins_code, m.infno, m.bchno)
-             for _, m in messages if m.infno in CODE_INFNOS}
-        )
+        seen_records = ledger.seen_records({key for key in keys if key})
         known_sales = ledger.sale_codes(
             {sale_key(m.fixmedins_code, m.bchno)
              for _, m in messages if m.infno == DELETE and m.delete_type == DELETE_SALE_TYPE}
         )
-        for seq, message in messages:
-            if message.msgid in seen_msgids or message.msgid in commit.msgids:
+        for (seq, message), key in zip(messages, keys, strict=True):
+            msgid = message.msgid
+            if msgid in seen_msgids or msgid in msgids:
                 result.duplicates += 1
                 continue
-            commit.msgids.add(message.msgid)
+            msgids.add(msgid)
             if message.infno == DELETE:
                 if message.delete_type != DELETE_SALE_TYPE:
                     continue
-                key = sale_key(message.fixmedins_code, message.bchno)
-                codes = commit.sales[key] if key in commit.sales else known_sales.get(key)
-                routed = route(message, self.config, deleted_codes=codes or (), seq=seq)
+                skey = sale_key(message.fixmedins_code, message.bchno)
+                codes = sales[skey] if skey in sales else known_sales.get(skey)
+                routed = route(message, config, deleted_codes=codes or (), seq=seq)
                 sale_record = record_key(message.fixmedins_code, SALE, message.bchno)
-                commit.records_removed.add(sale_record)
-                commit.records_added.discard(sale_record)
+                records_removed.add(sale_record)
+                records_added.discard(sale_record)
                 seen_records.discard(sale_record)
-                commit.sales[key] = None
+                sales[skey] = None
             else:
-                key = record_key(message.fixmedins_code, message.infno, message.bchno)
-                record_seen = key in seen_records or key in commit.records_added
-                routed = route(message, self.config, record_seen=record_seen, seq=seq,
+                record_seen = key in seen_records or key in records_added
+                routed = route(message, config, record_seen=record_seen, seq=seq,
                                stock_events=not sightings)
-                if message.infno in CODE_INFNOS:
-                    commit.records_added.add(key)
-                    commit.records_removed.discard(key)
+                if key:
+                    records_added.add(key)
+                    records_removed.discard(key)
                 if routed.sale_codes:
                     skey = sale_key(message.fixmedins_code, message.bchno)
-                    before = commit.sales.get(skey) or known_sales.get(skey) or ()
-                    commit.sales[skey] = tuple(dict.fromkeys((*before, *routed.sale_codes)))
+                    before = sales.get(skey) or known_sales.get(skey)
+                    sales[skey] = (
+                        tuple(dict.fromkeys((*before, *routed.sale_codes))) if before
+                        else routed.sale_codes
+                    )
             if not sightings:
-                result.events.extend(routed.events)
+                events.extend(routed.events)
             elif routed.stock_codes:
-                result.work.append(Sighting(message, seq, routed.stock_codes))
+                work.append(Sighting(message, seq, routed.stock_codes))
             else:
-                result.work.extend(routed.events)
-            result.alerts.extend(routed.alerts)
+                work.extend(routed.events)
+            if routed.alerts:
+                alerts.extend(routed.alerts)
             result.codes_listed += routed.codes_listed
             result.codes_rejected += routed.codes_rejected
         return result
