@@ -73,18 +73,9 @@ def _person_event(sale: SaleRecord, code: str, delta: int, event: CodeEvent) -> 
     if sale.split or sale.psn_hash is None or sale.med_list_codg is None:
         return None
     return PersonEvent(
-        psn_hash=sale.psn_hash,
-        med_list_codg=sale.med_list_codg,
-        code=code,
-        delta=delta,
-        fixmedins_code=sale.fixmedins_code,
-        mdtrtarea_admvs=sale.mdtrtarea_admvs,
-        bchno=sale.bchno,
-        msgid=sale.msgid,
-        time=sale.time,
-        amount=sale.amount,
-        trigger_msgid=event.msgid,
-        seq=event.seq,
+        sale.psn_hash, sale.med_list_codg, code, delta, sale.fixmedins_code,
+        sale.mdtrtarea_admvs, sale.bchno, sale.msgid, sale.time, sale.amount, event.msgid,
+        event.seq,
     )
 
 

@@ -14,7 +14,8 @@ the other codes in ``draw_rest``: the units are drawn from the codes in order.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from typing import NamedTuple
 
 from detectors import code_quality
 from detectors.codes import box_codes, normalise
@@ -24,8 +25,7 @@ from detectors.model import Alert, CodeEvent, Kind, Message, RuleConfig
 DELETE_SALE_TYPE = "4"
 
 
-@dataclass(frozen=True, slots=True)
-class Routed:
+class Routed(NamedTuple):
     """The outcome of routing one message.
 
     ``sale_codes`` are the codes of a 3505 sale, to be remembered under (institution,
@@ -34,8 +34,8 @@ class Routed:
     :func:`stock_event` only for those the ledger knows.
     """
 
-    events: list[CodeEvent] = field(default_factory=list)
-    alerts: list[Alert] = field(default_factory=list)
+    events: Sequence[CodeEvent] = ()
+    alerts: Sequence[Alert] = ()
     sale_codes: tuple[str, ...] = ()
     stock_codes: tuple[str, ...] = ()
     codes_listed: int = 0

@@ -293,12 +293,12 @@ class Pipeline:
         events = list(events)
         if not events:
             return result
-        keys = {person_key(e.psn_hash, e.med_list_codg) for e in events}
-        states: dict[str, PersonState | None] = dict(self.ledger.load_persons(keys))
-        for event in events:
-            key = person_key(event.psn_hash, event.med_list_codg)
+        keys = [person_key(e.psn_hash, e.med_list_codg) for e in events]
+        states: dict[str, PersonState | None] = dict(self.ledger.load_persons(set(keys)))
+        hoarding_for = self.config.hoarding_for
+        for event, key in zip(events, keys, strict=True):
             before = states.get(key)
-            thresholds = self.config.hoarding_for(event.med_list_codg)
+            thresholds = hoarding_for(event.med_list_codg)
             after, raised = hoarding.step(before, event, thresholds)
             if after is not before:
                 states[key] = after

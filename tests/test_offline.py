@@ -19,6 +19,7 @@ from streams.ledger import MemoryLedger
 from streams.pipeline import Pipeline, _link_earlier
 from streams.reference import load_catalog
 from streams.simulate import simulate
+from tests import factory
 
 DATA = Path(__file__).parent / "data"
 PSN_KEY = b"test-key"
@@ -83,3 +84,26 @@ def test_process_raises_what_the_stages_raise_on_a_simulated_run(month: Path, ba
     by_stages, by_process = both_ways(month / "messages.jsonl", month / "catalog.csv", batch)
     assert {str(alert.rule) for alert in by_stages} >= {"FLOWBACK", "DUPLICATE_SALE", "HOARDING"}
     assert by_process == by_stages
+
+
+@pytest.mark.parametrize(("entries", "reason"), [
+    ("83857930000000000001", "input.selinfo.drugtracinfo is not a list"),
+    (["83857930000000000001"], "input.selinfo.drugtracinfo has an entry that is not an object"),
+    ([{"drug_trac_codg": "83857930000000000001"}, {}],
+     "input.selinfo.drugtracinfo entry lacks a string drug_trac_codg"),
+    ([{"drug_trac_codg": 83857930000000000001}],
+     "input.selinfo.drugtracinfo entry lacks a string drug_trac_codg"),
+    ([{"drug_trac_codg": "83857930000000000001"}, [1]],
+     "input.selinfo.drugtracinfo has an entry that is not an object"),
+])
+def test_a_bad_code_list_is_named(entries: object, reason: str) -> None:
+    message = factory.sale([factory.code(1)])
+    message["input"]["selinfo"]["drugtracinfo"] = entries
+    with pytest.raises(BadInput) as caught:
+        parse(message, PSN_KEY)
+    assert caught.value.reason == reason
+
+
+def test_a_good_code_list_is_kept_in_order() -> None:
+    codes = [factory.code(n) for n in (3, 1, 2, 1)]
+    assert parse(factory.sale(codes), PSN_KEY).raw_codes == tuple(codes)
