@@ -81,6 +81,10 @@ def cyclic_gc_paused() -> Iterator[None]:
     try:
         yield
     finally:
+        # Everything made meanwhile is still in the youngest generation, and the first
+        # collection after this would walk it all; move it to the oldest (O(1) list moves).
+        gc.freeze()
+        gc.unfreeze()
         if enabled:
             gc.enable()
 
