@@ -18,6 +18,7 @@ rules. It
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -55,11 +56,14 @@ class StepResult(NamedTuple):
     duplicate: bool = False
 
 
+# Both fingerprints are cached: every code of a message has the same two.
+@functools.lru_cache(maxsize=1024)
 def record_fingerprint(institution: str, infno: str, bchno: str) -> str:
     """Fingerprint of one institution record, the re-upload idempotency key."""
     return fingerprint("r", institution, infno, bchno)
 
 
+@functools.lru_cache(maxsize=1024)
 def message_fingerprint(msgid: str) -> str:
     """Fingerprint of one upload, the retry idempotency key."""
     return fingerprint("m", msgid)
@@ -69,18 +73,9 @@ def _person_event(sale: SaleRecord, code: str, delta: int, event: CodeEvent) -> 
     if sale.split or sale.psn_hash is None or sale.med_list_codg is None:
         return None
     return PersonEvent(
-        psn_hash=sale.psn_hash,
-        med_list_codg=sale.med_list_codg,
-        code=code,
-        delta=delta,
-        fixmedins_code=sale.fixmedins_code,
-        mdtrtarea_admvs=sale.mdtrtarea_admvs,
-        bchno=sale.bchno,
-        msgid=sale.msgid,
-        time=sale.time,
-        amount=sale.amount,
-        trigger_msgid=event.msgid,
-        seq=event.seq,
+        sale.psn_hash, sale.med_list_codg, code, delta, sale.fixmedins_code,
+        sale.mdtrtarea_admvs, sale.bchno, sale.msgid, sale.time, sale.amount, event.msgid,
+        event.seq,
     )
 
 

@@ -20,7 +20,7 @@ record number).
 from __future__ import annotations
 
 from detectors.codes import CodeKind, NormalisedCode
-from detectors.model import Alert, Message, Rule, format_time
+from detectors.model import Alert, Message, Rule, format_day, format_time
 
 
 def _alert(
@@ -43,17 +43,27 @@ def _alert(
     )
 
 
+def expired(message: Message) -> bool:
+    """True for a sale on a day after its ``expy_end``."""
+    return (
+        message.infno == "3505"
+        and message.expy_end is not None
+        and format_day(message.time) > message.expy_end[:10]
+    )
+
+
+def may_raise(message: Message, rejected: int) -> bool:
+    """False when :func:`detect` raises nothing for sure: every listed code names a box
+    (``rejected`` is how many do not) and the message is not an expired sale."""
+    return rejected > 0 or expired(message)
+
+
 def detect(
     message: Message, codes: list[NormalisedCode], share: float, seq: int = 0
 ) -> list[Alert]:
     """Alerts for the codes of one message; ``share`` is the amount each code stands for."""
     alerts: list[Alert] = []
-    sale = message.infno == "3505"
-    expired = (
-        sale
-        and message.expy_end is not None
-        and format_time(message.time)[:10] > message.expy_end[:10]
-    )
+    past_expiry = expired(message)
     for code in codes:
         if code.kind is CodeKind.INVALID:
             reason = f"上传的追溯码 {code.code!r} 无效：{code.problem}"
@@ -63,7 +73,7 @@ def detect(
             alerts.append(
                 _alert(Rule.BARCODE_AS_TRACE_CODE, "low", message, code.code, share, reason, seq)
             )
-        elif expired:
+        elif past_expiry:
             reason = (
                 f"追溯码 {code.code} 的药品有效期至 {message.expy_end}，"
                 f"却于 {format_time(message.time)[:10]} 销售"

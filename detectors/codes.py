@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import functools
+from collections.abc import Sequence
 from typing import NamedTuple
 
 GS = "\x1d"
@@ -59,8 +60,12 @@ class NormalisedCode(NamedTuple):
     trackable: bool = False
 
 
+@functools.lru_cache(maxsize=4096)
 def gs1_check_digit_ok(digits: str) -> bool:
-    """True when the last digit of a GS1 key (GTIN-8/12/13/14) is its mod-10 check digit."""
+    """True when the last digit of a GS1 key (GTIN-8/12/13/14) is its mod-10 check digit.
+
+    Cached: a GTIN names a product, and the boxes of one product share it.
+    """
     if not digits.isascii() or not digits.isdigit() or len(digits) < 2:
         return False
     body = digits[:-1]
@@ -180,3 +185,24 @@ def normalise(raw: str) -> NormalisedCode:
     if len(text) > MAX_LEN:
         return _invalid(text, f"追溯码长度 {len(text)} 超过 {MAX_LEN} 位")
     return _box(CodeKind.ENTERPRISE, text, None)
+
+
+def box_codes(raws: Sequence[str]) -> tuple[list[str], int]:
+    """The identities of the raw codes that name a box, in order, and how many do not.
+
+    The same as keeping ``normalise(raw).code`` of the trackable ones. A bare 20-digit
+    码上放心 code — two thirds of what pharmacies upload — is its own identity and is taken
+    as it is, without a call or a cache entry.
+    """
+    codes: list[str] = []
+    rejected = 0
+    for raw in raws:
+        if len(raw) == 20 and raw.isascii() and raw.isdigit():
+            codes.append(raw)
+            continue
+        code = normalise(raw)
+        if code.trackable:
+            codes.append(code.code)
+        else:
+            rejected += 1
+    return codes, rejected

@@ -56,8 +56,12 @@ def parse_time(text: object, field: str) -> int:
     raise BadInput(f"{field} is not a time of the form YYYY-MM-DD HH:MM:SS: {text!r}")
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def hash_person(psn_no: str, key: bytes) -> str:
-    """Keyed hash of an insured person's number: 16 hex digits, stable for one key."""
+    """Keyed hash of an insured person's number: 16 hex digits, stable for one key.
+
+    Cached: the same people buy again and again.
+    """
     return hmac.new(key, psn_no.encode(), hashlib.sha256).hexdigest()[:16]
 
 
@@ -96,7 +100,15 @@ def _codes(obj: dict[str, Any], where: str) -> tuple[str, ...]:
         return ()
     if not isinstance(items, list):
         raise BadInput(f"{where}.drugtracinfo is not a list")
-    codes: list[str] = []
+    try:
+        codes = [item["drug_trac_codg"] for item in items]
+    except (TypeError, KeyError):
+        pass
+    else:
+        if all(type(code) is str for code in codes):
+            return tuple(codes)
+    # Something is wrong: walk the list again to say what.
+    codes = []
     for item in items:
         if not isinstance(item, dict):
             raise BadInput(f"{where}.drugtracinfo has an entry that is not an object")

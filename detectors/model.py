@@ -8,6 +8,7 @@ arithmetic on them gives back the same wall-clock strings the platform uploads.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import time as _time
 from collections.abc import Mapping
@@ -287,6 +288,16 @@ class Alert:
 def format_time(seconds: int) -> str:
     """Business time back to the platform's ``YYYY-MM-DD HH:MM:SS``."""
     return _time.strftime("%Y-%m-%d %H:%M:%S", _time.gmtime(seconds))
+
+
+@functools.lru_cache(maxsize=1024)
+def _day_text(day: int) -> str:
+    return _time.strftime("%Y-%m-%d", _time.gmtime(day * DAY_SECONDS))
+
+
+def format_day(seconds: int) -> str:
+    """The ``YYYY-MM-DD`` of a business time: ``format_time(seconds)[:10]``, cached by day."""
+    return _day_text(seconds // DAY_SECONDS)
 
 
 def fingerprint(*parts: str) -> str:

@@ -14,27 +14,30 @@ the other codes in ``draw_rest``: the units are drawn from the codes in order.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from typing import NamedTuple
 
 from detectors import code_quality
-from detectors.codes import normalise
+from detectors.codes import box_codes, normalise
 from detectors.messages import CHANGE, COUNT, DELETE, RETURN, SALE
 from detectors.model import Alert, CodeEvent, Kind, Message, RuleConfig
 
 DELETE_SALE_TYPE = "4"
 
 
-@dataclass(frozen=True, slots=True)
-class Routed:
+class Routed(NamedTuple):
     """The outcome of routing one message.
 
     ``sale_codes`` are the codes of a 3505 sale, to be remembered under (institution,
-    ``fixmedins_bchno``) so a later 3507 delete can find them.
+    ``fixmedins_bchno``) so a later 3507 delete can find them. ``stock_codes`` are the boxes
+    of a count or stock-in routed with ``stock_events=False``: the caller makes a
+    :func:`stock_event` only for those the ledger knows.
     """
 
-    events: list[CodeEvent] = field(default_factory=list)
-    alerts: list[Alert] = field(default_factory=list)
+    events: Sequence[CodeEvent] = ()
+    alerts: Sequence[Alert] = ()
     sale_codes: tuple[str, ...] = ()
+    stock_codes: tuple[str, ...] = ()
     codes_listed: int = 0
     codes_rejected: int = 0
 
@@ -46,8 +49,14 @@ def route(
     record_seen: bool = False,
     deleted_codes: tuple[str, ...] = (),
     seq: int = 0,
+    stock_events: bool = True,
 ) -> Routed:
-    """Per-code events and stateless alerts for one message (see the module docstring)."""
+    """Per-code events and stateless alerts for one message (see the module docstring).
+
+    With ``stock_events=False`` the boxes a 3501 count or 3502 stock-in lists come back in
+    ``stock_codes`` instead of as events: most of them were never sold, and a box the ledger
+    does not know needs no event at all.
+    """
     infno = message.infno
     if infno == DELETE:
         if message.delete_type != DELETE_SALE_TYPE:
@@ -57,23 +66,27 @@ def route(
     if infno not in (SALE, RETURN, COUNT, CHANGE):
         return Routed()
 
-    normalised = [normalise(raw) for raw in message.raw_codes]
+    raws = message.raw_codes
+    listed, rejected = box_codes(raws)
     share = (
-        message.price * message.quantity / len(message.raw_codes)
-        if message.raw_codes and infno in (SALE, RETURN)
+        message.price * message.quantity / len(raws)
+        if raws and infno in (SALE, RETURN)
         else 0.0
     )
-    alerts = [] if record_seen else code_quality.detect(message, normalised, share, seq)
-    codes = list(dict.fromkeys(code.code for code in normalised if code.trackable))
-    rejected = len(normalised) - sum(1 for code in normalised if code.trackable)
-    routed_alerts = alerts
+    if record_seen or not code_quality.may_raise(message, rejected):
+        alerts: list[Alert] = []
+    else:
+        alerts = code_quality.detect(message, [normalise(raw) for raw in raws], share, seq)
+    codes = list(dict.fromkeys(listed))
 
     if infno in (COUNT, CHANGE):
         if infno == CHANGE and message.inv_chg_type not in config.stock_in_change_types:
-            return Routed(alerts=routed_alerts, codes_listed=len(normalised),
+            return Routed(alerts=alerts, codes_listed=len(raws), codes_rejected=rejected)
+        if not stock_events:
+            return Routed(alerts=alerts, stock_codes=tuple(codes), codes_listed=len(raws),
                           codes_rejected=rejected)
         events = [_event(message, code, Kind.STOCK, seq) for code in codes]
-        return Routed(events=events, alerts=routed_alerts, codes_listed=len(normalised),
+        return Routed(events=events, alerts=alerts, codes_listed=len(raws),
                       codes_rejected=rejected)
 
     kind = Kind.SALE if infno == SALE else Kind.RETURN
@@ -86,11 +99,16 @@ def route(
         events = [_event(message, code, kind, seq, amount=share) for code in codes]
     return Routed(
         events=events,
-        alerts=routed_alerts,
+        alerts=alerts,
         sale_codes=tuple(codes) if infno == SALE else (),
-        codes_listed=len(normalised),
+        codes_listed=len(raws),
         codes_rejected=rejected,
     )
+
+
+def stock_event(message: Message, code: str, seq: int = 0) -> CodeEvent:
+    """The event of one box a count or stock-in listed (see ``stock_events`` of :func:`route`)."""
+    return _event(message, code, Kind.STOCK, seq)
 
 
 def _event(

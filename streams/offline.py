@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -65,6 +67,28 @@ def read_log(
                     bad.append(BadLine(number, error.reason))
 
 
+@contextmanager
+def cyclic_gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector, then restore it as it was.
+
+    The ledger of a long log holds millions of small tuples; every full collection walks
+    them all, which took about a third of a run's time. Nothing in the pipeline makes
+    reference cycles (a simulated month leaves a few hundred cyclic objects in all), and
+    reference counting still frees everything else at once.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        # Everything made meanwhile is still in the youngest generation, and the first
+        # collection after this would walk it all; move it to the oldest (O(1) list moves).
+        gc.freeze()
+        gc.unfreeze()
+        if enabled:
+            gc.enable()
+
+
 def run_check(
     path: Path,
     config: RuleConfig,
@@ -90,10 +114,11 @@ def run_check(
         stats.bad += len(bad)
         bad.clear()
 
-    for item in read_log(path, psn_key, bad):
-        stats.messages += 1
-        pending.append(item)
-        if len(pending) >= batch:
-            flush()
-    flush()
+    with cyclic_gc_paused():
+        for item in read_log(path, psn_key, bad):
+            stats.messages += 1
+            pending.append(item)
+            if len(pending) >= batch:
+                flush()
+        flush()
     return stats

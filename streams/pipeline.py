@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 from detectors import hoarding
 from detectors.code_ledger import step as code_step
@@ -34,7 +35,7 @@ from detectors.model import (
     Rule,
     RuleConfig,
 )
-from detectors.router import DELETE_SALE_TYPE, route
+from detectors.router import DELETE_SALE_TYPE, route, stock_event
 from streams.ledger import Ledger, record_key, sale_key
 
 CODE_INFNOS = frozenset({SALE, RETURN, COUNT, CHANGE})
@@ -50,11 +51,24 @@ class RoutingCommit:
     sales: dict[str, tuple[str, ...] | None] = field(default_factory=dict)
 
 
+class Sighting(NamedTuple):
+    """The boxes one count or stock-in listed, before any of them becomes an event (offline)."""
+
+    message: Message
+    seq: int
+    codes: tuple[str, ...]
+
+
 @dataclass(slots=True)
 class RouteResult:
-    """Per-code events and stateless alerts of a batch, and what to commit after."""
+    """Per-code events and stateless alerts of a batch, and what to commit after.
+
+    Routed for :meth:`Pipeline.process`, the events are in ``work`` instead, in order and
+    with stock sightings left as :class:`Sighting`.
+    """
 
     events: list[CodeEvent] = field(default_factory=list)
+    work: list[CodeEvent | Sighting] = field(default_factory=list)
     alerts: list[Alert] = field(default_factory=list)
     commit: RoutingCommit = field(default_factory=RoutingCommit)
     duplicates: int = 0
@@ -98,47 +112,65 @@ class Pipeline:
 
     def route(self, messages: Sequence[tuple[int, Message]]) -> RouteResult:
         """Route a batch of (sequence number, message)."""
+        return self._route(messages, sightings=False)
+
+    def _route(self, messages: Sequence[tuple[int, Message]], sightings: bool) -> RouteResult:
         ledger = self.ledger
+        config = self.config
         result = RouteResult()
         commit = result.commit
+        msgids, records_added, records_removed, sales = (
+            commit.msgids, commit.records_added, commit.records_removed, commit.sales)
+        events, work, alerts = result.events, result.work, result.alerts
+        keys = [
+            record_key(m.fixmedins_code, m.infno, m.bchno) if m.infno in CODE_INFNOS else ""
+            for _, m in messages
+        ]
         seen_msgids = ledger.seen_messages({m.msgid for _, m in messages})
-        seen_records = ledger.seen_records(
-            {record_key(m.fixmedins_code, m.infno, m.bchno)
-             for _, m in messages if m.infno in CODE_INFNOS}
-        )
+        seen_records = ledger.seen_records({key for key in keys if key})
         known_sales = ledger.sale_codes(
             {sale_key(m.fixmedins_code, m.bchno)
              for _, m in messages if m.infno == DELETE and m.delete_type == DELETE_SALE_TYPE}
         )
-        for seq, message in messages:
-            if message.msgid in seen_msgids or message.msgid in commit.msgids:
+        for (seq, message), key in zip(messages, keys, strict=True):
+            msgid = message.msgid
+            if msgid in seen_msgids or msgid in msgids:
                 result.duplicates += 1
                 continue
-            commit.msgids.add(message.msgid)
+            msgids.add(msgid)
             if message.infno == DELETE:
                 if message.delete_type != DELETE_SALE_TYPE:
                     continue
-                key = sale_key(message.fixmedins_code, message.bchno)
-                codes = commit.sales[key] if key in commit.sales else known_sales.get(key)
-                routed = route(message, self.config, deleted_codes=codes or (), seq=seq)
+                skey = sale_key(message.fixmedins_code, message.bchno)
+                codes = sales[skey] if skey in sales else known_sales.get(skey)
+                routed = route(message, config, deleted_codes=codes or (), seq=seq)
                 sale_record = record_key(message.fixmedins_code, SALE, message.bchno)
-                commit.records_removed.add(sale_record)
-                commit.records_added.discard(sale_record)
+                records_removed.add(sale_record)
+                records_added.discard(sale_record)
                 seen_records.discard(sale_record)
-                commit.sales[key] = None
+                sales[skey] = None
             else:
-                key = record_key(message.fixmedins_code, message.infno, message.bchno)
-                record_seen = key in seen_records or key in commit.records_added
-                routed = route(message, self.config, record_seen=record_seen, seq=seq)
-                if message.infno in CODE_INFNOS:
-                    commit.records_added.add(key)
-                    commit.records_removed.discard(key)
+                record_seen = key in seen_records or key in records_added
+                routed = route(message, config, record_seen=record_seen, seq=seq,
+                               stock_events=not sightings)
+                if key:
+                    records_added.add(key)
+                    records_removed.discard(key)
                 if routed.sale_codes:
                     skey = sale_key(message.fixmedins_code, message.bchno)
-                    before = commit.sales.get(skey) or known_sales.get(skey) or ()
-                    commit.sales[skey] = tuple(dict.fromkeys((*before, *routed.sale_codes)))
-            result.events.extend(routed.events)
-            result.alerts.extend(routed.alerts)
+                    before = sales.get(skey) or known_sales.get(skey)
+                    sales[skey] = (
+                        tuple(dict.fromkeys((*before, *routed.sale_codes))) if before
+                        else routed.sale_codes
+                    )
+            if not sightings:
+                events.extend(routed.events)
+            elif routed.stock_codes:
+                work.append(Sighting(message, seq, routed.stock_codes))
+            else:
+                work.extend(routed.events)
+            if routed.alerts:
+                alerts.extend(routed.alerts)
             result.codes_listed += routed.codes_listed
             result.codes_rejected += routed.codes_rejected
         return result
@@ -169,33 +201,70 @@ class Pipeline:
         wanted = {event.code for event in events}
         wanted.update(code for event in events for code in event.draw_rest if owns(code))
         states: dict[str, CodeState | None] = dict(self.ledger.load_codes(wanted))
-        config = self.config
         for event in events:
-            pending: CodeEvent | None = event
-            while pending is not None:
-                before = states.get(pending.code)
-                if before is None and pending.kind is Kind.STOCK:
-                    # A box in stock that was never sold: nothing to check or remember.
-                    result.applied += 1
-                    break
-                outcome = code_step(before, pending, config)
-                if outcome.duplicate:
-                    result.duplicates += 1
-                else:
-                    result.applied += 1
-                if outcome.state is not before:
-                    states[pending.code] = outcome.state
-                    result.changed[pending.code] = outcome.state
-                result.alerts.extend(outcome.alerts)
-                result.person_events.extend(outcome.person_events)
-                pending = outcome.continuation
-                if pending is not None and not owns(pending.code):
-                    result.forwarded.append(pending)
-                    pending = None
+            self._apply_event(event, states, owns, result)
         result.alerts = self._link(result.alerts)
         if store:
             self.store_codes(result)
         return result
+
+    def _apply_work(self, work: Sequence[CodeEvent | Sighting]) -> CodeResult:
+        """:meth:`apply_codes` of routed work, making stock events only for known boxes."""
+        result = CodeResult()
+        wanted: set[str] = set()
+        for item in work:
+            if isinstance(item, Sighting):
+                wanted.update(item.codes)
+            else:
+                wanted.add(item.code)
+                wanted.update(item.draw_rest)
+        states: dict[str, CodeState | None] = dict(self.ledger.load_codes(wanted))
+        for item in work:
+            if isinstance(item, Sighting):
+                message, seq = item.message, item.seq
+                for code in item.codes:
+                    if states.get(code) is None:
+                        # A box in stock that was never sold: nothing to check or remember.
+                        result.applied += 1
+                    else:
+                        self._apply_event(stock_event(message, code, seq), states,
+                                          _own_everything, result)
+            else:
+                self._apply_event(item, states, _own_everything, result)
+        result.alerts = self._link(result.alerts)
+        self.store_codes(result)
+        return result
+
+    def _apply_event(
+        self,
+        event: CodeEvent,
+        states: dict[str, CodeState | None],
+        owns: Callable[[str], bool],
+        result: CodeResult,
+    ) -> None:
+        """One event and its split-draw continuations, against ``states``."""
+        config = self.config
+        pending: CodeEvent | None = event
+        while pending is not None:
+            before = states.get(pending.code)
+            if before is None and pending.kind is Kind.STOCK:
+                # A box in stock that was never sold: nothing to check or remember.
+                result.applied += 1
+                break
+            outcome = code_step(before, pending, config)
+            if outcome.duplicate:
+                result.duplicates += 1
+            else:
+                result.applied += 1
+            if outcome.state is not before:
+                states[pending.code] = outcome.state
+                result.changed[pending.code] = outcome.state
+            result.alerts.extend(outcome.alerts)
+            result.person_events.extend(outcome.person_events)
+            pending = outcome.continuation
+            if pending is not None and not owns(pending.code):
+                result.forwarded.append(pending)
+                pending = None
 
     def store_codes(self, result: CodeResult) -> None:
         """Write the states a code batch changed."""
@@ -224,12 +293,12 @@ class Pipeline:
         events = list(events)
         if not events:
             return result
-        keys = {person_key(e.psn_hash, e.med_list_codg) for e in events}
-        states: dict[str, PersonState | None] = dict(self.ledger.load_persons(keys))
-        for event in events:
-            key = person_key(event.psn_hash, event.med_list_codg)
+        keys = [person_key(e.psn_hash, e.med_list_codg) for e in events]
+        states: dict[str, PersonState | None] = dict(self.ledger.load_persons(set(keys)))
+        hoarding_for = self.config.hoarding_for
+        for event, key in zip(events, keys, strict=True):
             before = states.get(key)
-            thresholds = self.config.hoarding_for(event.med_list_codg)
+            thresholds = hoarding_for(event.med_list_codg)
             after, raised = hoarding.step(before, event, thresholds)
             if after is not before:
                 states[key] = after
@@ -261,11 +330,11 @@ class Pipeline:
         alerts, which sorting by the message's sequence number restores. A HOARDING alert
         raised in this batch is linked into the later code alerts of its person here.
         """
-        routed = self.route(messages)
+        routed = self._route(messages, sightings=True)
         self.commit_routing(routed.commit)
-        if not routed.events:
+        if not routed.work:
             return routed.alerts
-        codes = self.apply_codes(routed.events)
+        codes = self._apply_work(routed.work)
         persons = self.apply_persons(codes.person_events)
         code_alerts = codes.alerts
         if persons.alerts and code_alerts:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from detectors.codes import CodeKind, gs1_check_digit_ok, normalise, product_key_of
+from detectors.codes import CodeKind, box_codes, gs1_check_digit_ok, normalise, product_key_of
 
 GS = "\x1d"
 
@@ -56,3 +56,10 @@ def test_product_key_of_canonical_codes() -> None:
 ])
 def test_gs1_check_digit(digits: str, ok: bool) -> None:
     assert gs1_check_digit_ok(digits) is ok
+
+
+def test_box_codes_keep_what_normalise_calls_a_box() -> None:
+    raws = [raw for raw, *_ in CASES]
+    raws += ["٠" * 20, "83857930123456780001" * 2, "8385793012345678000"]
+    expected = [normalise(raw).code for raw in raws if normalise(raw).trackable]
+    assert box_codes(raws) == (expected, len(raws) - len(expected))

@@ -1,0 +1,109 @@
+"""``tracewatch check``'s shortcuts raise exactly what the worker's stages raise.
+
+``Pipeline.process`` leaves the boxes of a count or stock-in as they are until the ledger
+knows one of them; the worker's ``route`` makes an event of every box. Both must give the
+same alerts, in the same order, over every replayed log and a small simulated month.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import orjson
+import pytest
+
+from detectors.messages import BadInput, parse
+from detectors.model import Alert, Message, RuleConfig
+from streams.ledger import MemoryLedger
+from streams.pipeline import Pipeline, _link_earlier
+from streams.reference import load_catalog
+from streams.simulate import simulate
+from tests import factory
+
+DATA = Path(__file__).parent / "data"
+PSN_KEY = b"test-key"
+LOGS = sorted(p for p in DATA.glob("*/*.jsonl") if not p.name.endswith(".expected.jsonl"))
+
+
+@pytest.fixture(scope="module")
+def month(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small simulated run: every rule, counts of boxes sold before, retries, deletes."""
+    out = tmp_path_factory.mktemp("sim")
+    simulate(out, seed=5, days=8, institutions=30, people=1000)
+    return out
+
+
+def messages(log: Path) -> list[tuple[int, Message]]:
+    parsed = []
+    for number, line in enumerate(log.read_bytes().splitlines(), start=1):
+        try:
+            parsed.append((number, parse(orjson.loads(line), PSN_KEY)))
+        except (orjson.JSONDecodeError, BadInput):
+            pass
+    return parsed
+
+
+def staged(pipeline: Pipeline, batch: Sequence[tuple[int, Message]]) -> list[Alert]:
+    """A batch through the worker's public stages, put together the way ``process`` does."""
+    routed = pipeline.route(batch)
+    pipeline.commit_routing(routed.commit)
+    codes = pipeline.apply_codes(routed.events)
+    persons = pipeline.apply_persons(codes.person_events)
+    code_alerts = codes.alerts
+    if persons.alerts and code_alerts:
+        raised = {alert.psn_hash: alert for alert in persons.alerts if alert.psn_hash}
+        code_alerts = [_link_earlier(alert, raised) for alert in code_alerts]
+    alerts = routed.alerts + code_alerts + persons.alerts
+    alerts.sort(key=lambda alert: alert.seq)
+    return alerts
+
+
+def both_ways(log: Path, catalog: Path, batch: int) -> tuple[list[Alert], list[Alert]]:
+    config = RuleConfig(catalog=load_catalog(catalog))
+    parsed = messages(log)
+    worker, offline = Pipeline(MemoryLedger(), config), Pipeline(MemoryLedger(), config)
+    by_stages: list[Alert] = []
+    by_process: list[Alert] = []
+    for start in range(0, len(parsed), batch):
+        by_stages += staged(worker, parsed[start:start + batch])
+        by_process += offline.process(parsed[start:start + batch])
+    assert offline.ledger.__dict__ == worker.ledger.__dict__
+    return by_stages, by_process
+
+
+@pytest.mark.parametrize("batch", [1, 7, 2000])
+@pytest.mark.parametrize("log", LOGS, ids=[f"{p.parent.name}/{p.stem}" for p in LOGS])
+def test_process_raises_what_the_stages_raise(log: Path, batch: int) -> None:
+    by_stages, by_process = both_ways(log, DATA / "catalog.csv", batch)
+    assert by_process == by_stages
+
+
+@pytest.mark.parametrize("batch", [50, 2000])
+def test_process_raises_what_the_stages_raise_on_a_simulated_run(month: Path, batch: int) -> None:
+    by_stages, by_process = both_ways(month / "messages.jsonl", month / "catalog.csv", batch)
+    assert {str(alert.rule) for alert in by_stages} >= {"FLOWBACK", "DUPLICATE_SALE", "HOARDING"}
+    assert by_process == by_stages
+
+
+@pytest.mark.parametrize(("entries", "reason"), [
+    ("83857930000000000001", "input.selinfo.drugtracinfo is not a list"),
+    (["83857930000000000001"], "input.selinfo.drugtracinfo has an entry that is not an object"),
+    ([{"drug_trac_codg": "83857930000000000001"}, {}],
+     "input.selinfo.drugtracinfo entry lacks a string drug_trac_codg"),
+    ([{"drug_trac_codg": 83857930000000000001}],
+     "input.selinfo.drugtracinfo entry lacks a string drug_trac_codg"),
+    ([{"drug_trac_codg": "83857930000000000001"}, [1]],
+     "input.selinfo.drugtracinfo has an entry that is not an object"),
+])
+def test_a_bad_code_list_is_named(entries: object, reason: str) -> None:
+    message = factory.sale([factory.code(1)])
+    message["input"]["selinfo"]["drugtracinfo"] = entries
+    with pytest.raises(BadInput) as caught:
+        parse(message, PSN_KEY)
+    assert caught.value.reason == reason
+
+
+def test_a_good_code_list_is_kept_in_order() -> None:
+    codes = [factory.code(n) for n in (3, 1, 2, 1)]
+    assert parse(factory.sale(codes), PSN_KEY).raw_codes == tuple(codes)
