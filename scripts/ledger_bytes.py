@@ -20,9 +20,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import random
-import shutil
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -33,6 +30,8 @@ import orjson
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from redis_scratch import free_port, start_server
 
 from detectors.code_ledger import message_fingerprint, record_fingerprint
 from detectors.model import CodeState, SaleRecord, fingerprint
@@ -106,33 +105,6 @@ def as_json(state: CodeState) -> bytes:
         "applied": list(state.applied), "flowback_seen": list(state.flowback_seen),
         "last_time": state.last_time,
     })
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def start_server(port: int) -> subprocess.Popen[bytes]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is not on PATH")
-    server = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    client = redis.Redis(port=port)
-    for _ in range(100):
-        try:
-            client.ping()
-            return server
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    server.terminate()
-    raise SystemExit(f"redis-server did not start on port {port}")
 
 
 def used_memory(client: redis.Redis) -> int:

@@ -23,14 +23,14 @@ import hashlib
 import importlib
 import json
 import random
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from redis_scratch import free_port, start_server
 
 HERE = Path(__file__).resolve().parents[1]
 START = 1_767_225_600  # 2026-01-01 00:00:00, business time
@@ -95,35 +95,6 @@ class World:
             flowback_seen=(),
             last_time=last,
         )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def start_server(port: int) -> subprocess.Popen[bytes]:
-    import redis
-
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is not on PATH")
-    server = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    client = redis.Redis(port=port)
-    for _ in range(100):
-        try:
-            client.ping()
-            return server
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    server.terminate()
-    raise SystemExit(f"redis-server did not start on port {port}")
 
 
 # --------------------------------------------------------------------------- child

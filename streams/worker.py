@@ -55,7 +55,7 @@ from streams.offline import alert_json, now_text
 from streams.pipeline import Pipeline
 from streams.reference import rule_config
 from streams.settings import Settings
-from streams.wire import dump_batch, load_code_batch, load_person_batch
+from streams.wire import Batch, dump_batch, load_code_batch, load_person_batch
 
 log = logging.getLogger("tracewatch.worker")
 
@@ -195,6 +195,20 @@ def _person_partition(psn_hash: str, partitions: int) -> int:
 
 def _chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
     return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _unbatch(records: Sequence[ConsumerRecord[bytes, bytes]],
+             load: Callable[[bytes], Batch]) -> tuple[list[Any], int]:
+    """The events of internal records, in order, and when the oldest message behind them
+    arrived (ms)."""
+    events: list[Any] = []
+    arrived_ms = 0
+    for record in records:
+        batch = load(record.value or b"{}")
+        events.extend(batch.events)
+        arrived = batch.arrived_ms or record.timestamp
+        arrived_ms = min(arrived_ms, arrived) if arrived_ms else arrived
+    return events, arrived_ms
 
 
 class _WaitForBatch(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -559,13 +573,7 @@ class Worker:
                            sends: list[asyncio.Future[Any]],
                            writes: list[tuple[str, Callable[[], None]]]) -> None:
         started = time.perf_counter()
-        events: list[CodeEvent] = []
-        arrived_ms = 0
-        for record in records:
-            batch = load_code_batch(record.value or b"{}")
-            events.extend(batch.events)
-            arrived = batch.arrived_ms or record.timestamp
-            arrived_ms = min(arrived_ms, arrived) if arrived_ms else arrived
+        events, arrived_ms = _unbatch(records, load_code_batch)
         result = await self._retry(
             "load codes",
             partial(self.pipeline.apply_codes, events, self._owned_codes(), store=False))
@@ -587,13 +595,7 @@ class Worker:
                              sends: list[asyncio.Future[Any]],
                              writes: list[tuple[str, Callable[[], None]]]) -> None:
         started = time.perf_counter()
-        people: list[PersonEvent] = []
-        arrived_ms = 0
-        for record in records:
-            batch = load_person_batch(record.value or b"{}")
-            people.extend(batch.events)
-            arrived = batch.arrived_ms or record.timestamp
-            arrived_ms = min(arrived_ms, arrived) if arrived_ms else arrived
+        people, arrived_ms = _unbatch(records, load_person_batch)
         found = await self._retry(
             "load persons", partial(self.pipeline.apply_persons, people, store=False))
         await self._send_alerts(found.alerts, arrived_ms, sends)
