@@ -178,6 +178,9 @@ class LiveFeed:
 #: An input record with its parsed message, or with the reason it was refused.
 Parsed = tuple[ConsumerRecord[bytes, bytes], Message | Exception]
 
+#: Longest wait for an unread input partition before records of the others are released.
+MAX_ORDER_WAIT_S = 2.0
+
 #: Events per record on the internal topics: well under the broker's 1 MB record limit.
 EVENTS_PER_RECORD = 1000
 
@@ -264,6 +267,7 @@ class Worker:
         self.producer: AIOKafkaProducer | None = None
         self._batch_lock = asyncio.Lock()
         self._input: TimeAligner[Parsed] = TimeAligner()
+        self._waiting_since = 0.0
         #: The latest business time applied: "now" for the retention sweep.
         self.latest_time = 0
         self.app = self._build_app(app_id)
@@ -420,7 +424,19 @@ class Worker:
             elif tp.topic == s.topic_persons:
                 persons.extend(records)
             offsets[tp] = records[-1].offset + 1
-        released = self._input.release(behind=await self._input_behind())
+        behind = await self._input_behind()
+        now = time.monotonic()
+        if not behind or not len(self._input):
+            self._waiting_since = 0.0
+        elif not self._waiting_since:
+            self._waiting_since = now
+        elif now - self._waiting_since > MAX_ORDER_WAIT_S:
+            # A partition that stays unread (a slow broker, a stuck fetch) must not hold the
+            # others back for ever: give up some order for liveness.
+            log.warning("input partitions %s unread for %.1f s; releasing without them",
+                        sorted(tp.partition for tp in behind), now - self._waiting_since)
+            behind = []
+        released = self._input.release(behind=behind)
         progress.input_released += len(released)
         for tp, (record, _) in released:
             offsets[cast(TopicPartition, tp)] = record.offset + 1
