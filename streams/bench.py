@@ -484,9 +484,11 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
                 latency = _measure_latency(worker, bootstrap, input_topic, args.seed, rate,
                                            paced_s, run)
                 if args.soak:
-                    print(f"      soak: {args.soak:.0f} s at {rate:,.0f} messages/s",
+                    soak_rate = rate * args.soak_share / 0.5
+                    print(f"      soak: {args.soak:.0f} s at {soak_rate:,.0f} messages/s",
                           file=sys.stderr)
-                    soak = _soak(worker, bootstrap, input_topic, args.seed, rate, args.soak)
+                    soak = _soak(worker, bootstrap, input_topic, args.seed, soak_rate,
+                                 args.soak)
                 bytes_per_code, tracked = worker.bytes_per_code()
             except BenchError as error:
                 print(f"tracewatch bench: {error}", file=sys.stderr)
@@ -525,7 +527,8 @@ def _report(results: Sequence[Throughput], latency: Latency,
     ]
     if soak:
         rss = [s[1] for s in soak]
-        lines.append(f"soak {soak[-1][0]:.0f} s: worker RSS {rss[0]:.0f} → {rss[-1]:.0f} MB "
+        lines.append(f"soak {soak[-1][0]:.0f} s at {args.soak_share:.0%} of the throughput: "
+                     f"worker RSS {rss[0]:.0f} → {rss[-1]:.0f} MB "
                      f"(min {min(rss):.0f}, max {max(rss):.0f}); lag max "
                      f"{max(s[2] for s in soak)}, last {soak[-1][2]} records; mean lag "
                      f"{statistics.mean(s[2] for s in soak):.0f}")
@@ -551,6 +554,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--soak", type=float, default=0.0, metavar="SECONDS",
                         help="also run a steady load this long (e.g. 600), sampling the "
                              "worker's memory and lag")
+    parser.add_argument("--soak-share", type=float, default=0.5,
+                        help="the soak's load as a share of the measured throughput "
+                             "(default 0.5)")
     parser.add_argument("--skip", nargs="*", choices=PEERS, help="peers not to run")
     parser.add_argument("--timeout", type=float, default=900.0,
                         help="give up on a contender after this many seconds (default 900)")
