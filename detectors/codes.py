@@ -151,7 +151,7 @@ def _parse_raw_gs1(raw: str) -> dict[str, str] | None:
     return fields
 
 
-@functools.lru_cache(maxsize=1 << 17)
+@functools.lru_cache(maxsize=1 << 19)
 def normalise(raw: str) -> NormalisedCode:
     """Classify and canonicalise one raw ``drug_trac_codg`` (SPEC §2).
 
