@@ -63,6 +63,7 @@ REASON_HEADER = "tracewatch-reason"
 SOURCE_HEADER = "tracewatch-source"
 STATIC = Path(__file__).with_name("static")
 T = TypeVar("T")
+E = TypeVar("E", CodeEvent, PersonEvent)
 
 
 def partition_of(key: bytes, partitions: int) -> int:
@@ -498,30 +499,33 @@ class Worker:
                                           key=alert.alert_id.encode(),
                                           value=alert_json(alert, detected)))
 
+    async def _send_batches(self, topic: str, events: Sequence[E],
+                            partition_for: Callable[[E], int], arrived_ms: int,
+                            sends: list[asyncio.Future[Any]]) -> None:
+        """Send internal events to ``topic``: a record per partition per
+        ``EVENTS_PER_RECORD``, each partition's events in their order."""
+        by_partition: dict[int, list[E]] = {}
+        for event in events:
+            by_partition.setdefault(partition_for(event), []).append(event)
+        for number, group in by_partition.items():
+            for chunk in _chunks(group, EVENTS_PER_RECORD):
+                sends.append(await self._send(topic, partition=number,
+                                              value=dump_batch(chunk, arrived_ms)))
+
     async def _send_code_events(self, events: Sequence[CodeEvent], arrived_ms: int,
                                 sends: list[asyncio.Future[Any]]) -> None:
         partitions = self.settings.partitions
-        by_partition: dict[int, list[CodeEvent]] = {}
-        for event in events:
-            number = _code_partition(code_key(event.code), partitions)
-            by_partition.setdefault(number, []).append(event)
-        for number, group in by_partition.items():
-            for chunk in _chunks(group, EVENTS_PER_RECORD):
-                sends.append(await self._send(self.settings.topic_codes, partition=number,
-                                              value=dump_batch(chunk, arrived_ms)))
+        await self._send_batches(
+            self.settings.topic_codes, events,
+            lambda event: _code_partition(code_key(event.code), partitions), arrived_ms, sends)
         self.progress.codes_sent += len(events)
 
     async def _send_person_events(self, events: Sequence[PersonEvent], arrived_ms: int,
                                   sends: list[asyncio.Future[Any]]) -> None:
         partitions = self.settings.partitions
-        by_partition: dict[int, list[PersonEvent]] = {}
-        for event in events:
-            number = _person_partition(event.psn_hash, partitions)
-            by_partition.setdefault(number, []).append(event)
-        for number, group in by_partition.items():
-            for chunk in _chunks(group, EVENTS_PER_RECORD):
-                sends.append(await self._send(self.settings.topic_persons, partition=number,
-                                              value=dump_batch(chunk, arrived_ms)))
+        await self._send_batches(
+            self.settings.topic_persons, events,
+            lambda event: _person_partition(event.psn_hash, partitions), arrived_ms, sends)
         self.progress.persons_sent += len(events)
 
     # ------------------------------------------------------------------ stage 1
