@@ -32,6 +32,7 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from redis_scratch import free_port, start_server
+from synthetic import Names
 
 from detectors.code_ledger import message_fingerprint, record_fingerprint
 from detectors.model import CodeState, SaleRecord, fingerprint
@@ -42,22 +43,11 @@ START = 1_767_225_600  # 2026-01-01 00:00:00, business time
 YEAR = 365 * 86_400
 
 
-class World:
+class World(Names):
     """Deterministic realistic states: state ``i`` is always the same."""
 
     def __init__(self, institutions: int, drugs: int, products: int) -> None:
-        rng = random.Random(1)
-        regions = [f"{p:02d}{c:02d}{d:02d}" for p in (11, 31, 44, 50, 51)
-                   for c in range(1, 11) for d in range(1, 6)]
-        self.institutions = [f"{rng.choice('PPPH')}{rng.choice(regions)}{n:05d}"
-                             for n in range(institutions)]
-        self.drugs = [f"X{rng.choice('ABCJLN')}{n:02d}BAE{n % 997:03d}A00101010{n % 9999:04d}"
-                      for n in range(drugs)]
-        self.products = [f"{rng.randrange(8_000_000, 9_000_000)}" for _ in range(products)]
-
-    def code(self, i: int) -> str:
-        serial = i * 1_000_003 % 10**13  # distinct for distinct i
-        return self.products[i % len(self.products)] + f"{serial:013d}"
+        super().__init__(institutions, drugs, products)
 
     def state(self, i: int) -> CodeState:
         d = hashlib.blake2b(i.to_bytes(8, "big"), digest_size=32).digest()
