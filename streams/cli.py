@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from streams.compiled import stale_warning
 from streams.reference import ReferenceError, rule_config
 from streams.settings import Settings, SettingsError, load_settings, settings_help
 
@@ -32,14 +33,16 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     """Rules over a log file, alerts on stdout."""
-    from streams.offline import run_check
+    from streams.offline import exit_now, run_check
 
     path: Path = args.log
     if not path.is_file():
         print(f"tracewatch check: no such log file: {path}", file=sys.stderr)
         return 2
     config = rule_config(settings)
-    stats = run_check(path, config, settings.psn_key_bytes, sys.stdout.buffer)
+    exit_fast: bool = args.exit_fast
+    stats = run_check(path, config, settings.psn_key_bytes, sys.stdout.buffer,
+                      keep_ledger=exit_fast)
     sys.stdout.flush()
     summary = ", ".join(f"{rule} {count}" for rule, count in sorted(stats.alerts.items()))
     print(
@@ -47,6 +50,8 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
         f"{sum(stats.alerts.values())} alerts" + (f" ({summary})" if summary else ""),
         file=sys.stderr,
     )
+    if exit_fast:
+        exit_now(0)
     return 0
 
 
@@ -229,6 +234,19 @@ def _sweep(args: argparse.Namespace, settings: Settings, client: redis.Redis,
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from streams.compiled import is_compiled
+
+    try:
+        number = version("tracewatch")
+    except PackageNotFoundError:
+        number = "(not installed)"
+    return f"tracewatch {number}, hot path " + (
+        "compiled (mypyc)" if is_compiled() else "plain Python")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
@@ -238,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=settings_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=_version())
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
@@ -317,10 +336,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``tracewatch`` command."""
+def main(argv: Sequence[str] | None = None, exit_fast: bool = False) -> int:
+    """Entry point of the ``tracewatch`` command.
+
+    ``exit_fast``: a command that is done may end the process at once, skipping the teardown
+    of what it allocated (``check``); only for the console script, never in-process callers.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.exit_fast = exit_fast
+    stale = stale_warning()
+    if stale:
+        print(f"tracewatch: warning: {stale}", file=sys.stderr)
     try:
         settings = _settings(args)
         handler: Handler = args.handler
@@ -332,5 +359,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def run() -> None:
+    """The console script ``tracewatch``."""
+    sys.exit(main(exit_fast=True))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

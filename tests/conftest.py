@@ -34,6 +34,7 @@ from pathlib import Path
 import pytest
 
 from streams.broker import EmbeddedBroker, free_port
+from streams.compiled import stale_warning
 
 REDIS_HOST = "127.0.0.1"
 REDIS_PORT = 6379
@@ -232,3 +233,10 @@ def redis_server(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
     finally:
         for server in servers:
             server.stop()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Refuse to test old compiled copies of edited modules (see streams/compiled.py)."""
+    warning = stale_warning()
+    if warning:
+        raise pytest.UsageError(warning)

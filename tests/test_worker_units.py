@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import pytest
 
 from detectors.codes import normalise
@@ -99,21 +101,26 @@ def test_wire_batches_round_trip_and_old_single_events_still_read() -> None:
 def test_the_worker_sweeps_by_the_latest_business_time_it_applied() -> None:
     import asyncio
 
-    from streams.ledger import MemoryLedger
+    from streams.ledger import Ledger, MemoryLedger
     from streams.settings import load_settings
     from streams.worker import Worker
 
-    class SweptLedger(MemoryLedger):
+    class SweptLedger:
+        """A memory ledger that records sweeps (wraps it: compiled classes take no subclass)."""
+
         def __init__(self) -> None:
-            super().__init__()
+            self.memory = MemoryLedger()
             self.swept: list[int] = []
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.memory, name)
 
         def sweep(self, now: int) -> object:
             self.swept.append(now)
             return type("Result", (), {"removed": 0})()
 
     ledger = SweptLedger()
-    worker = Worker(load_settings({}), ledger=ledger)
+    worker = Worker(load_settings({}), ledger=cast(Ledger, ledger))
     asyncio.run(worker._sweep())
     assert ledger.swept == []  # nothing applied yet: no time to judge by
     worker.latest_time = 1_700_000_000
