@@ -50,7 +50,12 @@ def _extensions() -> list[object]:
         return []
     from mypyc.build import mypycify
 
-    return list(mypycify(compiled_modules(), opt_level="3"))
+    try:
+        return list(mypycify(compiled_modules(), opt_level="3"))
+    except (Exception, SystemExit) as error:  # mypyc exits on type errors
+        print(f"setup.py: mypyc could not compile the hot path ({error!r}); installing "
+              "tracewatch uncompiled", file=sys.stderr)
+        return []
 
 
 setup(ext_modules=_extensions())
