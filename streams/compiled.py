@@ -47,13 +47,17 @@ def stale_modules(*, missing_too: bool = False) -> list[str]:
 
     With ``missing_too``, also the modules that have no compiled copy at all.
     """
+    # mypyc puts the code of all modules in one shared library at the top of the tree; each
+    # module's own extension is a small shim that is not rebuilt when only its code changes.
+    shared = [path.stat().st_mtime for path in ROOT.glob("*__mypyc.*")]
+    shared_built = max(shared, default=0.0)
     stale: list[str] = []
     for source in _compiled_sources():
         extension = _extension_of(source)
         if extension is None:
             if missing_too:
                 stale.append(str(source.relative_to(ROOT)))
-        elif source.stat().st_mtime > extension.stat().st_mtime:
+        elif source.stat().st_mtime > max(extension.stat().st_mtime, shared_built):
             stale.append(str(source.relative_to(ROOT)))
     return stale
 
