@@ -439,23 +439,11 @@ def _sale_prints(sales: Sequence[SaleRecord]) -> list[str]:
 
 
 def _pack_sale(out: bytearray, sale: SaleRecord, base: int, interner: Interner) -> None:
-    """A sale: flags, then :func:`_put_origin`'s fields, person, drug, units and amount.
-    :func:`_origin_flags` and :func:`_put_origin` are inlined here (the hot path); the bytes
-    are theirs."""
+    """A sale: flags, then :func:`_put_origin`'s fields, person, drug, units and amount."""
     institution, admvs, bchno, msgid, moment, psn, drug, split, units, amount = sale
-    flags = _SPLIT if split else 0
-    if admvs == institution[1:7]:
-        flags |= _ADMVS_OWN
-    rest = msgid
-    if institution and msgid.startswith(institution):
-        flags |= _MSG_PREFIX
-        rest = msgid[len(institution):]
-    stamp = _nhsa_stamp(rest)
-    if stamp is not None:
-        flags |= _MSG_STAMP
-    fen = _centi(amount)
-    if fen is None:
-        flags |= _AMOUNT_F64
+    flags, rest, stamp, fen = _origin_flags(institution, admvs, msgid, amount)
+    if split:
+        flags |= _SPLIT
     psn_raw = None
     if psn is not None:
         psn_raw = _hex_bytes(psn, 8)
@@ -467,24 +455,7 @@ def _pack_sale(out: bytearray, sale: SaleRecord, base: int, interner: Interner) 
         centi_units = _centi(units)
         flags |= _UNITS_F64 if centi_units is None else _UNITS_CENTI
     _uvarint(out, flags)
-    _uvarint(out, interner.to_id(INST, institution))
-    if not flags & _ADMVS_OWN:
-        _uvarint(out, interner.to_id(ADMVS, admvs))
-    _put_text(out, bchno)
-    if base == moment:
-        out.append(0)
-    else:
-        _svarint(out, base - moment)
-    if stamp is None:
-        _put_text(out, rest)
-    else:
-        stamped, sequence, digits = stamp
-        _svarint(out, stamped - moment)
-        if digits == _NHSA_SEQUENCE_DIGITS:
-            _uvarint(out, sequence * 2)
-        else:
-            _uvarint(out, sequence * 2 + 1)
-            _uvarint(out, digits)
+    _put_origin(out, flags, institution, admvs, bchno, rest, stamp, moment, base, interner)
     if psn_raw is not None:
         out += psn_raw
     elif psn is not None:
