@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import Final
 
 from detectors import (
     duplicate_sale,
@@ -46,14 +47,26 @@ from detectors.model import (
 EMPTY = CodeState()
 
 
-class StepResult(NamedTuple):
+@dataclass(init=False, unsafe_hash=True)
+class StepResult:
     """What one step produced. ``state`` is None when nothing about the code is left."""
 
-    state: CodeState | None
-    alerts: Sequence[Alert] = ()
-    person_events: Sequence[PersonEvent] = ()
-    continuation: CodeEvent | None = None
-    duplicate: bool = False
+    state: Final[CodeState | None]
+    alerts: Final[Sequence[Alert]]
+    person_events: Final[Sequence[PersonEvent]]
+    continuation: Final[CodeEvent | None]
+    duplicate: Final[bool]
+
+    def __init__(
+        self, state: CodeState | None, alerts: Sequence[Alert] = (),
+        person_events: Sequence[PersonEvent] = (), continuation: CodeEvent | None = None,
+        duplicate: bool = False,
+    ) -> None:
+        self.state = state
+        self.alerts = alerts
+        self.person_events = person_events
+        self.continuation = continuation
+        self.duplicate = duplicate
 
 
 # Both fingerprints are cached: every code of a message has the same two.
@@ -95,10 +108,11 @@ def _sale_record(event: CodeEvent, units: float) -> SaleRecord:
 def _continue(event: CodeEvent, taken: float) -> CodeEvent | None:
     if not event.draw_rest:
         return None
-    return event._replace(
-        code=event.draw_rest[0],
-        units=max(0.0, event.units - taken),
-        draw_rest=event.draw_rest[1:],
+    return CodeEvent(
+        event.draw_rest[0], event.kind, event.infno, event.msgid, event.fixmedins_code,
+        event.mdtrtarea_admvs, event.bchno, event.time, event.med_list_codg, event.psn_hash,
+        event.split, max(0.0, event.units - taken), event.amount, event.returned_bchno,
+        event.draw_rest[1:], event.seq,
     )
 
 
@@ -135,9 +149,10 @@ def step(state: CodeState | None, event: CodeEvent, config: RuleConfig) -> StepR
         return result
     if new_state is not None:
         prints = (msg_print,) if event.kind is Kind.DELETE else (msg_print, record_print)
-        new_state = new_state._replace(
-            applied=_remember(new_state.applied, config.fingerprints_kept, *prints),
-            last_time=max(current.last_time, event.time),
+        new_state = CodeState(
+            new_state.sales, new_state.first_drug, new_state.first_drug_ref,
+            _remember(new_state.applied, config.fingerprints_kept, *prints),
+            new_state.flowback_seen, max(current.last_time, event.time),
         )
     return StepResult(
         new_state, result.alerts, result.person_events, result.continuation, result.duplicate
@@ -191,8 +206,9 @@ def _sale(state: CodeState, event: CodeEvent, config: RuleConfig) -> StepResult:
     if first_drug is None and event.med_list_codg:
         first_drug = event.med_list_codg
         first_ref = record_fingerprint(event.fixmedins_code, event.infno, event.bchno)
-    new_state = state._replace(
-        sales=(*state.sales, record), first_drug=first_drug, first_drug_ref=first_ref
+    new_state = CodeState(
+        (*state.sales, record), first_drug, first_ref, state.applied, state.flowback_seen,
+        state.last_time,
     )
     alerts += split_overdispense.detect(new_state, event, pack_units)
     person = _person_event(record, event.code, +1, event)
@@ -217,7 +233,7 @@ def _return(state: CodeState, event: CodeEvent, config: RuleConfig) -> StepResul
         sales = tuple(s for s in state.sales if s is not target)
         person = _person_event(target, event.code, -1, event)
         return StepResult(
-            state=state._replace(sales=sales),
+            state=state.with_sales(sales),
             alerts=alerts,
             person_events=[person] if person else [],
             continuation=_continue(event, 1.0),
@@ -234,7 +250,7 @@ def _return(state: CodeState, event: CodeEvent, config: RuleConfig) -> StepResul
         give_back = min(sale.units, remaining)
         remaining -= give_back
         left = sale.units - give_back
-        updated[id(sale)] = sale._replace(units=left) if left > 0 else None
+        updated[id(sale)] = sale.with_units(left) if left > 0 else None
     sales_list: list[SaleRecord] = []
     for sale in state.sales:
         if id(sale) in updated:
@@ -244,7 +260,7 @@ def _return(state: CodeState, event: CodeEvent, config: RuleConfig) -> StepResul
         else:
             sales_list.append(sale)
     return StepResult(
-        state=state._replace(sales=tuple(sales_list)),
+        state=state.with_sales(tuple(sales_list)),
         alerts=alerts,
         continuation=_continue(event, budget),
     )
@@ -256,7 +272,11 @@ def _stock(state: CodeState, event: CodeEvent, config: RuleConfig) -> StepResult
         return StepResult(state=state)
     latest = max(state.sales, key=lambda sale: sale.time)
     seen = (*state.flowback_seen, flowback.flowback_key(event, latest.msgid))
-    return StepResult(state=state._replace(flowback_seen=seen[-8:]), alerts=alerts)
+    return StepResult(
+        state=CodeState(state.sales, state.first_drug, state.first_drug_ref, state.applied,
+                        seen[-8:], state.last_time),
+        alerts=alerts,
+    )
 
 
 def _delete(state: CodeState, event: CodeEvent, config: RuleConfig) -> StepResult:
@@ -277,8 +297,8 @@ def _delete(state: CodeState, event: CodeEvent, config: RuleConfig) -> StepResul
             if earliest else None
         )
     persons = [p for s in gone if (p := _person_event(s, event.code, -1, event)) is not None]
-    new_state = state._replace(
-        sales=sales, applied=applied, first_drug=first_drug, first_drug_ref=first_ref
+    new_state = CodeState(
+        sales, first_drug, first_ref, applied, state.flowback_seen, state.last_time
     )
     return StepResult(state=new_state, person_events=persons)
 

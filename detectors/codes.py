@@ -20,7 +20,8 @@ from __future__ import annotations
 import enum
 import functools
 from collections.abc import Sequence
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import Final
 
 GS = "\x1d"
 MIN_LEN = 8
@@ -44,7 +45,8 @@ class CodeKind(enum.Enum):
     INVALID = "invalid"
 
 
-class NormalisedCode(NamedTuple):
+@dataclass(init=False, unsafe_hash=True)
+class NormalisedCode:
     """The outcome of normalising one raw code.
 
     ``code`` is the canonical identity for ledger codes, and the stripped raw string for
@@ -53,11 +55,21 @@ class NormalisedCode(NamedTuple):
     identifies one box and belongs in the ledger.
     """
 
-    kind: CodeKind
-    code: str
-    product_key: str | None = None
-    problem: str | None = None
-    trackable: bool = False
+    kind: Final[CodeKind]
+    code: Final[str]
+    product_key: Final[str | None]
+    problem: Final[str | None]
+    trackable: Final[bool]
+
+    def __init__(
+        self, kind: CodeKind, code: str, product_key: str | None = None,
+        problem: str | None = None, trackable: bool = False,
+    ) -> None:
+        self.kind = kind
+        self.code = code
+        self.product_key = product_key
+        self.problem = problem
+        self.trackable = trackable
 
 
 @functools.lru_cache(maxsize=4096)

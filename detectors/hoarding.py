@@ -21,7 +21,7 @@ alert names this one in its evidence (the chain from 套药 to 回流).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import NamedTuple
+from typing import Final
 
 from detectors.model import (
     DAY_SECONDS,
@@ -36,23 +36,43 @@ from detectors.model import (
 RULE = Rule.HOARDING
 
 
-class Purchase(NamedTuple):
+@dataclass(init=False, unsafe_hash=True)
+class Purchase:
     """One standing whole-box purchase counted for a person and drug."""
 
-    code: str
-    fixmedins_code: str
-    mdtrtarea_admvs: str
-    bchno: str
-    msgid: str
-    time: int
-    amount: float
+    code: Final[str]
+    fixmedins_code: Final[str]
+    mdtrtarea_admvs: Final[str]
+    bchno: Final[str]
+    msgid: Final[str]
+    time: Final[int]
+    amount: Final[float]
+
+    def __init__(
+        self, code: str, fixmedins_code: str, mdtrtarea_admvs: str, bchno: str, msgid: str,
+        time: int, amount: float,
+    ) -> None:
+        self.code = code
+        self.fixmedins_code = fixmedins_code
+        self.mdtrtarea_admvs = mdtrtarea_admvs
+        self.bchno = bchno
+        self.msgid = msgid
+        self.time = time
+        self.amount = amount
 
 
-class PersonState(NamedTuple):
+@dataclass(init=False, unsafe_hash=True)
+class PersonState:
     """A person's standing purchases of one drug inside the window, and the last alert."""
 
-    purchases: tuple[Purchase, ...] = ()
-    last_alert_time: int | None = None
+    purchases: Final[tuple[Purchase, ...]]
+    last_alert_time: Final[int | None]
+
+    def __init__(
+        self, purchases: tuple[Purchase, ...] = (), last_alert_time: int | None = None,
+    ) -> None:
+        self.purchases = purchases
+        self.last_alert_time = last_alert_time
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,17 +114,17 @@ def step(
     known = any((p.code, p.msgid) == identity for p in current.purchases)
     if event.delta < 0:
         kept = tuple(p for p in current.purchases if (p.code, p.msgid) != identity)
-        return _settle(current._replace(purchases=kept), event.time, window), []
+        return _settle(PersonState(kept, current.last_alert_time), event.time, window), []
     if known:
         return state, []
     purchases = tuple(sorted((*current.purchases, _purchase(event)), key=_order))
-    updated = current._replace(purchases=purchases)
+    updated = PersonState(purchases, current.last_alert_time)
     reached = _first_reached(purchases, window, thresholds, current.last_alert_time)
     if reached is None:
         return _settle(updated, event.time, window), []
     trigger, counted = reached
     alert = _alert(event, trigger, counted, thresholds)
-    return _settle(updated._replace(last_alert_time=trigger.time), event.time, window), [alert]
+    return _settle(PersonState(purchases, trigger.time), event.time, window), [alert]
 
 
 def _order(purchase: Purchase) -> tuple[int, str, str]:

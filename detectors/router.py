@@ -15,7 +15,8 @@ the other codes in ``draw_rest``: the units are drawn from the codes in order.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import Final
 
 from detectors import code_quality
 from detectors.codes import box_codes, normalise
@@ -25,7 +26,8 @@ from detectors.model import Alert, CodeEvent, Kind, Message, RuleConfig
 DELETE_SALE_TYPE = "4"
 
 
-class Routed(NamedTuple):
+@dataclass(init=False, unsafe_hash=True)
+class Routed:
     """The outcome of routing one message.
 
     ``sale_codes`` are the codes of a 3505 sale, to be remembered under (institution,
@@ -34,12 +36,24 @@ class Routed(NamedTuple):
     :func:`stock_event` only for those the ledger knows.
     """
 
-    events: Sequence[CodeEvent] = ()
-    alerts: Sequence[Alert] = ()
-    sale_codes: tuple[str, ...] = ()
-    stock_codes: tuple[str, ...] = ()
-    codes_listed: int = 0
-    codes_rejected: int = 0
+    events: Final[Sequence[CodeEvent]]
+    alerts: Final[Sequence[Alert]]
+    sale_codes: Final[tuple[str, ...]]
+    stock_codes: Final[tuple[str, ...]]
+    codes_listed: Final[int]
+    codes_rejected: Final[int]
+
+    def __init__(
+        self, events: Sequence[CodeEvent] = (), alerts: Sequence[Alert] = (),
+        sale_codes: tuple[str, ...] = (), stock_codes: tuple[str, ...] = (),
+        codes_listed: int = 0, codes_rejected: int = 0,
+    ) -> None:
+        self.events = events
+        self.alerts = alerts
+        self.sale_codes = sale_codes
+        self.stock_codes = stock_codes
+        self.codes_listed = codes_listed
+        self.codes_rejected = codes_rejected
 
 
 def route(
@@ -121,9 +135,9 @@ def _event(
     amount: float = 0.0,
     draw_rest: tuple[str, ...] = (),
 ) -> CodeEvent:
-    # Positional through _make: this runs once per listed code, the hottest line of routing.
-    return CodeEvent._make((
+    # Positional: this runs once per listed code, the hottest line of routing.
+    return CodeEvent(
         code, kind, message.infno, message.msgid, message.fixmedins_code,
         message.mdtrtarea_admvs, message.bchno, message.time, message.med_list_codg,
         message.psn_hash, message.split, units, amount, message.returned_bchno, draw_rest, seq,
-    ))
+    )

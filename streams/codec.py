@@ -440,7 +440,10 @@ def _sale_prints(sales: Sequence[SaleRecord]) -> list[str]:
 
 def _pack_sale(out: bytearray, sale: SaleRecord, base: int, interner: Interner) -> None:
     """A sale: flags, then :func:`_put_origin`'s fields, person, drug, units and amount."""
-    institution, admvs, bchno, msgid, moment, psn, drug, split, units, amount = sale
+    institution, admvs, bchno, msgid = (
+        sale.fixmedins_code, sale.mdtrtarea_admvs, sale.bchno, sale.msgid)
+    moment, psn, drug, split, units, amount = (
+        sale.time, sale.psn_hash, sale.med_list_codg, sale.split, sale.units, sale.amount)
     flags, rest, stamp, fen = _origin_flags(institution, admvs, msgid, amount)
     if split:
         flags |= _SPLIT

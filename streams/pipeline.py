@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import NamedTuple
+from typing import Final
 
 from detectors import hoarding
 from detectors.code_ledger import step as code_step
@@ -51,12 +51,18 @@ class RoutingCommit:
     sales: dict[str, tuple[str, ...] | None] = field(default_factory=dict)
 
 
-class Sighting(NamedTuple):
+@dataclass(init=False, unsafe_hash=True)
+class Sighting:
     """The boxes one count or stock-in listed, before any of them becomes an event (offline)."""
 
-    message: Message
-    seq: int
-    codes: tuple[str, ...]
+    message: Final[Message]
+    seq: Final[int]
+    codes: Final[tuple[str, ...]]
+
+    def __init__(self, message: Message, seq: int, codes: tuple[str, ...]) -> None:
+        self.message = message
+        self.seq = seq
+        self.codes = codes
 
 
 @dataclass(slots=True)

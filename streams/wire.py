@@ -11,33 +11,52 @@ A record holding one event as an object (the form before batching) is read too.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from dataclasses import asdict, dataclass
+from typing import Any, Final
 
 import orjson
 
 from detectors.model import CodeEvent, Kind, PersonEvent
 
-_KIND = CodeEvent._fields.index("kind")
-_DRAW_REST = CodeEvent._fields.index("draw_rest")
 #: A dict lookup is several times cheaper than calling the enum.
 _KINDS = {kind.value: kind for kind in Kind}
 
 
-class Batch(NamedTuple):
+@dataclass(init=False, unsafe_hash=True)
+class Batch:
     """The events of one internal record and when their oldest message arrived (ms)."""
 
-    arrived_ms: int
-    events: list[Any]
+    arrived_ms: Final[int]
+    events: Final[list[Any]]
+
+    def __init__(self, arrived_ms: int, events: list[Any]) -> None:
+        self.arrived_ms = arrived_ms
+        self.events = events
 
 
 def dump_event(event: CodeEvent | PersonEvent) -> bytes:
     """One internal event as a JSON object (tests and tools; the worker sends batches)."""
-    return orjson.dumps(event._asdict())
+    return orjson.dumps(asdict(event))
+
+
+def code_event_row(e: CodeEvent) -> tuple[Any, ...]:
+    """A code event's fields in declaration order (its array on the wire)."""
+    return (e.code, e.kind.value, e.infno, e.msgid, e.fixmedins_code, e.mdtrtarea_admvs,
+            e.bchno, e.time, e.med_list_codg, e.psn_hash, e.split, e.units, e.amount,
+            e.returned_bchno, e.draw_rest, e.seq)
+
+
+def person_event_row(e: PersonEvent) -> tuple[Any, ...]:
+    """A person event's fields in declaration order (its array on the wire)."""
+    return (e.psn_hash, e.med_list_codg, e.code, e.delta, e.fixmedins_code, e.mdtrtarea_admvs,
+            e.bchno, e.msgid, e.time, e.amount, e.trigger_msgid, e.seq)
 
 
 def dump_batch(events: Sequence[CodeEvent] | Sequence[PersonEvent], arrived_ms: int) -> bytes:
     """A batch of events as one record value."""
-    return orjson.dumps({"arrived": arrived_ms, "events": [tuple(e) for e in events]})
+    rows = [code_event_row(e) if isinstance(e, CodeEvent) else person_event_row(e)
+            for e in events]
+    return orjson.dumps({"arrived": arrived_ms, "events": rows})
 
 
 def _code_event(row: Any) -> CodeEvent:
@@ -45,16 +64,19 @@ def _code_event(row: Any) -> CodeEvent:
         row["kind"] = Kind(row["kind"])
         row["draw_rest"] = tuple(row.get("draw_rest") or ())
         return CodeEvent(**row)
-    row[_KIND] = _KINDS[row[_KIND]]
-    if row[_DRAW_REST]:
-        row[_DRAW_REST] = tuple(row[_DRAW_REST])
-    else:
-        row[_DRAW_REST] = ()
-    return CodeEvent._make(row)
+    draw_rest = row[14]
+    return CodeEvent(
+        row[0], _KINDS[row[1]], row[2], row[3], row[4], row[5], row[6], row[7], row[8],
+        row[9], row[10], row[11], row[12], row[13], tuple(draw_rest) if draw_rest else (),
+        row[15],
+    )
 
 
 def _person_event(row: Any) -> PersonEvent:
-    return PersonEvent(**row) if isinstance(row, dict) else PersonEvent._make(row)
+    if isinstance(row, dict):
+        return PersonEvent(**row)
+    return PersonEvent(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8],
+                       row[9], row[10], row[11])
 
 
 def load_code_batch(data: bytes) -> Batch:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -311,7 +312,7 @@ def test_typical_states_are_small() -> None:
              for serial in (1, 12_345, 99_999_999)]
     print("typical whole-box state:", sizes, "bytes")
     assert max(sizes) <= 31
-    sold_twice = typical_state(1)._replace(sales=typical_state(1).sales + typical_state(2).sales)
+    sold_twice = replace(typical_state(1), sales=typical_state(1).sales + typical_state(2).sales)
     assert len(pack_code_state(sold_twice, interner)) <= 64
 
 

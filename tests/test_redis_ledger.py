@@ -9,6 +9,7 @@ import random
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -80,14 +81,14 @@ def make(client: CountingRedis, prefix: str) -> Callable[..., RedisLedger]:
 C1, C2, C3, C4 = ("83857930123456780001", "83857930123456780002",
                   "(01)06901234567892(21)ABC123", "ENTERPRISE-CODE-0001")
 SMALL = typical_state(1)
-SOLD_TWICE = SMALL._replace(sales=SMALL.sales + typical_state(2).sales * 4)  # > 64 bytes
+SOLD_TWICE = replace(SMALL, sales=SMALL.sales + typical_state(2).sales * 4)  # > 64 bytes
 RK1, RK2, RK3 = (record_key("P51010400011", "3505", "S1"), record_key("P51010400011", "3506", "R1"),
                  record_key("H51010700002", "3505", "S9"))
 SK1, SK2, SK3 = (sale_key("P51010400011", "S1"), sale_key("H51010700002", "S9"),
                  sale_key("P50010300077", "S7001"))
 MANY_CODES = tuple(f"8385793{n:013d}" for n in range(12))
 PK1, PK2 = "0123456789abcdef\x1fXA10BAE054A001010101445", "fedcba9876543210\x1fX"
-PERSON = random_person_state(random.Random(1))._replace(last_alert_time=None)
+PERSON = replace(random_person_state(random.Random(1)), last_alert_time=None)
 PERSON_BIG = random_person_state(random.Random(2))
 LINK = HoardingLink("a" * 24, "P5101040001120261101091245", "P51010400011",
                     "2026-11-01 09:12:45")
@@ -324,7 +325,7 @@ def test_buckets_stay_listpack_and_long_values_overflow(
     ledger = make(buckets=2)
     states: dict[str, CodeState | None] = {
         f"8385793{n:013d}": typical_state(n) for n in range(300)}
-    states[C3] = SOLD_TWICE._replace(sales=SOLD_TWICE.sales * 10)
+    states[C3] = replace(SOLD_TWICE, sales=SOLD_TWICE.sales * 10)
     ledger.store_codes(states)
     for bucket in (0, 1):
         assert client.object("encoding", f"{prefix}:c:{bucket}") == b"listpack"
@@ -434,7 +435,7 @@ def test_scripts_lost_by_redis_are_loaded_again(redis_server: Callable[..., Any]
     client = redis.Redis.from_url(redis_server().url)
     ledger = RedisLedger(client, prefix="tw", buckets=16)
     ledger.store_codes({C1: SMALL})
-    elsewhere = SMALL._replace(sales=(SMALL.sales[0]._replace(fixmedins_code="P99999900001"),))
+    elsewhere = replace(SMALL, sales=(replace(SMALL.sales[0], fixmedins_code="P99999900001"),))
     client.script_flush()
     ledger.store_codes({C2: elsewhere})  # a new institution: the intern script runs too
     client.script_flush()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 
 import pytest
 import redis
@@ -21,12 +22,12 @@ from tests.test_codec import typical_state
 pytestmark = pytest.mark.integration
 
 NOW = parse_time("2026-11-23 12:00:00", "now")
-BIG = typical_state(1)._replace(sales=typical_state(1).sales * 6)  # longer than 40 bytes
+BIG = replace(typical_state(1), sales=typical_state(1).sales * 6)  # longer than 40 bytes
 
 
 def aged(days: float, state: CodeState | None = None) -> CodeState:
     """A code state whose last event was ``days`` before NOW."""
-    return (state or typical_state(1))._replace(last_time=NOW - int(days * DAY_SECONDS))
+    return replace(state or typical_state(1), last_time=NOW - int(days * DAY_SECONDS))
 
 
 def person(days: float) -> PersonState:
@@ -35,7 +36,7 @@ def person(days: float) -> PersonState:
     sale = typical_state(2).sales[0]
     purchase = Purchase("83857930000000000001", sale.fixmedins_code, sale.mdtrtarea_admvs,
                         sale.bchno, sale.msgid, moment, 12.5)
-    return PersonState(purchases=(purchase, purchase._replace(time=moment - DAY_SECONDS)))
+    return PersonState(purchases=(purchase, replace(purchase, time=moment - DAY_SECONDS)))
 
 
 @pytest.fixture
@@ -72,7 +73,7 @@ FRESH = {code(1): aged(0), code(2): aged(100), code(3): aged(101), code(4): aged
          "ENTERPRISE-CODE-0001": aged(50)}
 STALE = {code(11): aged(101.01), code(12): aged(102), code(13): aged(3000),
          code(14): aged(400, BIG), "(01)06901234567892(21)ABC123": aged(200),
-         code(15): typical_state(1)._replace(last_time=1_000_000_000)}  # before 2020: varint
+         code(15): replace(typical_state(1), last_time=1_000_000_000)}  # before 2020: varint
 
 
 def test_stale_codes_go_fresh_codes_stay(
@@ -146,7 +147,7 @@ def test_stale_person_states_go(make: Callable[..., RedisLedger]) -> None:
     ledger = make()
     fresh = {"psn-a\x1fX1": person(0), "psn-b\x1fX1": person(41)}
     stale = {"psn-c\x1fX1": person(41.5), "psn-d\x1fX1": person(365),
-             "psn-e\x1fX1": person(900)._replace(last_alert_time=NOW - 900 * DAY_SECONDS)}
+             "psn-e\x1fX1": replace(person(900), last_alert_time=NOW - 900 * DAY_SECONDS)}
     ledger.store_persons({**fresh, **stale})
 
     result = ledger.sweep(NOW)
@@ -158,7 +159,7 @@ def test_stale_person_states_go(make: Callable[..., RedisLedger]) -> None:
 
 def test_a_recent_alert_keeps_a_person_state(make: Callable[..., RedisLedger]) -> None:
     ledger = make()
-    state = person(300)._replace(last_alert_time=NOW - 5 * DAY_SECONDS)
+    state = replace(person(300), last_alert_time=NOW - 5 * DAY_SECONDS)
     ledger.store_persons({"psn\x1fX1": state})
     assert ledger.sweep(NOW).persons.removed == 0
     assert ledger.load_persons({"psn\x1fX1"}) == {"psn\x1fX1": state}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, cast
 
 import pytest
@@ -91,8 +92,8 @@ def test_wire_batches_round_trip_and_old_single_events_still_read() -> None:
                      1_700_000_000, "XA01", "p" * 16, True, 0.5, 12.0, None, ("c2", "c3"), 7)
     person = PersonEvent("p" * 16, "XA01", code.code, 1, "H1", "510104", "B1", "M1",
                          1_700_000_000, 12.0, "M1", 7)
-    batch = load_code_batch(dump_batch([code, code._replace(code="c2")], 1234))
-    assert batch.arrived_ms == 1234 and batch.events == [code, code._replace(code="c2")]
+    batch = load_code_batch(dump_batch([code, replace(code, code="c2")], 1234))
+    assert batch.arrived_ms == 1234 and batch.events == [code, replace(code, code="c2")]
     assert load_person_batch(dump_batch([person], 99)).events == [person]
     assert load_code_batch(dump_event(code)).events == [code]
     assert load_person_batch(dump_event(person)).events == [person]
