@@ -11,7 +11,6 @@ import calendar
 import datetime
 import functools
 import hashlib
-import hmac
 from typing import Any
 
 from detectors.model import Message
@@ -56,13 +55,36 @@ def parse_time(text: object, field: str) -> int:
     raise BadInput(f"{field} is not a time of the form YYYY-MM-DD HH:MM:SS: {text!r}")
 
 
+_SHA256_BLOCK = 64
+
+
 @functools.lru_cache(maxsize=1 << 16)
 def hash_person(psn_no: str, key: bytes) -> str:
     """Keyed hash of an insured person's number: 16 hex digits, stable for one key.
 
-    Cached: the same people buy again and again.
+    HMAC-SHA256 (RFC 2104). Cached: the same people buy again and again.
     """
-    return hmac.new(key, psn_no.encode(), hashlib.sha256).hexdigest()[:16]
+    inner, outer = _hmac_pads(key)
+    digest = inner.copy()
+    digest.update(psn_no.encode())
+    result = outer.copy()
+    result.update(digest.digest())
+    text: str = result.hexdigest()
+    return text[:16]
+
+
+@functools.lru_cache(maxsize=8)
+def _hmac_pads(key: bytes) -> tuple[Any, Any]:
+    """SHA-256 states that have absorbed HMAC's inner and outer key pads.
+
+    Copying them per person is twice as fast as ``hmac.new``, which derives the pads anew.
+    """
+    if len(key) > _SHA256_BLOCK:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(_SHA256_BLOCK, b"\0")
+    inner = hashlib.sha256(bytes(byte ^ 0x36 for byte in key))
+    outer = hashlib.sha256(bytes(byte ^ 0x5C for byte in key))
+    return inner, outer
 
 
 def _text(obj: dict[str, Any], name: str, where: str, required: bool = True) -> str | None:

@@ -6,10 +6,13 @@ Each case is a short story of NHSA messages and the exact alerts it must raise, 
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from typing import Any
 
 import pytest
 
+from detectors.messages import hash_person
 from detectors.model import CatalogEntry, RuleConfig
 from tests.factory import (
     AMOXICILLIN,
@@ -313,6 +316,14 @@ def test_duplicate_sale_evidence_names_the_earlier_sale() -> None:
                  "fixmedins_code", "mdtrtarea_admvs", "trigger_msgid", "event_time",
                  "evidence", "amount", "reason", "detected_at"):
         assert name in body
+
+
+@pytest.mark.parametrize("key", [b"", b"k", b"a-deployment-secret", bytes(range(64)),
+                                 b"x" * 65, bytes(range(200))])
+def test_person_hash_is_hmac_sha256_cut_to_16_hex(key: bytes) -> None:
+    for psn_no in ("PSN1", "510104199001011234", "患者"):
+        expected = hmac.new(key, psn_no.encode(), hashlib.sha256).hexdigest()[:16]
+        assert hash_person(psn_no, key) == expected
 
 
 def test_amount_is_shared_evenly_among_the_codes() -> None:
