@@ -39,10 +39,21 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     if not path.is_file():
         print(f"tracewatch check: no such log file: {path}", file=sys.stderr)
         return 2
+    from tqdm import tqdm
+
     config = rule_config(settings)
     exit_fast: bool = args.exit_fast
-    stats = run_check(path, config, settings.psn_key_bytes, sys.stdout.buffer,
-                      keep_ledger=exit_fast)
+    # Only on a terminal: a bar in a redirected stderr would bury the bad-line reports.
+    bar = tqdm(total=path.stat().st_size, unit="B", unit_scale=True, file=sys.stderr,
+               desc="check", mininterval=0.5, leave=False,
+               disable=args.no_progress or not sys.stderr.isatty())
+
+    def progress(done: int) -> None:
+        bar.update(done - bar.n)
+
+    with bar:
+        stats = run_check(path, config, settings.psn_key_bytes, sys.stdout.buffer,
+                          keep_ledger=exit_fast, progress=progress)
     sys.stdout.flush()
     summary = ", ".join(f"{rule} {count}" for rule, count in sorted(stats.alerts.items()))
     print(
@@ -271,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("log", type=Path, help="event log, one JSON message per line")
     check.add_argument("--catalog", type=Path, help="catalog CSV (default: TRACEWATCH_CATALOG)")
     check.add_argument("--hoarding-overrides", type=Path, help="per-drug HOARDING thresholds CSV")
+    check.add_argument("--no-progress", action="store_true",
+                       help="no progress bar (there is none when stderr is not a terminal)")
 
     worker = add("worker", cmd_worker, "run the Kafka worker (faust): events in, alerts out")
     worker.add_argument("--catalog", type=Path, help="catalog CSV (default: TRACEWATCH_CATALOG)")

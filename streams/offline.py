@@ -6,7 +6,7 @@ import gc
 import os
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -50,12 +50,25 @@ class CheckStats:
     alerts: Counter[str] = field(default_factory=Counter)
 
 
+#: Lines between two calls of ``read_log``'s progress callback.
+PROGRESS_LINES = 5000
+
+
 def read_log(
-    path: Path, psn_key: bytes, bad: list[BadLine] | None = None
+    path: Path,
+    psn_key: bytes,
+    bad: list[BadLine] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> Iterator[tuple[int, Message]]:
-    """(line number, message) for each valid line; bad lines are appended to ``bad``."""
+    """(line number, message) for each valid line; bad lines are appended to ``bad``.
+
+    ``progress``, if given, is called with the bytes read so far every
+    :data:`PROGRESS_LINES` lines and at the end.
+    """
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
+            if progress is not None and number % PROGRESS_LINES == 0:
+                progress(handle.tell())
             if not raw.strip():
                 continue
             try:
@@ -66,6 +79,8 @@ def read_log(
             except BadInput as error:
                 if bad is not None:
                     bad.append(BadLine(number, error.reason))
+        if progress is not None:
+            progress(handle.tell())
 
 
 _KEPT: list[object] = []
@@ -112,8 +127,11 @@ def run_check(
     err: IO[str] | None = None,
     batch: int = 2000,
     keep_ledger: bool = False,
+    progress: Callable[[int], None] | None = None,
 ) -> CheckStats:
     """Run every rule over the log at ``path``; write alerts to ``out`` as JSON lines.
+
+    ``progress`` is called with the bytes of the log read so far (see :func:`read_log`).
 
     With ``keep_ledger`` the in-memory ledger is not freed on return but kept until the
     process ends, for a command that exits right after (:func:`exit_now`): freeing the
@@ -139,7 +157,7 @@ def run_check(
         bad.clear()
 
     with cyclic_gc_paused():
-        for item in read_log(path, psn_key, bad):
+        for item in read_log(path, psn_key, bad, progress):
             stats.messages += 1
             pending.append(item)
             if len(pending) >= batch:

@@ -7,6 +7,7 @@ same alerts, in the same order, over every replayed log and a small simulated mo
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 from detectors.messages import BadInput, parse
 from detectors.model import Alert, Message, RuleConfig
 from streams.ledger import Ledger, MemoryLedger
+from streams.offline import PROGRESS_LINES, run_check
 from streams.pipeline import Pipeline, _link_earlier
 from streams.reference import load_catalog
 from streams.simulate import simulate
@@ -113,3 +115,13 @@ def test_a_bad_code_list_is_named(entries: object, reason: str) -> None:
 def test_a_good_code_list_is_kept_in_order() -> None:
     codes = [factory.code(n) for n in (3, 1, 2, 1)]
     assert parse(factory.sale(codes), PSN_KEY).raw_codes == tuple(codes)
+
+
+def test_check_reports_progress_up_to_the_whole_file(month: Path) -> None:
+    log = month / "messages.jsonl"
+    seen: list[int] = []
+    stats = run_check(log, RuleConfig(catalog=load_catalog(month / "catalog.csv")), PSN_KEY,
+                      io.BytesIO(), io.StringIO(), progress=seen.append)
+    assert len(seen) >= stats.messages // PROGRESS_LINES
+    assert seen == sorted(seen) and seen[0] > 0
+    assert seen[-1] == log.stat().st_size
