@@ -127,3 +127,21 @@ def test_the_worker_sweeps_by_the_latest_business_time_it_applied() -> None:
     worker.latest_time = 1_700_000_000
     asyncio.run(worker._sweep())
     assert ledger.swept == [1_700_000_000]
+
+
+def test_the_faust_worker_logs_at_the_level_asked_not_debug() -> None:
+    import logging
+
+    from streams.settings import load_settings
+    from streams.worker import Worker, faust_worker_for
+
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    try:
+        app = Worker(load_settings({}), ledger=None).app
+        faust_worker_for(app, "warning")._setup_logging()
+        assert root.level == logging.WARNING
+        assert not logging.getLogger("aiokafka.consumer.fetcher").isEnabledFor(logging.DEBUG)
+    finally:
+        root.setLevel(level)
+        root.handlers[:] = handlers
