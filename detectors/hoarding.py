@@ -179,15 +179,21 @@ def _settle(state: PersonState, now: int, window: int) -> PersonState | None:
     return PersonState(purchases, alert_time)
 
 
+def _span_text(seconds: int) -> str:
+    """How long the counted purchases took, rounded up: "5 小时" under a day, else "3 天"."""
+    if seconds < DAY_SECONDS:
+        return f"{max(1, -(-seconds // 3600))} 小时"
+    return f"{-(-seconds // DAY_SECONDS)} 天"
+
+
 def _alert(
     event: PersonEvent, trigger: Purchase, counted: list[Purchase],
     thresholds: HoardingThresholds,
 ) -> Alert:
     institutions = len({p.fixmedins_code for p in counted})
-    first, last = counted[0].time, counted[-1].time
-    days = (last - first) / DAY_SECONDS
     reason = (
-        f"参保人 {event.psn_hash} 在 {days:.0f} 天内于 {institutions} 家机构购买 "
+        f"参保人 {event.psn_hash} 在 {_span_text(counted[-1].time - counted[0].time)}内于 "
+        f"{institutions} 家机构购买 "
         f"{event.med_list_codg} 共 {len(counted)} 盒且均未退货，达到囤药阈值"
         f"（{thresholds.window_days} 天内 {thresholds.min_institutions} 家机构 "
         f"{thresholds.min_boxes} 盒）"

@@ -76,6 +76,16 @@ def test_second_alert_after_the_window() -> None:
     assert [s[3] for s in hoarding(run(story))] == ["h9", "y9"]
 
 
+@pytest.mark.parametrize(("step_days", "span"), [
+    (0.0, "在 7 小时内于 3 家机构"),  # all on 1 November, 10:00 to 17:00
+    (1.0, "在 10 天内于 3 家机构"),  # 1 November 10:00 to 10 November 11:00, rounded up
+    (2.5, "在 23 天内于 3 家机构"),
+])
+def test_reason_says_how_long_the_purchases_took(step_days: float, span: str) -> None:
+    (alert,) = [a for a in run(buys(10, 3, step_days=step_days)) if str(a.rule) == "HOARDING"]
+    assert span in alert.reason
+
+
 def test_alert_names_the_person_by_hash_and_lists_the_sales() -> None:
     alerts = [a for a in run(buys(10, 3)) if str(a.rule) == "HOARDING"]
     (alert,) = alerts
