@@ -221,7 +221,7 @@ class Pipeline:
         states: dict[str, CodeState | None]
         if memory is not None:
             # The in-memory table is the batch's working set: nothing to copy in or out
-            # (a tenth of check's time on a million messages). Steps that leave nothing
+            # (the copies were ~9 % of check's time by profile). Steps that leave nothing
             # write None, removed below.
             states = cast(dict[str, CodeState | None], memory.codes)
         else:
