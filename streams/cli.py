@@ -39,21 +39,23 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     if not path.is_file():
         print(f"tracewatch check: no such log file: {path}", file=sys.stderr)
         return 2
-    from tqdm import tqdm
-
     config = rule_config(settings)
     exit_fast: bool = args.exit_fast
     # Only on a terminal: a bar in a redirected stderr would bury the bad-line reports.
-    bar = tqdm(total=path.stat().st_size, unit="B", unit_scale=True, file=sys.stderr,
-               desc="check", mininterval=0.5, leave=False,
-               disable=args.no_progress or not sys.stderr.isatty())
-
-    def progress(done: int) -> None:
-        bar.update(done - bar.n)
-
-    with bar:
+    if args.no_progress or not sys.stderr.isatty():
         stats = run_check(path, config, settings.psn_key_bytes, sys.stdout.buffer,
-                          keep_ledger=exit_fast, progress=progress)
+                          keep_ledger=exit_fast)
+    else:
+        from tqdm import tqdm
+
+        with tqdm(total=path.stat().st_size, unit="B", unit_scale=True, file=sys.stderr,
+                  desc="check", mininterval=0.5, leave=False) as bar:
+
+            def progress(done: int) -> None:
+                bar.update(done - bar.n)
+
+            stats = run_check(path, config, settings.psn_key_bytes, sys.stdout.buffer,
+                              keep_ledger=exit_fast, progress=progress)
     sys.stdout.flush()
     summary = ", ".join(f"{rule} {count}" for rule, count in sorted(stats.alerts.items()))
     print(
