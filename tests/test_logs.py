@@ -85,3 +85,36 @@ def test_console_script_runs() -> None:
         capture_output=True, text=True, check=True, timeout=60,
     )
     assert done.stdout.count("INVALID_CODE") == 2
+
+
+def run_on_a_terminal(*args: str) -> str:
+    """What ``tracewatch`` writes to a terminal (a pseudo-terminal 120 columns wide)."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: stdout and stderr are the terminal
+        fcntl.ioctl(1, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+        os.execv(sys.executable, [sys.executable, "-m", "streams.cli", *args])
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.waitpid(pid, 0)
+    return b"".join(chunks).decode(errors="replace")
+
+
+@pytest.mark.parametrize(("flags", "bar"), [((), True), (("--no-progress",), False)])
+def test_check_shows_a_progress_bar_on_a_terminal(flags: tuple[str, ...], bar: bool) -> None:
+    shown = run_on_a_terminal("check", str(DATA / "DUPLICATE_SALE/cross_city_clone.jsonl"),
+                              *flags)
+    assert ("check:" in shown and "B/s" in shown) is bar
+    assert "tracewatch check: " in shown
