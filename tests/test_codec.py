@@ -365,3 +365,42 @@ def test_neighbouring_serials_spread_over_buckets() -> None:
     for serial in range(100_000):
         counts[code_slot(f"8385793{serial:013d}", bits)[0]] += 1
     assert max(counts) <= 2 * 100_000 // (1 << bits)
+
+
+def _stamp_by_datetime(rest: str) -> tuple[int, int, int] | None:
+    """What ``_nhsa_stamp`` must give, the slow and obvious way."""
+    import calendar as cal
+    from datetime import datetime
+
+    if not 14 <= len(rest) <= 33 or not (rest.isascii() and rest.isdigit()):
+        return None
+    try:
+        moment = datetime.strptime(rest[:14], "%Y%m%d%H%M%S")
+    except ValueError:
+        return None
+    if moment.year < 1971 or moment.second > 59:
+        return None
+    tail = rest[14:]
+    return cal.timegm(moment.timetuple()), int(tail) if tail else 0, len(tail)
+
+
+@pytest.mark.parametrize("rest", [
+    "2026110112000000001", "20261101120000", "20240229235959" + "9" * 19, "20250229120000",
+    "20261301120000", "20261100120000", "20261101240000", "19700101000000", "1971010100000",
+    "２0261101120000", "2026110112000x", "2026110112000000001" + "0" * 15,
+])
+def test_nhsa_stamp_reads_time_and_sequence(rest: str) -> None:
+    from streams.codec import _nhsa_stamp
+
+    assert _nhsa_stamp(rest) == _stamp_by_datetime(rest)
+
+
+def test_nhsa_stamp_matches_datetime_on_random_times() -> None:
+    from streams.codec import _nhsa_stamp
+
+    rng = random.Random(3)
+    for _ in range(2000):
+        rest = f"{rng.randint(1960, 2100)}{rng.randint(0, 13):02d}{rng.randint(0, 32):02d}" \
+               f"{rng.randint(0, 25):02d}{rng.randint(0, 61):02d}{rng.randint(0, 61):02d}" \
+               f"{rng.randint(0, 10**rng.randint(0, 19)):0{rng.randint(0, 19)}d}"
+        assert _nhsa_stamp(rest) == _stamp_by_datetime(rest), rest
