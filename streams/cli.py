@@ -33,7 +33,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     """Rules over a log file, alerts on stdout."""
-    from streams.offline import exit_now, run_check
+    from streams.offline import CheckFailed, default_jobs, exit_now, run_check
 
     path: Path = args.log
     if not path.is_file():
@@ -41,21 +41,27 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     config = rule_config(settings)
     exit_fast: bool = args.exit_fast
-    # Only on a terminal: a bar in a redirected stderr would bury the bad-line reports.
-    if args.no_progress or not sys.stderr.isatty():
-        stats = run_check(path, config, settings.psn_key_bytes, sys.stdout.buffer,
-                          keep_ledger=exit_fast)
-    else:
-        from tqdm import tqdm
-
-        with tqdm(total=path.stat().st_size, unit="B", unit_scale=True, file=sys.stderr,
-                  desc="check", mininterval=0.5, leave=False) as bar:
-
-            def progress(done: int) -> None:
-                bar.update(done - bar.n)
-
+    jobs: int = args.jobs or default_jobs()
+    try:
+        # Only on a terminal: a bar in a redirected stderr would bury the bad-line reports.
+        if args.no_progress or not sys.stderr.isatty():
             stats = run_check(path, config, settings.psn_key_bytes, sys.stdout.buffer,
-                              keep_ledger=exit_fast, progress=progress)
+                              keep_ledger=exit_fast, jobs=jobs)
+        else:
+            from tqdm import tqdm
+
+            with tqdm(total=path.stat().st_size, unit="B", unit_scale=True, file=sys.stderr,
+                      desc="check", mininterval=0.5, leave=False) as bar:
+
+                def progress(done: int) -> None:
+                    bar.update(done - bar.n)
+
+                stats = run_check(path, config, settings.psn_key_bytes, sys.stdout.buffer,
+                                  keep_ledger=exit_fast, progress=progress, jobs=jobs)
+    except CheckFailed as error:
+        sys.stdout.flush()
+        print(f"tracewatch check: {error}", file=sys.stderr)
+        return 1
     sys.stdout.flush()
     summary = ", ".join(f"{rule} {count}" for rule, count in sorted(stats.alerts.items()))
     print(
@@ -286,6 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--hoarding-overrides", type=Path, help="per-drug HOARDING thresholds CSV")
     check.add_argument("--no-progress", action="store_true",
                        help="no progress bar (there is none when stderr is not a terminal)")
+    check.add_argument(
+        "--jobs", type=int, choices=(1, 2), default=None,
+        help="2: a second process reads and validates the log while this one applies the "
+             "rules (same output); default 2 where two cores are free, else 1",
+    )
 
     worker = add("worker", cmd_worker, "run the Kafka worker (faust): events in, alerts out")
     worker.add_argument("--catalog", type=Path, help="catalog CSV (default: TRACEWATCH_CATALOG)")

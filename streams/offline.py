@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import gc
+import multiprocessing
 import os
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import IO
 
@@ -17,6 +19,7 @@ import orjson
 
 from detectors.messages import BadInput, parse
 from detectors.model import Alert, Message, RuleConfig
+from streams.handoff import pack_batch, unpack_batch
 from streams.ledger import MemoryLedger
 from streams.pipeline import Pipeline
 
@@ -51,7 +54,7 @@ class CheckStats:
 
 
 #: Lines between two calls of ``read_log``'s progress callback.
-PROGRESS_LINES = 5000
+PROGRESS_LINES = 1000
 
 
 def read_log(
@@ -119,6 +122,18 @@ def cyclic_gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+class CheckFailed(Exception):
+    """The reading process of ``check --jobs 2`` failed; the message says why."""
+
+
+def default_jobs() -> int:
+    """2 where this process may use two cores and can fork, else 1."""
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return 2 if (cores or 1) >= 2 else 1
+
+
 def run_check(
     path: Path,
     config: RuleConfig,
@@ -128,10 +143,13 @@ def run_check(
     batch: int = 2000,
     keep_ledger: bool = False,
     progress: Callable[[int], None] | None = None,
+    jobs: int = 1,
 ) -> CheckStats:
     """Run every rule over the log at ``path``; write alerts to ``out`` as JSON lines.
 
-    ``progress`` is called with the bytes of the log read so far (see :func:`read_log`).
+    With ``jobs=2`` a forked process reads, decodes and validates the log while this one
+    applies the rules (:func:`_forked_batches`); the output is the same either way.
+    ``progress`` is called after each batch with the bytes of the log read so far.
 
     With ``keep_ledger`` the in-memory ledger is not freed on return but kept until the
     process ends, for a command that exits right after (:func:`exit_now`): freeing the
@@ -143,24 +161,96 @@ def run_check(
     if keep_ledger:
         _KEPT.append(pipeline)
     stats = CheckStats()
+    batches = (_forked_batches(path, psn_key, batch, errors) if jobs > 1
+               else _batches(path, psn_key, batch))
+    with cyclic_gc_paused():
+        for messages, bad, read_bytes in batches:
+            stats.messages += len(messages)
+            for alert in pipeline.process(messages):
+                stats.alerts[str(alert.rule)] += 1
+                out.write(alert_json(alert) + b"\n")
+            for line, reason in bad:
+                errors.write(f"{path}:{line}: skipped bad line: {reason}\n")
+            stats.bad += len(bad)
+            if progress is not None:
+                progress(read_bytes)
+    return stats
+
+
+Batch = tuple[list[tuple[int, Message]], list[tuple[int, str]], int]
+
+
+def _batches(path: Path, psn_key: bytes, batch: int) -> Iterator[Batch]:
+    """The log as batches: ``batch`` valid messages, the bad lines among them, bytes read."""
     bad: list[BadLine] = []
     pending: list[tuple[int, Message]] = []
+    read_bytes = [0]
 
-    def flush() -> None:
-        for alert in pipeline.process(pending):
-            stats.alerts[str(alert.rule)] += 1
-            out.write(alert_json(alert) + b"\n")
-        pending.clear()
-        for item in bad:
-            errors.write(f"{path}:{item.line}: skipped bad line: {item.reason}\n")
-        stats.bad += len(bad)
-        bad.clear()
+    def note(done: int) -> None:
+        read_bytes[0] = done
 
-    with cyclic_gc_paused():
-        for item in read_log(path, psn_key, bad, progress):
-            stats.messages += 1
-            pending.append(item)
-            if len(pending) >= batch:
-                flush()
-        flush()
-    return stats
+    for item in read_log(path, psn_key, bad, note):
+        pending.append(item)
+        if len(pending) >= batch:
+            yield list(pending), [(b.line, b.reason) for b in bad], read_bytes[0]
+            pending.clear()
+            bad.clear()
+    yield list(pending), [(b.line, b.reason) for b in bad], read_bytes[0]
+
+
+def _send_batches(path: Path, psn_key: bytes, batch: int, conn: Connection) -> None:
+    """The reading process of :func:`_forked_batches`: each batch, then an empty record.
+
+    A failure is sent as ``b"!"`` and what went wrong, for the other process to report.
+    """
+    try:
+        with cyclic_gc_paused():
+            for messages, bad, read_bytes in _batches(path, psn_key, batch):
+                conn.send_bytes(pack_batch(messages, bad, read_bytes))
+        conn.send_bytes(b"")
+    except BaseException as error:
+        # Reported by the applying process; a traceback here would interleave with its output.
+        with suppress(OSError):
+            conn.send_bytes(b"!" + f"{type(error).__name__}: {error}".encode())
+        sys.exit(1)
+    finally:
+        conn.close()
+
+
+def _forked_batches(path: Path, psn_key: bytes, batch: int, errors: IO[str]) -> Iterator[Batch]:
+    """:func:`_batches`, read, decoded and validated by a forked process.
+
+    Batches cross in order through a pipe, whose buffer bounds how far the reader runs ahead.
+    Closing this generator (an error here, Ctrl-C) stops the reader.
+    """
+    # The child inherits unflushed buffers and would flush them a second time as it ends.
+    errors.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    context = multiprocessing.get_context("fork")
+    receiving, sending = context.Pipe(duplex=False)
+    reader = context.Process(target=_send_batches, args=(path, psn_key, batch, sending),
+                             name="tracewatch-check-reader", daemon=True)
+    reader.start()
+    sending.close()
+    try:
+        while True:
+            try:
+                data = receiving.recv_bytes()
+            except EOFError:
+                reader.join()
+                raise CheckFailed(
+                    f"the process reading {path} ended without finishing (exit code "
+                    f"{reader.exitcode}); run with --jobs 1 to read it in this process"
+                ) from None
+            if not data:
+                break
+            if data[:1] == b"!":
+                raise CheckFailed(f"reading {path} failed: {data[1:].decode()}")
+            yield unpack_batch(data)
+        reader.join()
+    finally:
+        receiving.close()
+        if reader.is_alive():
+            reader.kill()
+            reader.join()

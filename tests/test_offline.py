@@ -17,7 +17,7 @@ import pytest
 from detectors.messages import BadInput, parse
 from detectors.model import Alert, Message, RuleConfig
 from streams.ledger import Ledger, MemoryLedger
-from streams.offline import PROGRESS_LINES, run_check
+from streams.offline import CheckFailed, run_check
 from streams.pipeline import Pipeline, _link_earlier
 from streams.reference import load_catalog
 from streams.simulate import simulate
@@ -117,11 +117,38 @@ def test_a_good_code_list_is_kept_in_order() -> None:
     assert parse(factory.sale(codes), PSN_KEY).raw_codes == tuple(codes)
 
 
-def test_check_reports_progress_up_to_the_whole_file(month: Path) -> None:
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_check_reports_progress_up_to_the_whole_file(month: Path, jobs: int) -> None:
     log = month / "messages.jsonl"
     seen: list[int] = []
     stats = run_check(log, RuleConfig(catalog=load_catalog(month / "catalog.csv")), PSN_KEY,
-                      io.BytesIO(), io.StringIO(), progress=seen.append)
-    assert len(seen) >= stats.messages // PROGRESS_LINES
+                      io.BytesIO(), io.StringIO(), progress=seen.append, jobs=jobs)
+    assert len(seen) >= stats.messages // 2000
     assert seen == sorted(seen) and seen[0] > 0
     assert seen[-1] == log.stat().st_size
+
+
+def test_two_processes_write_what_one_writes(month: Path, tmp_path: Path) -> None:
+    log = tmp_path / "with_bad_lines.jsonl"
+    lines = (month / "messages.jsonl").read_bytes().splitlines(keepends=True)
+    lines[5:5] = [b"{not json\n", b"\n", b'{"infno": "3505"}\n']
+    lines.insert(len(lines) // 2, b"[1, 2]\n")
+    log.write_bytes(b"".join(lines))
+    config = RuleConfig(catalog=load_catalog(month / "catalog.csv"))
+    runs = []
+    for jobs in (1, 2):
+        out, err = io.BytesIO(), io.StringIO()
+        stats = run_check(log, config, PSN_KEY, out, err, batch=500, jobs=jobs)
+        alerts = [orjson.loads(line) for line in out.getvalue().splitlines()]
+        for alert in alerts:
+            del alert["detected_at"]
+        runs.append((alerts, err.getvalue(), stats))
+    (one, one_err, one_stats), (two, two_err, two_stats) = runs
+    assert len(one) > 10 and one == two
+    assert one_err.count("skipped bad line") == 3 and one_err == two_err
+    assert one_stats == two_stats and one_stats.bad == 3
+
+
+def test_two_processes_report_a_log_that_cannot_be_read(tmp_path: Path) -> None:
+    with pytest.raises(CheckFailed, match="IsADirectoryError"):
+        run_check(tmp_path, RuleConfig(), PSN_KEY, io.BytesIO(), io.StringIO(), jobs=2)
