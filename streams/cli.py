@@ -7,6 +7,7 @@ Heavy imports (faust, kafka-python, redis) happen inside the subcommands that ne
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -50,6 +51,9 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
         else:
             from tqdm import tqdm
 
+            # No monitor thread: --jobs 2 forks, and a fork must not copy a thread that
+            # might hold stderr's lock.
+            tqdm.monitor_interval = 0
             with tqdm(total=path.stat().st_size, unit="B", unit_scale=True, file=sys.stderr,
                       desc="check", mininterval=0.5, leave=False) as bar:
 
@@ -383,6 +387,12 @@ def main(argv: Sequence[str] | None = None, exit_fast: bool = False) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`tracewatch check … | head`): stop quietly, as Unix tools do.
+        # stdout is pointed at /dev/null so the flush at exit does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 def run() -> None:

@@ -118,3 +118,15 @@ def test_check_shows_a_progress_bar_on_a_terminal(flags: tuple[str, ...], bar: b
                               *flags)
     assert ("check:" in shown and "B/s" in shown) is bar
     assert "tracewatch check: " in shown
+
+
+def test_check_stops_quietly_when_its_reader_goes_away() -> None:
+    reader_gone = subprocess.Popen(
+        [sys.executable, "-m", "streams.cli", "check", str(DATA / "INVALID_CODE/bad_codes.jsonl")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    assert reader_gone.stdout is not None and reader_gone.stderr is not None
+    reader_gone.stdout.close()  # like `| head` that has read enough
+    err = reader_gone.stderr.read().decode()
+    assert reader_gone.wait(timeout=60) == 141
+    assert "Traceback" not in err
