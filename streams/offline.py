@@ -7,7 +7,7 @@ import multiprocessing
 import os
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -163,24 +163,28 @@ def run_check(
     stats = CheckStats()
     batches = (_forked_batches(path, psn_key, batch, errors) if jobs > 1
                else _batches(path, psn_key, batch))
-    with cyclic_gc_paused():
-        for messages, bad, read_bytes in batches:
-            stats.messages += len(messages)
-            for alert in pipeline.process(messages):
-                stats.alerts[str(alert.rule)] += 1
-                out.write(alert_json(alert) + b"\n")
-            for line, reason in bad:
-                errors.write(f"{path}:{line}: skipped bad line: {reason}\n")
-            stats.bad += len(bad)
-            if progress is not None:
-                progress(read_bytes)
+    try:
+        with cyclic_gc_paused():
+            for messages, bad, read_bytes in batches:
+                stats.messages += len(messages)
+                for alert in pipeline.process(messages):
+                    stats.alerts[str(alert.rule)] += 1
+                    out.write(alert_json(alert) + b"\n")
+                for line, reason in bad:
+                    errors.write(f"{path}:{line}: skipped bad line: {reason}\n")
+                stats.bad += len(bad)
+                if progress is not None:
+                    progress(read_bytes)
+    finally:
+        # At once, not when the traceback lets go of it: stops the reading process.
+        batches.close()
     return stats
 
 
 Batch = tuple[list[tuple[int, Message]], list[tuple[int, str]], int]
 
 
-def _batches(path: Path, psn_key: bytes, batch: int) -> Iterator[Batch]:
+def _batches(path: Path, psn_key: bytes, batch: int) -> Generator[Batch, None, None]:
     """The log as batches: ``batch`` valid messages, the bad lines among them, bytes read."""
     bad: list[BadLine] = []
     pending: list[tuple[int, Message]] = []
@@ -217,7 +221,9 @@ def _send_batches(path: Path, psn_key: bytes, batch: int, conn: Connection) -> N
         conn.close()
 
 
-def _forked_batches(path: Path, psn_key: bytes, batch: int, errors: IO[str]) -> Iterator[Batch]:
+def _forked_batches(
+    path: Path, psn_key: bytes, batch: int, errors: IO[str]
+) -> Generator[Batch, None, None]:
     """:func:`_batches`, read, decoded and validated by a forked process.
 
     Batches cross in order through a pipe, whose buffer bounds how far the reader runs ahead.

@@ -152,3 +152,17 @@ def test_two_processes_write_what_one_writes(month: Path, tmp_path: Path) -> Non
 def test_two_processes_report_a_log_that_cannot_be_read(tmp_path: Path) -> None:
     with pytest.raises(CheckFailed, match="IsADirectoryError"):
         run_check(tmp_path, RuleConfig(), PSN_KEY, io.BytesIO(), io.StringIO(), jobs=2)
+
+
+def test_the_reading_process_stops_when_writing_fails(month: Path) -> None:
+    import multiprocessing
+
+    class ClosedPipe(io.BytesIO):
+        def write(self, data: object) -> int:
+            raise BrokenPipeError("reader went away")
+
+    config = RuleConfig(catalog=load_catalog(month / "catalog.csv"))
+    with pytest.raises(BrokenPipeError):
+        run_check(month / "messages.jsonl", config, PSN_KEY, ClosedPipe(), io.StringIO(),
+                  batch=100, jobs=2)
+    assert multiprocessing.active_children() == []
