@@ -10,8 +10,9 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from streams.compiled import stale_warning
 from streams.reference import ReferenceError, rule_config
@@ -19,6 +20,7 @@ from streams.settings import Settings, SettingsError, load_settings, settings_he
 
 if TYPE_CHECKING:
     import redis
+    from tqdm import tqdm
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
@@ -43,25 +45,18 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     config = rule_config(settings)
     exit_fast: bool = args.exit_fast
     jobs: int = args.jobs or default_jobs()
+    # Only on a terminal: a bar in a redirected stderr would bury the bad-line reports.
+    bar = None if args.no_progress or not sys.stderr.isatty() else _bytes_bar(path)
+
+    def progress(done: int) -> None:
+        if bar is not None:
+            bar.update(done - bar.n)
+
     try:
-        # Only on a terminal: a bar in a redirected stderr would bury the bad-line reports.
-        if args.no_progress or not sys.stderr.isatty():
+        with bar if bar is not None else nullcontext():
             stats = run_check(path, config, settings.psn_key_bytes, sys.stdout.buffer,
-                              keep_ledger=exit_fast, jobs=jobs)
-        else:
-            from tqdm import tqdm
-
-            # No monitor thread: --jobs 2 forks, and a fork must not copy a thread that
-            # might hold stderr's lock.
-            tqdm.monitor_interval = 0
-            with tqdm(total=path.stat().st_size, unit="B", unit_scale=True, file=sys.stderr,
-                      desc="check", mininterval=0.5, leave=False) as bar:
-
-                def progress(done: int) -> None:
-                    bar.update(done - bar.n)
-
-                stats = run_check(path, config, settings.psn_key_bytes, sys.stdout.buffer,
-                                  keep_ledger=exit_fast, progress=progress, jobs=jobs)
+                              keep_ledger=exit_fast, jobs=jobs,
+                              progress=None if bar is None else progress)
     except CheckFailed as error:
         sys.stdout.flush()
         print(f"tracewatch check: {error}", file=sys.stderr)
@@ -76,6 +71,17 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     if exit_fast:
         exit_now(0)
     return 0
+
+
+def _bytes_bar(path: Path) -> tqdm[NoReturn]:
+    """A progress bar of the bytes of ``path`` read so far."""
+    from tqdm import tqdm
+
+    # No monitor thread: `check --jobs 2` forks, and a fork must not copy a thread that might
+    # hold stderr's lock.
+    tqdm.monitor_interval = 0
+    return tqdm(total=path.stat().st_size, unit="B", unit_scale=True, file=sys.stderr,
+                desc="check", mininterval=0.5, leave=False)
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
