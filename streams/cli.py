@@ -263,17 +263,26 @@ def _sweep(args: argparse.Namespace, settings: Settings, client: redis.Redis,
     return 0
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+class _VersionAction(argparse.Action):
+    """``--version``, worked out only when asked (importlib.metadata costs every start ~40 ms)."""
 
-    from streams.compiled import is_compiled
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="show the version and whether the hot path runs compiled, then exit")
 
-    try:
-        number = version("tracewatch")
-    except PackageNotFoundError:
-        number = "(not installed)"
-    return f"tracewatch {number}, hot path " + (
-        "compiled (mypyc)" if is_compiled() else "plain Python")
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        from streams.compiled import is_compiled
+
+        try:
+            number = version("tracewatch")
+        except PackageNotFoundError:
+            number = "(not installed)"
+        print(f"tracewatch {number}, hot path "
+              + ("compiled (mypyc)" if is_compiled() else "plain Python"))
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -285,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=settings_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("--version", action=_VersionAction)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:

@@ -130,3 +130,14 @@ def test_check_stops_quietly_when_its_reader_goes_away() -> None:
     err = reader_gone.stderr.read().decode()
     assert reader_gone.wait(timeout=60) == 141
     assert "Traceback" not in err
+
+
+def test_version_says_whether_the_hot_path_is_compiled(capsys: pytest.CaptureFixture[str]) -> None:
+    from streams.compiled import is_compiled
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith("tracewatch ")
+    assert ("compiled (mypyc)" if is_compiled() else "plain Python") in shown
