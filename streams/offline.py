@@ -196,10 +196,10 @@ def _batches(path: Path, psn_key: bytes, batch: int) -> Generator[Batch, None, N
     for item in read_log(path, psn_key, bad, note):
         pending.append(item)
         if len(pending) >= batch:
-            yield list(pending), [(b.line, b.reason) for b in bad], read_bytes[0]
-            pending.clear()
-            bad.clear()
-    yield list(pending), [(b.line, b.reason) for b in bad], read_bytes[0]
+            yield pending, [(b.line, b.reason) for b in bad], read_bytes[0]
+            pending = []
+            bad.clear()  # read_log appends to this very list
+    yield pending, [(b.line, b.reason) for b in bad], read_bytes[0]
 
 
 def _send_batches(path: Path, psn_key: bytes, batch: int, conn: Connection) -> None:
