@@ -16,11 +16,18 @@ path does not use them, and the internal topics carry one record per batch and p
 (``streams.align``): a batch from one institution's partition never runs days ahead of
 another's, so a fast replay of a log on many partitions raises what ``check`` raises.
 
+An event for a partition of ``tracewatch.codes`` or ``tracewatch.persons`` that this worker
+owns is applied in the same batch, in process, rather than sent and fetched back (its owner
+would read it from that very partition); only events for partitions other workers own take
+the topic. A single worker therefore uses the internal topics not at all.
+
 Each batch: every stage calls the shared :class:`Pipeline`, every output record is sent, the
-broker's acknowledgements are awaited, then the ledger is written, then the input offsets are
-committed. A crash in between replays the batch: the ledger's fingerprints drop what was
-applied, and an alert that is raised again has the same ``alert_id`` (the topic's key), so
-nothing is lost and no new alert appears.
+broker's acknowledgements are awaited, then the ledger is written — the person stage's state
+first, then the codes', then the routing memory, so an event handed over in process is never
+forgotten by the stage that made it before its own stage stored it — and then the input
+offsets are committed. A crash in between replays the batch: the ledger's fingerprints drop
+what was applied, and an alert that is raised again has the same ``alert_id`` (the topic's
+key), so nothing is lost and no new alert appears.
 """
 
 from __future__ import annotations
@@ -201,6 +208,11 @@ def _chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
+def _earliest(first_ms: int, second_ms: int) -> int:
+    """The earlier of two arrival times, 0 meaning none."""
+    return min(first_ms, second_ms) if first_ms and second_ms else first_ms or second_ms
+
+
 def _unbatch(records: Sequence[ConsumerRecord[bytes, bytes]],
              load: Callable[[bytes], Batch]) -> tuple[list[Any], int]:
     """The events of internal records, in order, and when the oldest message behind them
@@ -210,9 +222,27 @@ def _unbatch(records: Sequence[ConsumerRecord[bytes, bytes]],
     for record in records:
         batch = load(record.value or b"{}")
         events.extend(batch.events)
-        arrived = batch.arrived_ms or record.timestamp
-        arrived_ms = min(arrived_ms, arrived) if arrived_ms else arrived
+        arrived_ms = _earliest(arrived_ms, batch.arrived_ms or record.timestamp)
     return events, arrived_ms
+
+
+class _Handoff:
+    """Events for a later stage of this batch whose partition this worker owns.
+
+    They are applied in this batch, in process, instead of taking a round trip through the
+    internal topic: the same writer would read them back from the same partition. Events of
+    partitions other workers own still go through the topic. Ownership cannot change during
+    a batch (partitions are handed over only between batches).
+    """
+
+    def __init__(self, code_partitions: frozenset[int],
+                 person_partitions: frozenset[int]) -> None:
+        self.code_partitions = code_partitions
+        self.person_partitions = person_partitions
+        self.codes: list[CodeEvent] = []
+        self.codes_arrived_ms = 0
+        self.persons: list[PersonEvent] = []
+        self.persons_arrived_ms = 0
 
 
 class _WaitForBatch(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -443,15 +473,19 @@ class Worker:
             offsets[cast(TopicPartition, tp)] = record.offset + 1
         sends: list[asyncio.Future[Any]] = []
         writes: list[tuple[str, Callable[[], None]]] = []
+        stages = _Handoff(self._owned(s.topic_codes), self._owned(s.topic_persons))
         if released:
-            await self._route([parsed for _, parsed in released], sends, writes)
-        if codes:
-            await self._apply_codes(codes, sends, writes)
-        if persons:
-            await self._apply_persons(persons, sends, writes)
+            await self._route([parsed for _, parsed in released], stages, sends, writes)
+        if codes or stages.codes:
+            await self._apply_codes(codes, stages, sends, writes)
+        if persons or stages.persons:
+            await self._apply_persons(persons, stages, sends, writes)
         if sends:
             await asyncio.gather(*sends)
-        for what, write in writes:
+        # Later stages first: an event handed over in process exists nowhere else until its
+        # stage's state is written, so the stage that made it writes after (a crash in
+        # between replays the batch; each stage drops what it already applied).
+        for what, write in reversed(writes):
             await self._retry(what, write)
         if batch or released:
             progress.touch()
@@ -501,36 +535,49 @@ class Worker:
 
     async def _send_batches(self, topic: str, events: Sequence[E],
                             partition_for: Callable[[E], int], arrived_ms: int,
-                            sends: list[asyncio.Future[Any]]) -> None:
+                            sends: list[asyncio.Future[Any]], owned: frozenset[int],
+                            keep: list[E]) -> None:
         """Send internal events to ``topic``: a record per partition per
-        ``EVENTS_PER_RECORD``, each partition's events in their order."""
+        ``EVENTS_PER_RECORD``, each partition's events in their order. Events of the
+        ``owned`` partitions are appended to ``keep`` instead, in their order."""
         by_partition: dict[int, list[E]] = {}
         for event in events:
-            by_partition.setdefault(partition_for(event), []).append(event)
+            number = partition_for(event)
+            if number in owned:
+                keep.append(event)
+            else:
+                by_partition.setdefault(number, []).append(event)
         for number, group in by_partition.items():
             for chunk in _chunks(group, EVENTS_PER_RECORD):
                 sends.append(await self._send(topic, partition=number,
                                               value=dump_batch(chunk, arrived_ms)))
 
     async def _send_code_events(self, events: Sequence[CodeEvent], arrived_ms: int,
-                                sends: list[asyncio.Future[Any]]) -> None:
+                                stages: _Handoff, sends: list[asyncio.Future[Any]]) -> None:
         partitions = self.settings.partitions
+        if events:
+            stages.codes_arrived_ms = _earliest(stages.codes_arrived_ms, arrived_ms)
         await self._send_batches(
             self.settings.topic_codes, events,
-            lambda event: _code_partition(code_key(event.code), partitions), arrived_ms, sends)
+            lambda event: _code_partition(code_key(event.code), partitions), arrived_ms, sends,
+            stages.code_partitions, stages.codes)
         self.progress.codes_sent += len(events)
 
     async def _send_person_events(self, events: Sequence[PersonEvent], arrived_ms: int,
-                                  sends: list[asyncio.Future[Any]]) -> None:
+                                  stages: _Handoff, sends: list[asyncio.Future[Any]]) -> None:
         partitions = self.settings.partitions
+        if events:
+            stages.persons_arrived_ms = _earliest(stages.persons_arrived_ms, arrived_ms)
         await self._send_batches(
             self.settings.topic_persons, events,
-            lambda event: _person_partition(event.psn_hash, partitions), arrived_ms, sends)
+            lambda event: _person_partition(event.psn_hash, partitions), arrived_ms, sends,
+            stages.person_partitions, stages.persons)
         self.progress.persons_sent += len(events)
 
     # ------------------------------------------------------------------ stage 1
 
-    async def _route(self, parsed: Sequence[Parsed], sends: list[asyncio.Future[Any]],
+    async def _route(self, parsed: Sequence[Parsed], stages: _Handoff,
+                     sends: list[asyncio.Future[Any]],
                      writes: list[tuple[str, Callable[[], None]]]) -> None:
         started = time.perf_counter()
         messages: list[tuple[int, Message]] = []
@@ -543,7 +590,7 @@ class Worker:
                 if outcome.time > self.latest_time:
                     self.latest_time = outcome.time
         routed = await self._retry("route", partial(self.pipeline.route, messages))
-        await self._send_code_events(routed.events, arrived_ms, sends)
+        await self._send_code_events(routed.events, arrived_ms, stages, sends)
         await self._send_alerts(routed.alerts, arrived_ms, sends)
         writes.append(("commit routing", partial(self.pipeline.commit_routing, routed.commit)))
         self._count_messages(messages, routed.duplicates)
@@ -577,29 +624,31 @@ class Worker:
 
     # ------------------------------------------------------------------ stage 2
 
-    def _owned_codes(self) -> Callable[[str], bool]:
-        topic = self.settings.topic_codes
+    def _owned(self, topic: str) -> frozenset[int]:
+        """The partitions of ``topic`` assigned to this worker."""
         consumer = self.consumer
         assigned = consumer.assignment() if consumer is not None else set()
-        owned = {tp.partition for tp in assigned if tp.topic == topic}
-        partitions = self.settings.partitions
+        return frozenset(tp.partition for tp in assigned if tp.topic == topic)
+
+    async def _apply_codes(self, records: Sequence[ConsumerRecord[bytes, bytes]],
+                           stages: _Handoff, sends: list[asyncio.Future[Any]],
+                           writes: list[tuple[str, Callable[[], None]]]) -> None:
+        started = time.perf_counter()
+        events, arrived_ms = _unbatch(records, load_code_batch)
+        # Fetched events were routed before this batch's own: they go first.
+        events.extend(stages.codes)
+        arrived_ms = _earliest(arrived_ms, stages.codes_arrived_ms)
+        owned, partitions = stages.code_partitions, self.settings.partitions
 
         def owns(code: str) -> bool:
             return _code_partition(code_key(code), partitions) in owned
 
-        return owns
-
-    async def _apply_codes(self, records: Sequence[ConsumerRecord[bytes, bytes]],
-                           sends: list[asyncio.Future[Any]],
-                           writes: list[tuple[str, Callable[[], None]]]) -> None:
-        started = time.perf_counter()
-        events, arrived_ms = _unbatch(records, load_code_batch)
         result = await self._retry(
-            "load codes",
-            partial(self.pipeline.apply_codes, events, self._owned_codes(), store=False))
+            "load codes", partial(self.pipeline.apply_codes, events, owns, store=False))
         await self._send_alerts(result.alerts, arrived_ms, sends)
-        await self._send_code_events(result.forwarded, arrived_ms, sends)
-        await self._send_person_events(result.person_events, arrived_ms, sends)
+        # Forwarded draws continue on codes this worker does not own: all go to the topic.
+        await self._send_code_events(result.forwarded, arrived_ms, stages, sends)
+        await self._send_person_events(result.person_events, arrived_ms, stages, sends)
         writes.append(("store codes", partial(self.pipeline.store_codes, result)))
         self.progress.codes_applied += len(events)
         self.metrics.codes.labels("applied").inc(result.applied)
@@ -612,10 +661,12 @@ class Worker:
     # ------------------------------------------------------------------ stage 3
 
     async def _apply_persons(self, records: Sequence[ConsumerRecord[bytes, bytes]],
-                             sends: list[asyncio.Future[Any]],
+                             stages: _Handoff, sends: list[asyncio.Future[Any]],
                              writes: list[tuple[str, Callable[[], None]]]) -> None:
         started = time.perf_counter()
         people, arrived_ms = _unbatch(records, load_person_batch)
+        people.extend(stages.persons)
+        arrived_ms = _earliest(arrived_ms, stages.persons_arrived_ms)
         found = await self._retry(
             "load persons", partial(self.pipeline.apply_persons, people, store=False))
         await self._send_alerts(found.alerts, arrived_ms, sends)

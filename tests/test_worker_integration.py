@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -179,3 +180,65 @@ def test_worker_restart_loses_nothing(worker_env: dict[str, str], tmp_path: Path
             [got[i] for i in set(got) - set(want)], [want[i] for i in set(want) - set(got)])
     finally:
         stop(worker)
+
+
+def health(port: str) -> dict[str, Any] | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as answer:
+            body: dict[str, Any] = orjson.loads(answer.read())
+            return body
+    except OSError:
+        return None
+
+
+def test_two_workers_share_the_stages_through_the_internal_topics(
+        broker: EmbeddedBroker, redis_url: str, tmp_path: Path) -> None:
+    """Two workers in one group: each owns half of the code and person partitions.
+
+    A worker applies the events of partitions it owns in process; the others' go through the
+    internal topics to their owner. Together they must raise what ``check`` raises.
+    """
+    run = uuid.uuid4().hex[:8]
+    env = {
+        "TRACEWATCH_KAFKA": broker.bootstrap,
+        "TRACEWATCH_REDIS_URL": redis_url,
+        "TRACEWATCH_LEDGER": "redis",
+        "TRACEWATCH_KEY_PREFIX": f"twtest{run}",
+        "TRACEWATCH_CATALOG": str(CATALOG),
+        "TRACEWATCH_PSN_KEY": "integration-key",
+        "TRACEWATCH_PARTITIONS": "4",
+        "TRACEWATCH_LOG_LEVEL": "warning",
+    }
+    for name in ("events", "codes", "persons", "alerts"):
+        env[f"TRACEWATCH_TOPIC_{name.upper()}"] = f"t{run}.{name}"
+    env["TRACEWATCH_TOPIC_DLQ"] = f"t{run}.events.dlq"
+    ensure_topics(broker.bootstrap, [TopicSpec(env["TRACEWATCH_TOPIC_EVENTS"], 1)])
+    log = story_log(tmp_path)
+    expected = expected_alerts(log, env)
+    ports = [str(free_port()), str(free_port())]
+    workers = [start_worker({**env, "TRACEWATCH_WEB_PORT": port}, tmp_path / f"w{port}.log")
+               for port in ports]
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            states = [health(port) for port in ports]
+            # Three topics: the input's one partition and four each of codes and persons.
+            if all(state and state["partitions_assigned"] >= 4 for state in states) and \
+                    sum(state["partitions_assigned"] for state in states if state) == 9:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"the two workers did not share the partitions: {states}")
+        replay(log, env["TRACEWATCH_KAFKA"], env["TRACEWATCH_TOPIC_EVENTS"], progress=False)
+        records = consume_all(env["TRACEWATCH_KAFKA"], env["TRACEWATCH_TOPIC_ALERTS"],
+                              timeout_s=30, expect=len(expected))
+        got = [orjson.loads(record.value) for record in records]
+        assert all(worker.poll() is None for worker in workers)
+        assert sorted(map(comparable, code_alerts(got, env))) == sorted(
+            map(comparable, code_alerts(expected, env)))
+        handed = consume_all(env["TRACEWATCH_KAFKA"], env["TRACEWATCH_TOPIC_CODES"],
+                             timeout_s=5)
+        assert handed, "no code event went through the codes topic to the other worker"
+    finally:
+        for worker in workers:
+            stop(worker)
