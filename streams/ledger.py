@@ -14,7 +14,8 @@ The Redis implementation is :class:`streams.redis_ledger.RedisLedger`.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from typing import Protocol, TypeVar
 
 from detectors.hoarding import HoardingLink, PersonState
@@ -71,6 +72,10 @@ class Ledger(Protocol):
 
     def link_hoarding(self, links: Mapping[str, HoardingLink]) -> None:
         """Remember the latest HOARDING alert id per person."""
+
+    def writes_in_flight(self) -> AbstractContextManager[None]:
+        """Writes inside may be applied after they return, in order; all are applied (or
+        the error raised) when the block ends."""
 
 
 def _apply(table: dict[str, V], changes: Mapping[str, V | None]) -> None:
@@ -142,3 +147,8 @@ class MemoryLedger:
     def link_hoarding(self, links: Mapping[str, HoardingLink]) -> None:
         """Remember HOARDING alerts per person."""
         self.links.update(links)
+
+    @contextmanager
+    def writes_in_flight(self) -> Iterator[None]:
+        """Writes are applied at once here: nothing is ever in flight."""
+        yield

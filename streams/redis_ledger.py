@@ -58,7 +58,10 @@ load and store scripts (``ledger_load.lua``, ``ledger_store.lua``) take a batch 
 Python has it: every bucket hash the batch touches once in KEYS (with its overflow hash),
 one ARGV string of 4-byte bucket numbers, one per field, and the fields (and values) in the
 batch's order; the script groups them by bucket. Building that costs no object per bucket
-(``scripts/ledger_speed.py`` times it).
+(``scripts/ledger_speed.py`` times it). Those two scripts go over a connection of the
+ledger's own, packed by hiredis in one call (:class:`_ScriptChannel`); inside
+:meth:`RedisLedger.writes_in_flight` a batch's writes are sent back to back and confirmed
+once, so Redis applies one while Python packs the next.
 
 Fields and values are binary; the client must not decode responses.
 """
@@ -71,12 +74,14 @@ import re
 import sys
 import time
 from array import array
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from itertools import chain
 from typing import Any, TypeVar, cast
 
+import hiredis
 import redis
 from redis.commands.core import Script
 
@@ -363,6 +368,94 @@ class _Map:
                    overflow.format(prefix=prefix, bucket=""))
 
 
+class _ScriptChannel:
+    """The ledger's own connection for its load and store scripts.
+
+    A call is packed by hiredis in one go (redis-py's generic path inspects every argument in
+    Python, and a batch has two per code). A write can be *sent ahead*: its reply is read
+    later, by :meth:`settle` or by the next call, since Redis runs the commands of one
+    connection in order. Meanwhile this process packs the next write while Redis applies
+    the previous one on the other core.
+
+    When Redis answers NOSCRIPT (it restarted, or its scripts were flushed) the scripts are
+    loaded again and everything of the round is sent again, in order: the ledger's writes
+    set whole values, so repeating one changes nothing. A connection error drops the
+    connection and what was in flight; the caller retries the whole round.
+    """
+
+    def __init__(self, client: redis.Redis, scripts: Iterable[Script]) -> None:
+        self._client = client
+        self._scripts = list(scripts)
+        self._connection: Any = None  # a redis.connection.Connection of our own
+        self._sent: list[bytes] = []
+        #: Waits for replies: one per call or settle, however many writes were in flight.
+        self.round_trips = 0
+
+    def send(self, script: Script, keys: Sequence[str | bytes],
+             args: Sequence[str | bytes | int]) -> None:
+        """Send a script call without reading its reply."""
+        # (hiredis's stub types the argument as a 1-tuple.)
+        command = hiredis.pack_command(cast(Any, (b"EVALSHA", script.sha, len(keys), *keys,
+                                                  *args)))
+        self._sent.append(command)
+        self._transmit(command)
+
+    def call(self, script: Script, keys: Sequence[str | bytes],
+             args: Sequence[str | bytes | int]) -> Any:
+        """A script call's reply (after those of the writes sent before it)."""
+        self.send(script, keys, args)
+        return self.settle()[-1]
+
+    def settle(self) -> list[Any]:
+        """Read the replies of everything sent, in order; raise the first error."""
+        if not self._sent:
+            return []
+        replies = self._replies()
+        if any(isinstance(reply, redis.exceptions.NoScriptError) for reply in replies):
+            for script in self._scripts:
+                self._client.script_load(script.script)
+            for command in self._sent:
+                self._transmit(command)
+            replies = self._replies()
+        self._sent.clear()
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
+
+    def reset(self) -> None:
+        """Forget what is in flight and drop the connection (after a failure)."""
+        self._sent.clear()
+        if self._connection is not None:
+            self._connection.disconnect()
+            self._connection = None
+
+    def _transmit(self, command: bytes) -> None:
+        if self._connection is None:
+            self._connection = self._client.connection_pool.make_connection()
+        try:
+            self._connection.send_packed_command([command], check_health=False)
+        except BaseException:
+            self.reset()
+            raise
+
+    def _replies(self) -> list[Any]:
+        connection = self._connection
+        assert connection is not None
+        self.round_trips += 1
+        replies: list[Any] = []
+        try:
+            for _ in self._sent:
+                try:
+                    replies.append(connection.read_response())
+                except redis.exceptions.ResponseError as error:
+                    replies.append(error)
+        except BaseException:
+            self.reset()
+            raise
+        return replies
+
+
 class _Writes:
     """KEYS and ARGV of one call of ``ledger_store.lua``, built straight from a batch.
 
@@ -401,12 +494,14 @@ class _Writes:
         self.runs.append(b"%d %d %d" % (len(numbers), overflow is not None, ttl))
         self.size += len(numbers)
 
-    def call(self, script: Script) -> None:
-        """Apply the writes, in one script call (none when there are none)."""
-        if self.entries:
-            self.args[0] = b" ".join(self.runs)
-            self.args[1] = _index_bytes(self.entries)
-            script(keys=self.keys, args=self.args)
+    def send(self, channel: _ScriptChannel, script: Script) -> bool:
+        """Send the writes, as one script call (none when there are none); True if sent."""
+        if not self.entries:
+            return False
+        self.args[0] = b" ".join(self.runs)
+        self.args[1] = _index_bytes(self.entries)
+        channel.send(script, self.keys, self.args)
+        return True
 
 
 class RedisLedger:
@@ -452,6 +547,8 @@ class RedisLedger:
             client.script_load(script.script)  # no NOSCRIPT retry inside a batch
         self._load_script = scripts["load"]
         self._store_script = scripts["store"]
+        self._channel = _ScriptChannel(client, (self._load_script, self._store_script))
+        self._in_flight = False
         self._sweep_script = scripts["sweep"]
         self.interner = RedisInterner(client, prefix, scripts["intern"])
 
@@ -567,8 +664,8 @@ class RedisLedger:
         in the same order."""
         if not fields:
             return []
-        return cast(list[bytes | None], self._load_script(
-            keys=keys, args=[b"1" if overflow else b"0", _index_bytes(numbers), *fields]))
+        return cast(list[bytes | None], self._channel.call(
+            self._load_script, keys, [b"1" if overflow else b"0", _index_bytes(numbers), *fields]))
 
     def _load_map(self, table: _Map, items: Sequence[str], buckets: Sequence[int],
                   fields: Sequence[bytes]) -> dict[str, bytes]:
@@ -603,6 +700,34 @@ class RedisLedger:
                     raise LedgerError("interned strings still unknown after fetching them")
         return done
 
+    @property
+    def script_round_trips(self) -> int:
+        """Round trips of the load and store scripts so far (they bypass the client)."""
+        return self._channel.round_trips
+
+    def _write(self, writes: _Writes) -> None:
+        """Send a batch of writes; wait for Redis unless inside :meth:`writes_in_flight`."""
+        if writes.send(self._channel, self._store_script) and not self._in_flight:
+            self._channel.settle()
+
+    @contextmanager
+    def writes_in_flight(self) -> Iterator[None]:
+        """Writes inside are sent without waiting for Redis, in order, and confirmed on the
+        way out (where their errors are raised): Redis applies one while the next is packed.
+
+        Leaving by an exception drops what is in flight (Redis may or may not have applied
+        it: the caller must repeat the whole round, as the worker's retry does).
+        """
+        self._in_flight = True
+        try:
+            yield
+        except BaseException:
+            self._channel.reset()
+            raise
+        finally:
+            self._in_flight = False
+        self._channel.settle()
+
     # ------------------------------------------------------------------ codes
 
     def code_slot(self, code: str) -> tuple[int, bytes]:
@@ -626,7 +751,7 @@ class RedisLedger:
         writes = _Writes(self.inline_limit)
         writes.run(self._codes.bucket, self._codes.overflow, self.retention_seconds,
                    *codec.code_slots(codes, self.code_bits), [packed.get(code) for code in codes])
-        writes.call(self._store_script)
+        self._write(writes)
 
     # ------------------------------------------------------------------ router memory
 
@@ -693,7 +818,7 @@ class RedisLedger:
                    *_digest_slots(sales, self.sale_bits),
                    [None if codes is None else codec.pack_codes(codes, day)
                     for codes in sales.values()])
-        writes.call(self._store_script)
+        self._write(writes)
 
     # ------------------------------------------------------------------ persons
 
@@ -714,7 +839,7 @@ class RedisLedger:
         writes = _Writes(self.inline_limit)
         writes.run(self._persons.bucket, self._persons.overflow, self.person_seconds,
                    *_digest_slots(keys, self.aux_bits), [packed.get(key) for key in keys])
-        writes.call(self._store_script)
+        self._write(writes)
 
     def _link_key(self, psn_hash: str) -> str:
         return KEY_LINK.format(prefix=self.prefix, psn_hash=psn_hash)

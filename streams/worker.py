@@ -482,14 +482,24 @@ class Worker:
             await self._apply_persons(persons, stages, sends, writes)
         if sends:
             await asyncio.gather(*sends)
-        # Later stages first: an event handed over in process exists nowhere else until its
-        # stage's state is written, so the stage that made it writes after (a crash in
-        # between replays the batch; each stage drops what it already applied).
-        for what, write in reversed(writes):
-            await self._retry(what, write)
+        if writes:
+            await self._retry(", ".join(what for what, _ in reversed(writes)),
+                              partial(self._write_ledger, writes))
         if batch or released:
             progress.touch()
         return offsets
+
+    def _write_ledger(self, writes: Sequence[tuple[str, Callable[[], None]]]) -> None:
+        """Write what the stages changed, later stages first, as one round.
+
+        An event handed over in process exists nowhere else until its stage's state is
+        written, so the stage that made it writes after (a crash in between replays the
+        batch; each stage drops what it already applied). The writes go to Redis back to
+        back, each packed while Redis applies the one before; a failure repeats the round.
+        """
+        with self.ledger.writes_in_flight():
+            for _, write in reversed(writes):
+                write()
 
     # ------------------------------------------------------------------ helpers
 
