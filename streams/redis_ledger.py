@@ -211,7 +211,7 @@ class SweepResult:
         return sum(count.removed for count in self.families)
 
 
-class LedgerError(RuntimeError):
+class LedgerError(Exception):
     """The Redis ledger cannot work: Redis unreachable, layout mismatch, missing dictionary."""
 
 
