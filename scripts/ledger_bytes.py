@@ -35,7 +35,7 @@ from redis_scratch import free_port, start_server
 from synthetic import Names
 
 from detectors.code_ledger import message_fingerprint, record_fingerprint
-from detectors.model import CodeState, SaleRecord, fingerprint
+from detectors.model import CodeState, SaleRecord
 from streams import codec
 from streams.redis_ledger import RedisLedger
 
@@ -73,7 +73,7 @@ class World(Names):
         return CodeState(
             sales=(sale,),
             first_drug=drug,
-            first_drug_ref=fingerprint(institution, bchno),
+            first_drug_ref=record_fingerprint(institution, "3505", bchno),
             applied=(message_fingerprint(msgid), record_fingerprint(institution, "3505", bchno)),
             flowback_seen=(),
             last_time=moment,

@@ -51,7 +51,7 @@ class World(Names):
 
     def state(self, i: int) -> Any:
         from detectors.code_ledger import message_fingerprint, record_fingerprint
-        from detectors.model import CodeState, SaleRecord, fingerprint
+        from detectors.model import CodeState, SaleRecord
 
         sales = []
         for part in range(3 if i % 20 == 7 else 1):
@@ -80,7 +80,7 @@ class World(Names):
         return CodeState(
             sales=tuple(sales),
             first_drug=sales[0].med_list_codg,
-            first_drug_ref=fingerprint(sales[0].fixmedins_code, sales[0].bchno),
+            first_drug_ref=record_fingerprint(sales[0].fixmedins_code, "3505", sales[0].bchno),
             applied=tuple(applied),
             flowback_seen=(),
             last_time=last,

@@ -22,9 +22,10 @@ which. What makes a typical state small:
   sequence number; other text (``fixmedins_bchno``) keeps a trailing digit run as a number.
 
 The format has no version byte: the Redis ledger records its layout version in its meta key
-and refuses data of another one. The derived fingerprints rely on
-:func:`detectors.code_ledger.message_fingerprint` and ``record_fingerprint``; changing those
-means a new layout version.
+and refuses data of another one. (Within layout 1, first-drug mode 3 came later: versions
+before it refuse such a state with a CodecError rather than misread it.) The derived
+fingerprints rely on :func:`detectors.code_ledger.message_fingerprint` and
+``record_fingerprint``; changing those means a new layout version.
 """
 
 from __future__ import annotations
@@ -424,9 +425,10 @@ def _read_amount(reader: _Reader, flags: int) -> float:
 # Header byte of a packed CodeState.
 _SALES_MASK = 0b111  # number of sales; 7: a varint count follows
 _APPLIED_CANONICAL = 1 << 3  # applied == each sale's (msgid, record) fingerprints, in order
-_FIRST_SHIFT = 4  # two bits: 0 none, 1 from sales[0], 2 explicit
-_FIRST_FROM_SALE = 1
+_FIRST_SHIFT = 4  # two bits: 0 none, 1 and 3 from sales[0], 2 explicit
+_FIRST_FROM_SALE = 1  # first_drug_ref = fingerprint(institution, bchno) of sales[0]
 _FIRST_EXPLICIT = 2
+_FIRST_FROM_SALE_RECORD = 3  # first_drug_ref = record_fingerprint(.., SALE, ..) of sales[0]
 _FLOWBACK = 1 << 6  # flowback_seen follows
 _TIME_VARINT = 1 << 7  # last_time does not fit 4 bytes
 
@@ -555,14 +557,19 @@ def pack_code_state(state: CodeState, interner: Interner) -> bytes:
     first_drug, first_ref = state.first_drug, state.first_drug_ref
     if first_drug is not None or first_ref is not None:
         first = sales[0] if sales else None
-        if (
-            first is not None
-            and first_drug is not None
-            and first_drug == first.med_list_codg
-            and first_ref == fingerprint(first.fixmedins_code, first.bchno)
-        ):
-            header |= _FIRST_FROM_SALE << _FIRST_SHIFT
+        if first is not None and first_drug is not None and first_drug == first.med_list_codg:
+            # The code ledger refers to the sale that set the first drug by its record
+            # fingerprint, which ``derived`` already holds; states of older versions used
+            # the two-part fingerprint.
+            if first_ref == derived[1]:
+                header |= _FIRST_FROM_SALE_RECORD << _FIRST_SHIFT
+            elif first_ref == fingerprint(first.fixmedins_code, first.bchno):
+                header |= _FIRST_FROM_SALE << _FIRST_SHIFT
+            else:
+                first = None
         else:
+            first = None
+        if first is None:
             header |= _FIRST_EXPLICIT << _FIRST_SHIFT
             out.append((_FD_DRUG if first_drug is not None else 0)
                        | (_FD_REF if first_ref is not None else 0))
@@ -615,20 +622,23 @@ def unpack_code_state(data: bytes, interner: Interner) -> CodeState:
     first_mode = header >> _FIRST_SHIFT & 0b11
     first_drug: str | None = None
     first_ref: str | None = None
-    if first_mode == _FIRST_FROM_SALE:
+    if first_mode == _FIRST_FROM_SALE or first_mode == _FIRST_FROM_SALE_RECORD:
         if not sales:
             raise CodecError("first drug refers to a sale that is not there")
         first = sales[0]
         first_drug = first.med_list_codg
-        first_ref = fingerprint(first.fixmedins_code, first.bchno)
+        if first_mode == _FIRST_FROM_SALE:
+            first_ref = fingerprint(first.fixmedins_code, first.bchno)
+        elif header & _APPLIED_CANONICAL:
+            first_ref = applied[1]  # the first sale's record fingerprint
+        else:
+            first_ref = record_fingerprint(first.fixmedins_code, SALE, first.bchno)
     elif first_mode == _FIRST_EXPLICIT:
         present = reader.byte()
         if present & _FD_DRUG:
             first_drug = interner.to_text(DRUG, reader.uvarint())
         if present & _FD_REF:
             first_ref = reader.fingerprint()
-    elif first_mode:
-        raise CodecError(f"bad first-drug mode {first_mode}")
 
     flowback: tuple[str, ...] = ()
     if header & _FLOWBACK:

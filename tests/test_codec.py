@@ -11,6 +11,7 @@ import pytest
 
 from detectors.code_ledger import message_fingerprint, record_fingerprint
 from detectors.hoarding import HoardingLink, PersonState, Purchase
+from detectors.messages import parse
 from detectors.model import CodeState, SaleRecord, fingerprint
 from streams import codec
 from streams.codec import (
@@ -32,6 +33,9 @@ from streams.codec import (
     unpack_link,
     unpack_person_state,
 )
+from streams.ledger import MemoryLedger
+from streams.pipeline import Pipeline
+from tests import factory
 
 NOW = 1_793_524_350  # 2026-11-01 09:12:30, business time
 INSTITUTIONS = ("P51010400011", "H51010700002", "P50010300077", "X", "", "药房01")
@@ -314,6 +318,37 @@ def test_typical_states_are_small() -> None:
     assert max(sizes) <= 31
     sold_twice = replace(typical_state(1), sales=typical_state(1).sales + typical_state(2).sales)
     assert len(pack_code_state(sold_twice, interner)) <= 64
+
+
+def test_states_the_code_ledger_builds_refer_to_their_first_sale() -> None:
+    """The code ledger notes the sale that set a code's first drug by its record fingerprint:
+    packed, that is a reference to the sale (no bytes), and such states are as small as the
+    typical ones above."""
+    ledger = MemoryLedger()
+    pipeline = Pipeline(ledger, factory.CONFIG)
+    codes = [factory.code(n) for n in range(1, 4)]
+    for n, listed in enumerate(codes, start=1):
+        message = parse(factory.sale([listed], bchno=f"XS{n:08d}",
+                                     msgid=f"P5101040001120261101091245{n:05d}"),
+                        factory.PSN_KEY)
+        pipeline.process([(n, message)])
+    interner = MemoryInterner()
+    for listed in codes:
+        state = ledger.codes[listed]
+        first = state.sales[0]
+        assert state.first_drug_ref == record_fingerprint(first.fixmedins_code, "3505",
+                                                          first.bchno)
+        packed = pack_code_state(state, interner)
+        assert packed[0] >> 4 & 0b11 == 3  # first drug: from the first sale's record
+        assert len(packed) <= 31
+        assert unpack_code_state(packed, interner) == state
+        # A later sale does not move the reference (the state keeps its first sale).
+        twice = replace(state, sales=(*state.sales, typical_state(9).sales[0]))
+        assert unpack_code_state(pack_code_state(twice, interner), interner) == twice
+    # States written before, with the two-part reference, still read and write as they did.
+    legacy = typical_state(5)
+    assert pack_code_state(legacy, interner)[0] >> 4 & 0b11 == 1
+    assert unpack_code_state(pack_code_state(legacy, interner), interner) == legacy
 
 
 def test_person_state_is_small() -> None:
