@@ -50,6 +50,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.partitioner import murmur2
 from faust.app.base import BootStrategy
 from faust.web import Request, Response, View
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from detectors.codes import product_key_of
 from detectors.messages import BadInput, parse
@@ -733,8 +734,10 @@ class Worker:
 
         class MetricsPage(View):
             async def get(self, request: Request) -> Response:
+                # As a header: aiohttp refuses a content_type argument naming a charset
+                # (the scrape got a 500), and Prometheus wants its text format's full type.
                 return self.bytes(worker.metrics.exposition(),
-                                  content_type="text/plain; version=0.0.4; charset=utf-8")
+                                  headers={"Content-Type": CONTENT_TYPE_LATEST})
 
         class AlertsApi(View):
             async def get(self, request: Request) -> Response:

@@ -135,6 +135,18 @@ def test_replay_through_worker_equals_check(worker_env: dict[str, str], tmp_path
         assert sorted((a["rule"], a["psn_hash"]) for a in got if a["rule"] == "HOARDING") == \
             sorted((a["rule"], a["psn_hash"]) for a in expected if a["rule"] == "HOARDING")
 
+        # What Prometheus scrapes (deploy/prometheus.yml): the counters of this very run.
+        with urllib.request.urlopen(
+                f"http://127.0.0.1:{worker_env['TRACEWATCH_WEB_PORT']}/metrics",
+                timeout=5) as answer:
+            assert answer.status == 200
+            assert answer.headers["Content-Type"].startswith("text/plain")
+            scraped = answer.read().decode()
+        raised = sum(float(line.rsplit(" ", 1)[1]) for line in scraped.splitlines()
+                     if line.startswith("tracewatch_alerts_total{"))
+        assert raised == len(got)
+        assert 'tracewatch_messages_total{infno="3505",outcome="applied"}' in scraped
+
         dead = consume_all(worker_env["TRACEWATCH_KAFKA"], worker_env["TRACEWATCH_TOPIC_DLQ"],
                            timeout_s=30, expect=5)
         bad_lines = (DATA / "bad_input.jsonl").read_bytes().splitlines()
