@@ -37,8 +37,12 @@ class Metrics:
             "tracewatch_alert_latency_seconds",
             "from the message's arrival in Kafka to its alert being sent",
             buckets=LATENCY_BUCKETS, registry=r)
-        self.batch_seconds = Histogram("tracewatch_batch_seconds", "time to handle one batch",
-                                       ["stage"], buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_seconds = Histogram(
+            "tracewatch_batch_seconds",
+            "time one batch spends in each step: fetch (waiting in getmany), route, codes, "
+            "persons (the rules), acks (the broker acknowledging the output), write (the "
+            "ledger), commit (the input offsets)",
+            ["stage"], buckets=LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("tracewatch_batch_size", "records in one batch", ["stage"],
                                     buckets=(1, 10, 50, 100, 500, 1000, 2000, 5000, 10000),
                                     registry=r)

@@ -382,14 +382,19 @@ class Worker:
         gc.set_threshold(50_000, 20, 20)
         wait_ms = max(1, int(self.settings.batch_wait * 1000))
         try:
+            seconds = self.metrics.batch_seconds
             while True:
+                started = time.perf_counter()
                 batch = await consumer.getmany(timeout_ms=wait_ms,
                                                max_records=self.settings.batch_size)
                 if not batch and not len(self._input):
                     continue
+                seconds.labels("fetch").observe(time.perf_counter() - started)
                 async with self._batch_lock:
                     offsets = await self._handle(batch)
+                    started = time.perf_counter()
                     await self._commit(consumer, offsets)
+                    seconds.labels("commit").observe(time.perf_counter() - started)
                     self._hold_back_fast_partitions(consumer)
         finally:
             self.consumer = self.producer = None
@@ -481,11 +486,16 @@ class Worker:
             await self._apply_codes(codes, stages, sends, writes)
         if persons or stages.persons:
             await self._apply_persons(persons, stages, sends, writes)
+        seconds = self.metrics.batch_seconds
         if sends:
+            started = time.perf_counter()
             await asyncio.gather(*sends)
+            seconds.labels("acks").observe(time.perf_counter() - started)
         if writes:
+            started = time.perf_counter()
             await self._retry(", ".join(what for what, _ in reversed(writes)),
                               partial(self._write_ledger, writes))
+            seconds.labels("write").observe(time.perf_counter() - started)
         if batch or released:
             progress.touch()
         return offsets
