@@ -576,23 +576,25 @@ class Worker:
     async def _send_code_events(self, events: Sequence[CodeEvent], arrived_ms: int,
                                 stages: _Handoff, sends: list[asyncio.Future[Any]]) -> None:
         partitions = self.settings.partitions
-        if events:
-            stages.codes_arrived_ms = _earliest(stages.codes_arrived_ms, arrived_ms)
+        kept = len(stages.codes)
         await self._send_batches(
             self.settings.topic_codes, events,
             lambda event: _code_partition(code_key(event.code), partitions), arrived_ms, sends,
             stages.code_partitions, stages.codes)
+        if len(stages.codes) > kept:
+            stages.codes_arrived_ms = _earliest(stages.codes_arrived_ms, arrived_ms)
         self.progress.codes_sent += len(events)
 
     async def _send_person_events(self, events: Sequence[PersonEvent], arrived_ms: int,
                                   stages: _Handoff, sends: list[asyncio.Future[Any]]) -> None:
         partitions = self.settings.partitions
-        if events:
-            stages.persons_arrived_ms = _earliest(stages.persons_arrived_ms, arrived_ms)
+        kept = len(stages.persons)
         await self._send_batches(
             self.settings.topic_persons, events,
             lambda event: _person_partition(event.psn_hash, partitions), arrived_ms, sends,
             stages.person_partitions, stages.persons)
+        if len(stages.persons) > kept:
+            stages.persons_arrived_ms = _earliest(stages.persons_arrived_ms, arrived_ms)
         self.progress.persons_sent += len(events)
 
     # ------------------------------------------------------------------ stage 1
