@@ -128,8 +128,9 @@ class Progress:
     """How far the worker got: for /healthz, the benchmark and an operator's curiosity.
 
     Input records fetched and released (in time order) to the first stage, internal events
-    sent and applied: when every stage has applied what was sent to it and all the input
-    fetched was released, everything the worker read has been judged.
+    sent (through the topic, or handed over in process) and applied: when every stage has
+    applied what was sent to it and all the input fetched was released, everything the
+    worker read has been judged.
     """
 
     def __init__(self) -> None:
