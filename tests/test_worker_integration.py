@@ -74,9 +74,8 @@ def comparable(alert: dict[str, Any]) -> tuple[Any, ...]:
     return tuple((k, orjson.dumps(v)) for k, v in sorted(body.items()) if k != "detected_at")
 
 
-@pytest.fixture(params=["1", "4"], ids=["one-partition", "four-partitions"])
-def worker_env(broker: EmbeddedBroker, redis_url: str, tmp_path: Path,
-               request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+def run_env(broker: EmbeddedBroker, redis_url: str, partitions: str) -> dict[str, str]:
+    """Settings of a run of its own (topics and key prefix), its input topic created."""
     run = uuid.uuid4().hex[:8]
     env = {
         "TRACEWATCH_KAFKA": broker.bootstrap,
@@ -85,11 +84,7 @@ def worker_env(broker: EmbeddedBroker, redis_url: str, tmp_path: Path,
         "TRACEWATCH_KEY_PREFIX": f"twtest{run}",
         "TRACEWATCH_CATALOG": str(CATALOG),
         "TRACEWATCH_PSN_KEY": "integration-key",
-        "TRACEWATCH_WEB_PORT": str(free_port()),
-        # With one partition the worker sees every event in the log's order and must give
-        # exactly check's alerts. With four, split draws cross partitions, and a person's
-        # purchases interleave, so a HOARDING trigger near the threshold may be another sale.
-        "TRACEWATCH_PARTITIONS": request.param,
+        "TRACEWATCH_PARTITIONS": partitions,
         "TRACEWATCH_LOG_LEVEL": "warning",
     }
     for name in ("events", "codes", "persons", "alerts"):
@@ -97,6 +92,17 @@ def worker_env(broker: EmbeddedBroker, redis_url: str, tmp_path: Path,
     env["TRACEWATCH_TOPIC_DLQ"] = f"t{run}.events.dlq"
     # One input partition keeps the log's order, as SPEC §7's comparison assumes.
     ensure_topics(broker.bootstrap, [TopicSpec(env["TRACEWATCH_TOPIC_EVENTS"], 1)])
+    return env
+
+
+@pytest.fixture(params=["1", "4"], ids=["one-partition", "four-partitions"])
+def worker_env(broker: EmbeddedBroker, redis_url: str, tmp_path: Path,
+               request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    # With one partition the worker sees every event in the log's order and must give
+    # exactly check's alerts. With four, split draws cross partitions, and a person's
+    # purchases interleave, so a HOARDING trigger near the threshold may be another sale.
+    env = run_env(broker, redis_url, request.param)
+    env["TRACEWATCH_WEB_PORT"] = str(free_port())
     yield env
 
 
@@ -210,21 +216,7 @@ def test_two_workers_share_the_stages_through_the_internal_topics(
     A worker applies the events of partitions it owns in process; the others' go through the
     internal topics to their owner. Together they must raise what ``check`` raises.
     """
-    run = uuid.uuid4().hex[:8]
-    env = {
-        "TRACEWATCH_KAFKA": broker.bootstrap,
-        "TRACEWATCH_REDIS_URL": redis_url,
-        "TRACEWATCH_LEDGER": "redis",
-        "TRACEWATCH_KEY_PREFIX": f"twtest{run}",
-        "TRACEWATCH_CATALOG": str(CATALOG),
-        "TRACEWATCH_PSN_KEY": "integration-key",
-        "TRACEWATCH_PARTITIONS": "4",
-        "TRACEWATCH_LOG_LEVEL": "warning",
-    }
-    for name in ("events", "codes", "persons", "alerts"):
-        env[f"TRACEWATCH_TOPIC_{name.upper()}"] = f"t{run}.{name}"
-    env["TRACEWATCH_TOPIC_DLQ"] = f"t{run}.events.dlq"
-    ensure_topics(broker.bootstrap, [TopicSpec(env["TRACEWATCH_TOPIC_EVENTS"], 1)])
+    env = run_env(broker, redis_url, "4")
     log = story_log(tmp_path)
     expected = expected_alerts(log, env)
     ports = [str(free_port()), str(free_port())]
