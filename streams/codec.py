@@ -556,21 +556,17 @@ def pack_code_state(state: CodeState, interner: Interner) -> bytes:
 
     first_drug, first_ref = state.first_drug, state.first_drug_ref
     if first_drug is not None or first_ref is not None:
-        first = sales[0] if sales else None
-        if first is not None and first_drug is not None and first_drug == first.med_list_codg:
+        mode = _FIRST_EXPLICIT
+        if sales and first_drug is not None and first_drug == sales[0].med_list_codg:
             # The code ledger refers to the sale that set the first drug by its record
             # fingerprint, which ``derived`` already holds; states of older versions used
             # the two-part fingerprint.
             if first_ref == derived[1]:
-                header |= _FIRST_FROM_SALE_RECORD << _FIRST_SHIFT
-            elif first_ref == fingerprint(first.fixmedins_code, first.bchno):
-                header |= _FIRST_FROM_SALE << _FIRST_SHIFT
-            else:
-                first = None
-        else:
-            first = None
-        if first is None:
-            header |= _FIRST_EXPLICIT << _FIRST_SHIFT
+                mode = _FIRST_FROM_SALE_RECORD
+            elif first_ref == fingerprint(sales[0].fixmedins_code, sales[0].bchno):
+                mode = _FIRST_FROM_SALE
+        header |= mode << _FIRST_SHIFT
+        if mode == _FIRST_EXPLICIT:
             out.append((_FD_DRUG if first_drug is not None else 0)
                        | (_FD_REF if first_ref is not None else 0))
             if first_drug is not None:
