@@ -576,11 +576,10 @@ class Worker:
 
     async def _send_code_events(self, events: Sequence[CodeEvent], arrived_ms: int,
                                 stages: _Handoff, sends: list[asyncio.Future[Any]]) -> None:
-        partitions = self.settings.partitions
         kept = len(stages.codes)
         await self._send_batches(
             self.settings.topic_codes, events,
-            lambda event: _code_partition(code_key(event.code), partitions), arrived_ms, sends,
+            lambda event: self._code_partition_of(event.code), arrived_ms, sends,
             stages.code_partitions, stages.codes)
         if len(stages.codes) > kept:
             stages.codes_arrived_ms = _earliest(stages.codes_arrived_ms, arrived_ms)
@@ -648,6 +647,10 @@ class Worker:
 
     # ------------------------------------------------------------------ stage 2
 
+    def _code_partition_of(self, code: str) -> int:
+        """The partition of the codes topic that owns ``code``."""
+        return _code_partition(code_key(code), self.settings.partitions)
+
     def _owned(self, topic: str) -> frozenset[int]:
         """The partitions of ``topic`` assigned to this worker."""
         consumer = self.consumer
@@ -662,10 +665,12 @@ class Worker:
         # Fetched events were routed before this batch's own: they go first.
         events.extend(stages.codes)
         arrived_ms = _earliest(arrived_ms, stages.codes_arrived_ms)
-        owned, partitions = stages.code_partitions, self.settings.partitions
+        owned = stages.code_partitions
 
         def owns(code: str) -> bool:
-            return _code_partition(code_key(code), partitions) in owned
+            # The partition the events of `code` are sent to: a draw this writer does not
+            # own is forwarded, and can never be one kept for this batch.
+            return self._code_partition_of(code) in owned
 
         result = await self._retry(
             "load codes", partial(self.pipeline.apply_codes, events, owns, store=False))
