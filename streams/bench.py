@@ -50,6 +50,8 @@ from streams.settings import Settings
 QUICK = {"messages": 12_000, "paced_s": 10.0}
 FULL = {"messages": 100_000, "paced_s": 60.0}
 PEERS = ("quixstreams", "naive-faust")
+#: How long the paced load's producer lets records gather into a batch (see _paced_produce).
+PACED_LINGER_MS = 50
 PEER_MODULES = {"quixstreams": "peers_quix", "naive-faust": "peers_faust"}
 
 
@@ -263,8 +265,11 @@ def _paced_produce(bootstrap: str, topic: str, lines: Sequence[bytes], rate: flo
     With confluent-kafka (librdkafka, C; installed with the ``bench`` extra for Quix Streams)
     the load costs this process a few % of a core; kafka-python, the fallback, took 40-60 %
     of one at 1,900 messages/s — CPU the worker under test, the broker and Redis need on two
-    cores. A few ms of linger either way: a produce request per record would load the broker
-    more than the worker it is measuring.
+    cores. Records linger ``PACED_LINGER_MS`` in the producer (counted in the latency: the
+    send time is taken before it): Tansu's in-memory storage spends CPU per stored record
+    batch and fetches slow as they pile up, so at 5 ms of linger (800 batches a second on four
+    partitions) the broker alone, with no worker, went from p99 22 ms to 384 ms within a
+    minute at 4,600 messages/s and took 90 % of a core; at 50 ms it stayed at 61 ms and 13 %.
     """
     send, finish = _paced_producer(bootstrap)
     sent: dict[str, float] = {} if into is None else into
@@ -293,7 +298,7 @@ def _paced_producer(bootstrap: str) -> tuple[Callable[[str, bytes, bytes | None]
     except ImportError:
         from kafka import KafkaProducer
 
-        fallback = KafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=5)
+        fallback = KafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=PACED_LINGER_MS)
 
         def send_slowly(topic: str, value: bytes, key: bytes | None) -> None:
             fallback.send(topic, value=value, key=key)
@@ -306,7 +311,7 @@ def _paced_producer(bootstrap: str) -> tuple[Callable[[str, bytes, bytes | None]
 
         return send_slowly, close_slowly
 
-    producer = Producer({"bootstrap.servers": bootstrap, "acks": 1, "linger.ms": 5})
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": 1, "linger.ms": PACED_LINGER_MS})
 
     def send(topic: str, value: bytes, key: bytes | None) -> None:
         producer.produce(topic, value=value, key=key)
