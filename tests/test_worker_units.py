@@ -145,3 +145,35 @@ def test_the_faust_worker_logs_at_the_level_asked_not_debug() -> None:
     finally:
         root.setLevel(level)
         root.handlers[:] = handlers
+
+
+def test_cycle_collector_frees_cycles_between_batches_not_during_them() -> None:
+    import gc
+    import weakref
+
+    from streams.worker import CycleCollector
+
+    class Node:
+        partner: Node | None = None
+
+    observed: list[float] = []
+    collector = CycleCollector(observed.append, middle_every=2, full_every_s=3600)
+    enabled = gc.isenabled()
+    collector.start()
+    try:
+        assert not gc.isenabled()
+        node = Node()
+        node.partner = node  # a cycle: reference counting alone never frees it
+        gone = weakref.ref(node)
+        del node
+        kept: list[list[int]] = [[] for _ in range(50_000)]  # sets off an automatic pass
+        del kept
+        assert gone() is not None
+        collector.after_batch()
+        assert gone() is None
+        collector.after_batch()
+        collector.idle()  # within a second of the last pass: nothing to do
+        assert len(observed) == 2 and all(seconds >= 0 for seconds in observed)
+    finally:
+        collector.stop()
+    assert gc.isenabled() == enabled
