@@ -52,6 +52,11 @@ class Ledger(Protocol):
     def sale_codes(self, keys: Collection[str]) -> dict[str, tuple[str, ...]]:
         """Codes listed by the sales with these keys."""
 
+    def recall_routing(
+        self, msgids: Collection[str], records: Collection[str], sales: Collection[str],
+    ) -> tuple[set[str], set[str], dict[str, tuple[str, ...]]]:
+        """``seen_messages``, ``seen_records`` and ``sale_codes`` of a batch at once."""
+
     def commit_routing(
         self,
         msgids: Collection[str],
@@ -118,6 +123,12 @@ class MemoryLedger:
     def sale_codes(self, keys: Collection[str]) -> dict[str, tuple[str, ...]]:
         """Codes of the given sales."""
         return {key: self.sales[key] for key in keys if key in self.sales}
+
+    def recall_routing(
+        self, msgids: Collection[str], records: Collection[str], sales: Collection[str],
+    ) -> tuple[set[str], set[str], dict[str, tuple[str, ...]]]:
+        """``seen_messages``, ``seen_records`` and ``sale_codes`` at once."""
+        return self.seen_messages(msgids), self.seen_records(records), self.sale_codes(sales)
 
     def commit_routing(
         self,

@@ -132,11 +132,11 @@ class Pipeline:
             record_key(m.fixmedins_code, m.infno, m.bchno) if m.infno in CODE_INFNOS else ""
             for _, m in messages
         ]
-        seen_msgids = ledger.seen_messages({m.msgid for _, m in messages})
-        seen_records = ledger.seen_records({key for key in keys if key})
-        known_sales = ledger.sale_codes(
+        seen_msgids, seen_records, known_sales = ledger.recall_routing(
+            {m.msgid for _, m in messages},
+            {key for key in keys if key},
             {sale_key(m.fixmedins_code, m.bchno)
-             for _, m in messages if m.infno == DELETE and m.delete_type == DELETE_SALE_TYPE}
+             for _, m in messages if m.infno == DELETE and m.delete_type == DELETE_SALE_TYPE},
         )
         for (seq, message), key in zip(messages, keys, strict=True):
             msgid = message.msgid

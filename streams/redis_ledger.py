@@ -368,6 +368,18 @@ class _Map:
                    overflow.format(prefix=prefix, bucket=""))
 
 
+def _present(items: Sequence[str], values: Sequence[bytes | None]) -> dict[str, bytes]:
+    """Each item with its looked-up value, leaving out those with none."""
+    return {item: value for item, value in zip(items, values, strict=True) if value is not None}
+
+
+def _seen_of(texts: Sequence[str], values: Sequence[bytes | None]) -> set[str]:
+    """The texts with a marker, from a lookup of the current then the previous slice."""
+    half = len(texts)
+    return {text for text, here, there in zip(texts, values[:half], values[half:], strict=True)
+            if here is not None or there is not None}
+
+
 class _ScriptChannel:
     """The ledger's own connection for its load and store scripts.
 
@@ -657,25 +669,36 @@ class RedisLedger:
         current = int(now // self.dedupe_seconds)
         return current, int((current + 2) * self.dedupe_seconds - now) + 1
 
-    def _load(self, keys: list[str], overflow: bool, numbers: list[int],
-              fields: list[bytes]) -> list[bytes | None]:
-        """The values of ``fields[i]`` in bucket hash ``keys[numbers[i]]`` (None when absent),
-        in one script call. With ``overflow``, ``keys`` ends with the buckets' overflow hashes,
-        in the same order."""
+    def _send_load(self, keys: list[str], overflow: bool, numbers: list[int],
+                   fields: list[bytes]) -> int:
+        """Send the lookup of ``fields[i]`` in bucket hash ``keys[numbers[i]]`` as one script
+        call (its reply, read by :meth:`_replies`, holds None where absent). With
+        ``overflow``, ``keys`` ends with the buckets' overflow hashes, in the same order.
+        Returns the calls sent: 0 when there is nothing to look up."""
         if not fields:
+            return 0
+        self._channel.send(self._load_script, keys,
+                           [b"1" if overflow else b"0", _index_bytes(numbers), *fields])
+        return 1
+
+    def _replies(self, sent: int) -> list[list[bytes | None]]:
+        """The replies of the last ``sent`` lookups, after one wait for all of them."""
+        if not sent:
             return []
-        return cast(list[bytes | None], self._channel.call(
-            self._load_script, keys, [b"1" if overflow else b"0", _index_bytes(numbers), *fields]))
+        return cast(list[list[bytes | None]], self._channel.settle()[-sent:])
+
+    def _send_map(self, table: _Map, buckets: Sequence[int], fields: Sequence[bytes]) -> int:
+        """Send the lookup of the values stored under ``(buckets[i], fields[i])``."""
+        numbers, distinct = _numbered(buckets)
+        keys = [table.bucket + str(bucket) for bucket in distinct]
+        keys += [table.overflow + str(bucket) for bucket in distinct]
+        return self._send_load(keys, True, numbers, list(fields))
 
     def _load_map(self, table: _Map, items: Sequence[str], buckets: Sequence[int],
                   fields: Sequence[bytes]) -> dict[str, bytes]:
         """Values of the items stored under ``(buckets[i], fields[i])``; absent ones left out."""
-        numbers, distinct = _numbered(buckets)
-        keys = [table.bucket + str(bucket) for bucket in distinct]
-        keys += [table.overflow + str(bucket) for bucket in distinct]
-        values = self._load(keys, True, numbers, list(fields))
-        return {item: value for item, value in zip(items, values, strict=True)
-                if value is not None}
+        sent = self._send_map(table, buckets, fields)
+        return _present(items, self._replies(sent)[0]) if sent else {}
 
     def _with_dictionary(self, items: Iterable[tuple[str, T]],
                          work: Callable[[T, Interner], Any]) -> dict[str, Any]:
@@ -759,38 +782,49 @@ class RedisLedger:
         """The start of the keys of one slice's buckets (a bucket number completes them)."""
         return template.format(prefix=self.prefix, slice=period, bucket="")
 
-    def _seen(self, template: str, keys: Collection[str]) -> set[str]:
-        """Which keys have a marker in the current or the previous slice."""
-        if not keys:
-            return set()
+    def _send_seen(self, template: str, texts: Sequence[str]) -> int:
+        """Send the lookup of which texts have a marker in the current or the previous
+        slice (read back by :func:`_seen_of`)."""
+        if not texts:
+            return 0
         current, _ = self._slice()
-        texts = list(keys)
         buckets, digests = _digest_slots(texts, self.aux_bits)
         numbers, distinct = _numbered(buckets)
         count = len(distinct)
         now, before = (self._router_table(template, period) for period in (current, current - 1))
         table_keys = [now + str(bucket) for bucket in distinct]
         table_keys += [before + str(bucket) for bucket in distinct]
-        values = self._load(table_keys, False, numbers + [n + count for n in numbers],
-                            digests + digests)
-        half = len(texts)
-        return {text for text, here, there in zip(texts, values[:half], values[half:],
-                                                  strict=True)
-                if here is not None or there is not None}
+        return self._send_load(table_keys, False, numbers + [n + count for n in numbers],
+                               digests + digests)
 
     def seen_messages(self, msgids: Collection[str]) -> set[str]:
         """Which of these msgids were routed before (in the last dedupe_days or more)."""
-        return self._seen(KEY_MSGIDS, msgids)
+        return self.recall_routing(msgids, (), ())[0]
 
     def seen_records(self, keys: Collection[str]) -> set[str]:
         """Which of these record keys were routed before (in the last dedupe_days or more)."""
-        return self._seen(KEY_RECORDS, keys)
+        return self.recall_routing((), keys, ())[1]
 
     def sale_codes(self, keys: Collection[str]) -> dict[str, tuple[str, ...]]:
         """Codes listed by the sales with these keys."""
-        wanted = list(keys)
-        raw = self._load_map(self._sales, wanted, *_digest_slots(wanted, self.sale_bits))
-        return {key: codec.unpack_codes(value) for key, value in raw.items()}
+        return self.recall_routing((), (), keys)[2]
+
+    def recall_routing(
+        self, msgids: Collection[str], records: Collection[str], sales: Collection[str],
+    ) -> tuple[set[str], set[str], dict[str, tuple[str, ...]]]:
+        """``seen_messages``, ``seen_records`` and ``sale_codes`` in one round trip."""
+        msgid_list, record_list, sale_list = list(msgids), list(records), list(sales)
+        sent_msgids = self._send_seen(KEY_MSGIDS, msgid_list)
+        sent_records = self._send_seen(KEY_RECORDS, record_list)
+        sent_sales = (self._send_map(self._sales, *_digest_slots(sale_list, self.sale_bits))
+                      if sale_list else 0)
+        replies = self._replies(sent_msgids + sent_records + sent_sales)
+        seen_msgids = _seen_of(msgid_list, replies[0]) if sent_msgids else set()
+        seen_records = _seen_of(record_list, replies[sent_msgids]) if sent_records else set()
+        known_sales = ({key: codec.unpack_codes(value)
+                        for key, value in _present(sale_list, replies[-1]).items()}
+                       if sent_sales else {})
+        return seen_msgids, seen_records, known_sales
 
     def commit_routing(
         self,
