@@ -10,8 +10,9 @@ import pytest
 from detectors.codes import normalise
 from detectors.model import CodeEvent, Kind, PersonEvent
 from streams.align import TimeAligner
+from streams.partitioner import murmur2, partition_of
 from streams.wire import dump_batch, dump_event, load_code_batch, load_person_batch
-from streams.worker import LiveFeed, code_key, partition_of
+from streams.worker import LiveFeed, code_key
 
 
 def test_boxes_of_one_product_share_a_writer() -> None:
@@ -32,6 +33,20 @@ def test_partition_of_matches_kafkas_default_partitioner() -> None:
     for key in (b"8385793", b"06901234567892", b"ENT0001234"):
         expected = DefaultPartitioner()(key, list(range(12)), list(range(12)))
         assert partition_of(key, 12) == expected
+
+
+def test_murmur2_is_the_java_clients() -> None:
+    import random
+
+    from aiokafka.partitioner import murmur2 as reference
+
+    # Utils.murmur2 of the JVM client (as a signed int) for these keys, then any length.
+    assert murmur2(b"21") & 0xFFFFFFFF == -973932308 & 0xFFFFFFFF
+    assert murmur2(b"") == 275646681
+    rng = random.Random(5)
+    for _ in range(5_000):
+        key = rng.randbytes(rng.randrange(0, 40))
+        assert murmur2(key) == reference(key), key
 
 
 def test_live_feed_gives_alerts_after_a_serial() -> None:

@@ -1,0 +1,43 @@
+"""Kafka's default partitioner: murmur2 of the key, as the JVM client computes it, compiled.
+
+aiokafka's ``murmur2`` is plain Python (~3 µs for a 16-byte key). The worker places every code
+and person event it hands over or sends by it, and most person keys miss its caches.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+_MASK: Final = 0xFFFFFFFF
+_SEED: Final = 0x9747B28C
+_M: Final = 0x5BD1E995
+
+
+def murmur2(data: bytes) -> int:
+    """MurmurHash2 of ``data`` as ``org.apache.kafka.common.utils.Utils.murmur2``, unsigned."""
+    length = len(data)
+    h = (_SEED ^ length) & _MASK
+    end = length & ~3
+    for i in range(0, end, 4):
+        k = data[i] | (data[i + 1] << 8) | (data[i + 2] << 16) | (data[i + 3] << 24)
+        k = (k * _M) & _MASK
+        k ^= k >> 24
+        k = (k * _M) & _MASK
+        h = ((h * _M) & _MASK) ^ k
+    extra = length & 3
+    if extra >= 3:
+        h ^= data[end + 2] << 16
+    if extra >= 2:
+        h ^= data[end + 1] << 8
+    if extra >= 1:
+        h ^= data[end]
+        h = (h * _M) & _MASK
+    h ^= h >> 13
+    h = (h * _M) & _MASK
+    h ^= h >> 15
+    return h
+
+
+def partition_of(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives ``key`` among ``partitions``."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
