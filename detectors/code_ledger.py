@@ -69,14 +69,16 @@ class StepResult:
         self.duplicate = duplicate
 
 
-# Both fingerprints are cached: every code of a message has the same two.
-@functools.lru_cache(maxsize=1024)
+# Both fingerprints are cached: every code of a message has the same two, and the Redis
+# ledger checks them again when it packs a batch's states, after the batch's last event (a
+# batch is up to 5,000 messages by default).
+@functools.lru_cache(maxsize=1 << 14)
 def record_fingerprint(institution: str, infno: str, bchno: str) -> str:
     """Fingerprint of one institution record, the re-upload idempotency key."""
     return fingerprint("r", institution, infno, bchno)
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=1 << 14)
 def message_fingerprint(msgid: str) -> str:
     """Fingerprint of one upload, the retry idempotency key."""
     return fingerprint("m", msgid)
