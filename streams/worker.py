@@ -190,14 +190,16 @@ MAX_ORDER_WAIT_S = 2.0
 EVENTS_PER_RECORD = 1000
 
 
-@lru_cache(maxsize=1 << 16)
+@lru_cache(maxsize=1 << 12)
 def _code_partition(key: bytes, partitions: int) -> int:
-    # Product keys are few and hot: a cache hit is cheaper still than compiled murmur2.
+    # Product keys are few and hot: a cache hit is cheaper still than compiled murmur2
+    # (enterprise codes are their own keys and pass through).
     return partition_of(key, partitions)
 
 
-@lru_cache(maxsize=1 << 18)
 def _person_partition(psn_hash: str, partitions: int) -> int:
+    # Not cached: people are many (a cache of 2^18 of them cost ~50 MB and missed most of the
+    # time), and murmur2 is compiled.
     return partition_of(psn_hash.encode(), partitions)
 
 
