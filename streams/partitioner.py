@@ -1,7 +1,7 @@
 """Kafka's default partitioner: murmur2 of the key, as the JVM client computes it, compiled.
 
 aiokafka's ``murmur2`` is plain Python (~3 µs for a 16-byte key). The worker places every code
-and person event it hands over or sends by it, and most person keys miss its caches.
+and person event it hands over or sends by it (person keys are too many to cache).
 """
 
 from __future__ import annotations
