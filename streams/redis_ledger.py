@@ -816,13 +816,12 @@ class RedisLedger:
         msgid_list, record_list, sale_list = list(msgids), list(records), list(sales)
         sent_msgids = self._send_seen(KEY_MSGIDS, msgid_list)
         sent_records = self._send_seen(KEY_RECORDS, record_list)
-        sent_sales = (self._send_map(self._sales, *_digest_slots(sale_list, self.sale_bits))
-                      if sale_list else 0)
+        sent_sales = self._send_map(self._sales, *_digest_slots(sale_list, self.sale_bits))
         replies = self._replies(sent_msgids + sent_records + sent_sales)
         seen_msgids = _seen_of(msgid_list, replies[0]) if sent_msgids else set()
         seen_records = _seen_of(record_list, replies[sent_msgids]) if sent_records else set()
-        known_sales = ({key: codec.unpack_codes(value)
-                        for key, value in _present(sale_list, replies[-1]).items()}
+        known_sales = ({key: codec.unpack_codes(value) for key, value in
+                        _present(sale_list, replies[sent_msgids + sent_records]).items()}
                        if sent_sales else {})
         return seen_msgids, seen_records, known_sales
 
