@@ -203,9 +203,9 @@ class WorkerUnderTest:
         try:
             import redis
 
-            client = redis.Redis.from_url(self.redis_url)
-            for key in client.scan_iter(match=f"{self.prefix}:*", count=1000):
-                client.unlink(key)
+            from streams.redis_ledger import remove_prefix
+
+            remove_prefix(redis.Redis.from_url(self.redis_url), self.prefix)
         except Exception as error:  # cleaning up must not hide the result
             print(f"tracewatch bench: could not remove {self.prefix}:* from Redis: {error}",
                   file=sys.stderr)
@@ -258,9 +258,11 @@ def _run_peer(name: str, bootstrap: str, input_topic: str, catalog: Path, codes:
 
 def _paced_produce(bootstrap: str, topic: str, lines: Sequence[bytes], rate: float,
                    seconds: float, key_of: Callable[[bytes], bytes | None],
-                   into: dict[str, float] | None = None) -> dict[str, float]:
+                   into: dict[str, float] | None = None,
+                   counter: list[int] | None = None) -> dict[str, float]:
     """Produce ``lines`` at ``rate`` per second for at most ``seconds``; msgid → send time
-    (filled in as they go into ``into`` when given).
+    (filled in as they go into ``into`` when given). ``counter[0]`` counts the records sent
+    (a retry repeats its msgid, so the dict's size does not).
 
     With confluent-kafka (librdkafka, C; installed with the ``bench`` extra for Quix Streams)
     the load costs this process a few % of a core; kafka-python, the fallback, took 40-60 %
@@ -285,6 +287,8 @@ def _paced_produce(bootstrap: str, topic: str, lines: Sequence[bytes], rate: flo
             msgid = str(orjson.loads(line).get("msgid", ""))
             sent[msgid] = time.time()
             send(topic, line, key_of(line))
+            if counter is not None:
+                counter[0] += 1
     finally:
         finish()
     return sent
@@ -393,19 +397,20 @@ def _soak(worker: WorkerUnderTest, bootstrap: str, input_topic: str, seed: int, 
     """Steady load for ``seconds``: (elapsed s, worker RSS MB, lag in records) every 10 s."""
     import threading
 
-    from streams.bench_workload import generate
+    from streams.bench_workload import stream
 
     base = int((worker.health() or {}).get("input_released", 0))
     chunk_s = 60.0
     chunks = max(1, int(seconds // chunk_s))
-    sent: dict[str, float] = {}
+    produced = [0]
 
     def produce() -> None:
-        # A minute's workload at a time (each its own seed): memory stays flat here too.
-        for number in range(chunks):
-            lines = generate(max(100, int(rate * chunk_s) + 1), seed + 2 + number).lines
-            _paced_produce(bootstrap, input_topic, lines, rate, chunk_s, _institution_key,
-                           into=sent)
+        # A minute's messages at a time, one workload running on (the same institutions,
+        # drugs and people; time, record numbers and boxes continuing), as steady traffic is.
+        minutes = stream(max(100, int(rate * chunk_s) + 1), seed + 2)
+        for _ in range(chunks):
+            _paced_produce(bootstrap, input_topic, next(minutes), rate, chunk_s,
+                           _institution_key, counter=produced)
 
     thread = threading.Thread(target=produce, daemon=True)
     started = time.monotonic()
@@ -413,9 +418,13 @@ def _soak(worker: WorkerUnderTest, bootstrap: str, input_topic: str, seed: int, 
     samples: list[tuple[float, float, int]] = []
     while thread.is_alive() and time.monotonic() - started < seconds + 60:
         time.sleep(10)
-        health = worker.health() or {}
+        health = worker.health()
         elapsed = time.monotonic() - started
-        lag = max(0, len(sent) - (int(health.get("input_released", 0)) - base))
+        if health is None:  # busy past the 2-s timeout: no figure, rather than a wrong one
+            print(f"  soak {elapsed:6.0f} s  the worker's /healthz did not answer",
+                  file=sys.stderr)
+            continue
+        lag = max(0, produced[0] - (int(health.get("input_released", 0)) - base))
         samples.append((round(elapsed, 1), round(worker.rss_mb(), 1), lag))
         print(f"  soak {elapsed:6.0f} s  worker RSS {samples[-1][1]:7.1f} MB  lag {lag}",
               file=sys.stderr)
@@ -541,6 +550,17 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _second_half(soak: Sequence[tuple[float, float, int]]) -> str:
+    """How the worker's RSS moved over the soak's second half, once warm (caches full)."""
+    middle = soak[-1][0] / 2
+    half = [s for s in soak if s[0] >= middle]
+    minutes = (half[-1][0] - half[0][0]) / 60 if len(half) > 1 else 0.0
+    if minutes <= 0:
+        return "second half too short to tell"
+    growth = half[-1][1] - half[0][1]
+    return f"second half {growth:+.0f} MB, {growth / minutes:+.1f} MB/min"
+
+
 def _ratio(mine: float, other: Throughput | None) -> str:
     if other is None or other.codes_per_s <= 0:
         return "nan"
@@ -570,7 +590,7 @@ def _report(results: Sequence[Throughput], latency: Latency,
         rss = [s[1] for s in soak]
         lines.append(f"soak {soak[-1][0]:.0f} s at {args.soak_share:.0%} of the throughput: "
                      f"worker RSS {rss[0]:.0f} → {rss[-1]:.0f} MB "
-                     f"(min {min(rss):.0f}, max {max(rss):.0f}); lag max "
+                     f"(min {min(rss):.0f}, max {max(rss):.0f}; {_second_half(soak)}); lag max "
                      f"{max(s[2] for s in soak)}, last {soak[-1][2]} records; mean lag "
                      f"{statistics.mean(s[2] for s in soak):.0f}")
     lines.append(

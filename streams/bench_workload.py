@@ -37,6 +37,7 @@ import datetime
 import gc
 import random
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ import orjson
 from streams.reference import CATALOG_HEADER
 from streams.simulate import CHAINS, CLOCK, DAY, DRUG_TABLE, GS, REGIONS, gs1_check
 
-__all__ = ["CatalogRow", "Workload", "generate", "write_catalog", "write_log"]
+__all__ = ["CatalogRow", "Workload", "generate", "stream", "write_catalog", "write_log"]
 
 START = "2026-11-02"
 #: Business seconds between two messages: 0 to 2 (about 1 s on average, so a million messages
@@ -489,6 +490,27 @@ def generate(messages: int, seed: int) -> Workload:
             gc.enable()
     return Workload(seed, gen.lines, gen.catalog(), gen.codes, gen.duplicates,
                     gen.overdispenses, gen.kinds)
+
+
+def stream(messages: int, seed: int) -> Iterator[list[bytes]]:
+    """The workload of ``generate(messages, seed)`` and then its continuation, a chunk of
+    ``messages`` lines at a time, for ever.
+
+    One world throughout (the same institutions, products and people), with business time,
+    record numbers and box serials running on, as a long steady load has them: a fresh
+    ``generate`` per chunk would bring new institutions and drugs every chunk and send the
+    same msgids and boxes again. Only the last few lines are kept between chunks (retries
+    reach back ``RETRY_REACH`` messages), so the caller's memory stays flat too.
+    """
+    if messages < 1:
+        raise ValueError(f"messages must be at least 1, not {messages}")
+    gen = _Generator(seed, messages)
+    while True:
+        del gen.lines[:-RETRY_REACH]
+        del gen.line_codes[:-RETRY_REACH]
+        start = len(gen.lines)
+        gen.run(start + messages)
+        yield gen.lines[start:]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,3 +45,16 @@ def test_bench_runs_every_contender_and_prints_the_summary(redis_url: str,
     assert "one alert after idling: " in table and "not seen" not in table
     # The latency samples are kept for a look at their spread.
     assert (tmp_path / "bench" / "latency.csv").read_text().count("\n") > 1
+
+
+@pytest.mark.parametrize(("samples", "said"), [
+    ([(10.0, 100.0, 0), (300.0, 150.0, 0), (420.0, 160.0, 0), (600.0, 160.0, 0)],
+     "second half +10 MB, +2.0 MB/min"),
+    ([(10.0, 120.0, 0), (20.0, 117.0, 0)], "second half -3 MB, -18.0 MB/min"),
+    ([(10.0, 120.0, 0)], "second half too short to tell"),
+])
+def test_soak_reports_the_growth_once_warm(samples: list[tuple[float, float, int]],
+                                           said: str) -> None:
+    from streams.bench import _second_half
+
+    assert _second_half(samples) == said

@@ -25,7 +25,7 @@ import pytest
 
 from detectors.messages import parse
 from detectors.model import RuleConfig
-from streams.bench_workload import Workload, generate, write_log
+from streams.bench_workload import Workload, generate, stream, write_log
 from streams.offline import run_check
 from streams.peers_common import (
     DUPLICATE_SALE,
@@ -76,6 +76,19 @@ def test_workload_is_deterministic_for_a_seed() -> None:
     assert (first.codes, first.duplicate_sales, first.split_overdispenses) == (
         again.codes, again.duplicate_sales, again.split_overdispenses)
     assert first.lines != other.lines
+
+
+def test_stream_runs_one_workload_on() -> None:
+    # At this size generate() has the same institutions for 1,000 and 3,000 messages, so the
+    # stream's chunks are exactly the longer workload, cut (the soak's steady traffic).
+    minutes = stream(1000, 7)
+    chunks = [next(minutes) for _ in range(3)]
+    assert [len(chunk) for chunk in chunks] == [1000, 1000, 1000]
+    assert [line for chunk in chunks for line in chunk] == generate(3000, 7).lines
+    # Later chunks go on: new msgids (a retry repeats one a few messages back at most).
+    seen = {orjson.loads(line)["msgid"] for line in chunks[0]}
+    again = [line for line in chunks[2] if orjson.loads(line)["msgid"] in seen]
+    assert again == []
 
 
 def test_workload_shape(workload: Workload) -> None:
