@@ -372,6 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("demo-out"),
                       help="folder for the simulated log and the alerts")
     demo.add_argument("--timeout", type=float, default=300, help="give up after this many s")
+    demo.add_argument("--keep-ledger", action="store_true",
+                      help="leave the run's Redis keys (twdemo<time>:*) instead of removing them")
 
     bench = add("bench", cmd_bench, "tracewatch's worker against a Quix Streams app and a naive "
                 "faust app on one broker: codes/s, latency, Redis bytes per code")

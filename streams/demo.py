@@ -3,7 +3,8 @@
 1. simulate a day of a province's traffic (``tracewatch simulate``) into ``--out``;
 2. start the embedded Tansu broker on a free loopback port;
 3. start ``tracewatch worker`` against it (Redis ledger when Redis answers, else in memory; a
-   fresh key prefix per run, so earlier runs do not count as retries);
+   fresh key prefix per run, so earlier runs do not count as retries, removed afterwards
+   unless ``--keep-ledger``);
 4. replay the day into ``tracewatch.events`` (one partition, so the order is the log's);
 5. print the alerts as they arrive on ``tracewatch.alerts``, then compare them with
    ``tracewatch check`` on the same log.
@@ -39,6 +40,24 @@ def _redis_answers(url: str) -> bool:
         return False
 
 
+def _leave_ledger(url: str, prefix: str, keep: bool) -> None:
+    """Remove the run's keys from Redis, or say where they are."""
+    if keep:
+        print(f"the ledger stays in Redis under {prefix}:* (TRACEWATCH_KEY_PREFIX={prefix})",
+              file=sys.stderr)
+        return
+    import redis
+
+    from streams.redis_ledger import remove_prefix
+
+    try:
+        remove_prefix(redis.Redis.from_url(url, socket_connect_timeout=2), prefix)
+    except (redis.RedisError, OSError) as error:
+        print(f"could not remove the demo's keys {prefix}:* from Redis ({error}); "
+              f"remove them with: redis-cli --scan --pattern '{prefix}:*' | xargs redis-cli unlink",
+              file=sys.stderr)
+
+
 def _alert_line(alert: dict[str, object]) -> str:
     mark = SEVERITY_MARK.get(str(alert["severity"]), "   ")
     subject = alert["drug_trac_codg"] or f"参保人 {alert['psn_hash']}"
@@ -69,13 +88,14 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     with EmbeddedBroker(log_path=out / "broker.log") as broker:
         ensure_topics(broker.bootstrap, [TopicSpec(settings.topic_events, 1)])
         use_redis = _redis_answers(settings.redis_url)
+        prefix = f"twdemo{int(time.time())}"
         web_port = free_port()
         env = dict(os.environ)
         env.update({
             "TRACEWATCH_KAFKA": broker.bootstrap,
             "TRACEWATCH_CATALOG": str(catalog.resolve()),
             "TRACEWATCH_LEDGER": "redis" if use_redis else "memory",
-            "TRACEWATCH_KEY_PREFIX": f"twdemo{int(time.time())}",
+            "TRACEWATCH_KEY_PREFIX": prefix,
             "TRACEWATCH_WEB_PORT": str(web_port),
             "TRACEWATCH_LOG_LEVEL": "warning",
         })
@@ -100,6 +120,8 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
             except subprocess.TimeoutExpired:
                 worker.kill()
             worker_log.close()
+            if use_redis:
+                _leave_ledger(settings.redis_url, prefix, args.keep_ledger)
     missing, extra = expected - got, got - expected
     print(f"\nworker raised {len(got)} alerts; tracewatch check raised {len(expected)}; "
           f"missing {len(missing)}, extra {len(extra)}. Alerts: {out / 'alerts.jsonl'}",

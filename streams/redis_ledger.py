@@ -246,6 +246,24 @@ def _bits_for(count: int) -> int:
     return min(MAX_BUCKET_BITS, (buckets - 1).bit_length())
 
 
+def remove_prefix(client: redis.Redis, prefix: str) -> int:
+    """Unlink every key under ``prefix`` (a demo's or a bench run's ledger); how many.
+
+    For a throw-away ledger only: the interned dictionaries go too, so nothing written under
+    the prefix can be read again. Other prefixes are not touched.
+    """
+    removed = 0
+    batch: list[bytes] = []
+    for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+        batch.append(key)
+        if len(batch) == 1000:
+            removed += int(client.unlink(*batch))
+            batch.clear()
+    if batch:
+        removed += int(client.unlink(*batch))
+    return removed
+
+
 # --------------------------------------------------------------------------- interner
 
 

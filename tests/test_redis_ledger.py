@@ -512,3 +512,23 @@ def test_scripts_lost_by_redis_are_loaded_again(redis_server: Callable[..., Any]
     client.script_flush()
     assert ledger.load_codes({C1, C2, C3}) == {C1: SMALL, C2: elsewhere}
     client.close()
+
+
+def test_a_throw_away_prefix_is_removed_whole(
+    make: Callable[..., RedisLedger], client: CountingRedis, prefix: str, redis_url: str
+) -> None:
+    from streams.demo import _leave_ledger
+    from streams.redis_ledger import remove_prefix
+
+    ledger = make(buckets=4096)
+    ledger.store_codes({random_code(random.Random(n)): typical_state() for n in range(2500)})
+    client.set(f"{prefix}x:kept", b"another prefix")  # shares the first letters only
+    ours = list(client.scan_iter(match=f"{prefix}:*"))
+    assert len(ours) > 1000  # more than one UNLINK's worth of keys
+
+    _leave_ledger(redis_url, prefix, keep=True)  # the demo's --keep-ledger
+    assert len(list(client.scan_iter(match=f"{prefix}:*"))) == len(ours)
+    _leave_ledger(redis_url, prefix, keep=False)
+    assert list(client.scan_iter(match=f"{prefix}:*")) == []
+    assert client.get(f"{prefix}x:kept") == b"another prefix"
+    assert remove_prefix(client, prefix) == 0
