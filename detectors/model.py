@@ -402,6 +402,18 @@ class Alert:
 # --------------------------------------------------------------------------- helpers
 
 
+def decimal_text(number: object) -> str:
+    """``str(number)`` for an ``int`` of any size, in compiled code too.
+
+    mypyc keeps an ``int`` below 2**62 unboxed and boxes a larger one; its ``str()`` of a
+    boxed ``int`` (``CPyTagged_Str``, mypyc 2.4) takes a new reference to the box and never
+    gives it back, so each call leaked an object: a 20-digit code read back from the ledger,
+    a long digit run of a record number. Taking ``object`` makes the call box the value with
+    its reference counted and ``str`` the plain Python one.
+    """
+    return str(number)
+
+
 def format_time(seconds: int) -> str:
     """Business time back to the platform's ``YYYY-MM-DD HH:MM:SS``."""
     return _time.strftime("%Y-%m-%d %H:%M:%S", _time.gmtime(seconds))

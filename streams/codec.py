@@ -41,7 +41,7 @@ from typing import Protocol
 from detectors.code_ledger import message_fingerprint, record_fingerprint
 from detectors.hoarding import HoardingLink, PersonState, Purchase
 from detectors.messages import SALE
-from detectors.model import CodeState, SaleRecord, fingerprint
+from detectors.model import CodeState, SaleRecord, decimal_text, fingerprint
 
 EPOCH = 1_577_836_800
 """2020-01-01 00:00:00 in business seconds: the zero of packed times."""
@@ -299,7 +299,7 @@ class _Reader:
             return self.take(header >> 1).decode("utf-8", "surrogatepass")
         size, digits = divmod(header >> 1, 20)
         head = self.take(size).decode("utf-8", "surrogatepass")
-        return head + str(self.uvarint()).zfill(digits)
+        return head + decimal_text(self.uvarint()).zfill(digits)
 
     def moment(self, fixed: bool) -> int:
         if fixed:
@@ -401,7 +401,7 @@ def _read_origin(
         stamped = time.strftime("%Y%m%d%H%M%S", time.gmtime(moment + reader.svarint()))
         packed = reader.uvarint()
         digits = reader.uvarint() if packed & 1 else _NHSA_SEQUENCE_DIGITS
-        rest = stamped + (str(packed >> 1).zfill(digits) if digits else "")
+        rest = stamped + (decimal_text(packed >> 1).zfill(digits) if digits else "")
     else:
         rest = reader.text()
     msgid = institution + rest if flags & _MSG_PREFIX else rest
@@ -498,7 +498,7 @@ def _read_sale(reader: _Reader, base: int, interner: Interner) -> SaleRecord:
         stamped = time.strftime("%Y%m%d%H%M%S", time.gmtime(moment + reader.svarint()))
         packed = uvarint()
         digits = uvarint() if packed & 1 else _NHSA_SEQUENCE_DIGITS
-        rest = stamped + (str(packed >> 1).zfill(digits) if digits else "")
+        rest = stamped + (decimal_text(packed >> 1).zfill(digits) if digits else "")
     else:
         rest = reader.text()
     if flags & _PSN_RAW:
@@ -791,9 +791,9 @@ def code_of_slot(bucket: int, field: bytes, bucket_bits: int) -> str | None:
     if tag < 0x80:
         rest_bits = _CODE20_BITS - bucket_bits
         mixed = bucket << rest_bits | int.from_bytes(field, "big")
-        return str((mixed * _UNMIX) & _CODE20_MASK).zfill(20)
+        return decimal_text((mixed * _UNMIX) & _CODE20_MASK).zfill(20)
     if tag == _FIELD_GS1:
-        gtin = str(int.from_bytes(field[1:7], "big")).zfill(14)
+        gtin = decimal_text(int.from_bytes(field[1:7], "big")).zfill(14)
         return f"(01){gtin}(21)" + field[7:].decode("utf-8", "surrogatepass")
     if tag == _FIELD_TEXT:
         return field[1:].decode("utf-8", "surrogatepass")
@@ -816,7 +816,7 @@ def _put_code(out: bytearray, code: str) -> None:
 def _read_code(reader: _Reader) -> str:
     header = reader.uvarint()
     if header == 0:
-        return str(int.from_bytes(reader.take(9), "big")).zfill(20)
+        return decimal_text(int.from_bytes(reader.take(9), "big")).zfill(20)
     return reader.take(header - 1).decode("utf-8", "surrogatepass")
 
 
