@@ -41,8 +41,8 @@ class Metrics:
             "tracewatch_batch_seconds",
             "time one batch spends in each step: fetch (waiting in getmany), route, codes, "
             "persons (the rules), acks (the broker acknowledging the output), write (the "
-            "ledger), commit (the input offsets), gc (Python's cycle collector, between "
-            "batches)",
+            "ledger), commit (the input offsets), gc (Python's cycle collector between "
+            "batches, and glibc's malloc_trim after the full pass once a minute)",
             ["stage"], buckets=LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("tracewatch_batch_size", "records in one batch", ["stage"],
                                     buckets=(1, 10, 50, 100, 500, 1000, 2000, 5000, 10000),

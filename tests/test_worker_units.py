@@ -192,3 +192,44 @@ def test_cycle_collector_frees_cycles_between_batches_not_during_them() -> None:
     finally:
         collector.stop()
     assert gc.isenabled() == enabled
+
+
+_MAPPED_PROBE = """
+import ctypes, sys
+from streams.worker import GlibcHeap
+heap = GlibcHeap(mmap_threshold=256 * 1024)
+if sys.argv[1] == "start":
+    assert heap.start()
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = (ctypes.c_size_t,)
+libc.free.argtypes = (ctypes.c_void_p,)
+mapped = []
+for size in (8 << 20, 8 << 20, 8 << 20):  # more than the top of the heap keeps free
+    pointer = libc.malloc(size)
+    # glibc marks a chunk it mapped by itself with bit 2 of the size word before it.
+    mapped.append(bool(ctypes.c_size_t.from_address(pointer - 8).value & 2))
+    libc.free(pointer)
+assert isinstance(heap.trim(), bool)
+print(mapped)
+"""
+
+
+@pytest.mark.parametrize(("how", "mapped"), [
+    # By itself glibc maps the first large block, and freeing it raises the threshold past
+    # its size: the next ones grow the heap, which keeps their pages.
+    ("default", "[True, False, False]"),
+    ("start", "[True, True, True]"),
+])
+def test_glibc_heap_maps_batch_sized_blocks(how: str, mapped: str) -> None:
+    import subprocess
+    import sys
+
+    from streams.worker import GlibcHeap
+
+    if not GlibcHeap().present:
+        pytest.skip("not glibc's malloc")
+    # A fresh process: in this one, earlier tests left free heap space a block fits in.
+    done = subprocess.run([sys.executable, "-c", _MAPPED_PROBE, how], capture_output=True,
+                          text=True, timeout=60, check=True)
+    assert done.stdout.strip() == mapped
