@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from streams.broker import EmbeddedBroker, free_port
 from streams.kafka_io import TopicSpec, consume_all, ensure_topics, replay
 from streams.offline import run_check
+from streams.redis_ledger import remove_prefix
 from streams.reference import rule_config
 from streams.settings import load_settings
 
@@ -76,9 +77,7 @@ def main() -> int:
         finally:
             worker.terminate()
             worker.wait(timeout=30)
-            client = redis.Redis.from_url(settings.redis_url)
-            for key in client.scan_iter(match=f"e2e{run}:*", count=1000):
-                client.unlink(key)
+            remove_prefix(redis.Redis.from_url(settings.redis_url), f"e2e{run}")
     got = {orjson.loads(record.value or b"{}")["alert_id"] for record in records}
     last = max((record.timestamp / 1000 for record in records), default=started)
     print(f"worker: last alert {last - started:.1f} s after launch (group join ~5 s included), "
