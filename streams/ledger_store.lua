@@ -4,13 +4,16 @@
 -- overflow hashes (else 0), TTL their expiry in seconds.
 -- KEYS: per run, its N bucket hashes, then, when F is 1, their N overflow hashes in the same
 -- order.
--- ARGV[2]: per write, 4 bytes little-endian: 2 * (number of its bucket hash, from 0, counting
--- the bucket hashes of all runs) + 1 for a set, + 0 for a delete.
+-- ARGV[2]: per write, 4 bytes little-endian: 8 * (number of its bucket hash, from 0, counting
+-- the bucket hashes of all runs) + 4 when the field may have a copy in the overflow hash
+-- + 2 when the bucket's expiry is to be pushed + 1 for a set (0 for a delete).
 -- ARGV[3], ...: per write, its field and its value (empty for a delete).
 -- A value longer than LIMIT in a bucket with an overflow hash goes there, and the bucket gets
 -- an empty marker under the field. Per bucket, deletes run before sets; a field set in the
--- bucket or deleted loses its overflow copy. Every written key gets its expiry pushed to TTL
--- (a bucket that only had deletes keeps its own). Returns the number of bucket hashes.
+-- bucket or deleted loses its overflow copy (looked for only when a write of the bucket says
+-- there may be one). A bucket gets its expiry pushed to TTL when a write of it asks (the
+-- caller asks once a day per bucket, not on every write: each EXPIRE is a call of its own);
+-- an overflow hash written to always does. Returns the number of bucket hashes.
 
 local STEP = 4000 -- even, and well below Lua's unpack() limit
 
@@ -34,7 +37,7 @@ for i = 1, writes do
   local b1, b2, b3, b4 = byte(index, p, p + 3)
   local e = b1 + 256 * (b2 + 256 * (b3 + 256 * b4))
   entry[i] = e
-  local b = (e - e % 2) / 2 + 1
+  local b = (e - e % 8) / 8 + 1
   count[b] = (count[b] or 0) + 1
 end
 local buckets = 0
@@ -48,7 +51,7 @@ for b = 1, buckets do
 end
 for i = 1, writes do
   local e = entry[i]
-  local b = (e - e % 2) / 2 + 1
+  local b = (e - e % 8) / 8 + 1
   order[next_at[b]] = i
   next_at[b] = next_at[b] + 1
 end
@@ -56,27 +59,33 @@ end
 local function write(key, big, ttl, first, last)
   if first == last then -- the common case: one write to the bucket
     local i = order[first]
+    local e = entry[i]
     local name, value = ARGV[2 * i + 1], ARGV[2 * i + 2]
-    if entry[i] % 2 == 0 then
+    local copy = big and e % 8 >= 4
+    if e % 2 == 0 then
       redis.call('HDEL', key, name)
-      if big and redis.call('EXISTS', big) == 1 then redis.call('HDEL', big, name) end
+      if copy and redis.call('EXISTS', big) == 1 then redis.call('HDEL', big, name) end
     elseif big and #value > limit then
       redis.call('HSET', key, name, '')
       redis.call('HSET', big, name, value)
       redis.call('EXPIRE', big, ttl)
-      redis.call('EXPIRE', key, ttl)
+      if e % 4 >= 2 then redis.call('EXPIRE', key, ttl) end
     else
       redis.call('HSET', key, name, value)
-      if big and redis.call('EXISTS', big) == 1 then redis.call('HDEL', big, name) end
-      redis.call('EXPIRE', key, ttl)
+      if copy and redis.call('EXISTS', big) == 1 then redis.call('HDEL', big, name) end
+      if e % 4 >= 2 then redis.call('EXPIRE', key, ttl) end
     end
     return
   end
   local d, s, o = {}, {}, {}
+  local copies, refresh = false, false
   for j = first, last do
     local i = order[j]
+    local e = entry[i]
     local name, value = ARGV[2 * i + 1], ARGV[2 * i + 2]
-    if entry[i] % 2 == 0 then
+    if e % 8 >= 4 then copies = true end
+    if e % 4 >= 2 then refresh = true end
+    if e % 2 == 0 then
       d[#d + 1] = name
     elseif big and #value > limit then
       o[#o + 1] = name
@@ -88,7 +97,7 @@ local function write(key, big, ttl, first, last)
   end
   if #d > 0 then call_range('HDEL', key, d, 1, #d) end
   if #s > 0 then call_range('HSET', key, s, 1, #s) end
-  if big and (#d > 0 or #s > 0) and redis.call('EXISTS', big) == 1 then
+  if big and copies and (#d > 0 or #s > 0) and redis.call('EXISTS', big) == 1 then
     local names = {}
     for i = 1, #d do names[#names + 1] = d[i] end
     for i = 1, #s, 2 do names[#names + 1] = s[i] end
@@ -104,7 +113,7 @@ local function write(key, big, ttl, first, last)
     call_range('HSET', big, o, 1, #o)
     redis.call('EXPIRE', big, ttl)
   end
-  if #s > 0 or #o > 0 then redis.call('EXPIRE', key, ttl) end
+  if refresh and (#s > 0 or #o > 0) then redis.call('EXPIRE', key, ttl) end
 end
 
 local b, k = 0, 0

@@ -26,8 +26,12 @@ sales, a big sale) goes to the bucket's *overflow hash* and the bucket keeps an 
 so one long value never converts its whole bucket. Raising ``hash-max-listpack-value`` to
 128 (``CONFIG SET`` or redis.conf) keeps codes with two or three sales inline.
 
-Retention. Bucket keys expire ``retention_days`` after their last write (refreshed on every
-write), so a bucket nobody writes to disappears; but a live bucket keeps codes that went quiet.
+Retention. Bucket keys expire ``retention_days`` and a day after their last write: a writer
+pushes a bucket's expiry with its first write of the day to it (an EXPIRE per write was a
+third of a code write's Redis time), so a bucket nobody writes to disappears; but a live
+bucket keeps codes that went quiet. (A bucket emptied and written again later the same day
+waits for the next day's push, or the sweep, to expire.) A write looks for an overflow copy
+to remove only when the writer's load saw the value long, or did not load it.
 The pure detectors already treat state whose ``last_time`` is older than the retention (in
 business time) as absent, so an old entry behaves exactly like a missing one; it only costs
 memory. :meth:`RedisLedger.sweep` (``tracewatch sweep``) reclaims it: a Lua script per batch
@@ -39,11 +43,11 @@ of its last write by Redis's clock).
 
 Router memory: ``msgid`` and record markers are 8-byte digests in bucket hashes of the current
 *slice* of ``dedupe_days`` of wall-clock time (Redis's clock); lookups check the current and the
-previous slice, and a slice key expires when it stops being checked, so a marker is remembered
-at least ``dedupe_days`` and at most twice that. The sale index (institution + bchno → codes,
-for 3507 deletes) is bucketed like the codes, keyed by a digest, with expiry ``retention_days``
-(one key per sale would cost ~100 bytes of key overhead per sale, more than the codes); each
-entry carries the day it was last written, for the sweep.
+previous slice, and a slice key expires a day after it stops being checked, so a marker is
+remembered at least ``dedupe_days`` and at most twice that and a day. The sale index
+(institution + bchno → codes, for 3507 deletes) is bucketed like the codes, keyed by a digest,
+with expiry ``retention_days`` (one key per sale would cost ~100 bytes of key overhead per
+sale, more than the codes); each entry carries the day it was last written, for the sweep.
 Person hoarding states are bucketed the same way with expiry ``person_ttl_days``; the hoarding
 link of a person is one small string key each (few people have one).
 
@@ -106,22 +110,24 @@ KEY_DICT_REV = "{prefix}:dict:{table}:rev"
 """Hash: id → interned text; field "0" is the last id given out. Never expires."""
 KEY_CODES = "{prefix}:c:{bucket}"
 """Hash: code field (codec.code_slot) → packed CodeState, or "" when in the overflow.
-Expires retention_days after its last write; older states in it are removed by the sweep."""
+Expires retention_days (and a day) after its last write; older states in it are removed by
+the sweep."""
 KEY_CODES_BIG = "{prefix}:cx:{bucket}"
 """Hash: code field → packed CodeState too long for the bucket. Expiry as the bucket's."""
 KEY_MSGIDS = "{prefix}:m:{slice}:{bucket}"
-"""Hash: 8-byte digest of a routed msgid → "". Expires when the next slice ends."""
+"""Hash: 8-byte digest of a routed msgid → "". Expires a day after the next slice ends."""
 KEY_RECORDS = "{prefix}:r:{slice}:{bucket}"
 """Hash: 8-byte digest of a routed record (institution, infno, bchno) → "". As msgids."""
 KEY_SALES = "{prefix}:s:{bucket}"
 """Hash: 8-byte digest of institution + bchno → the sale's codes and the day of the write
-(codec.pack_codes), or "" when in the overflow. Expires retention_days after its last write;
-entries older than that are removed by the sweep."""
+(codec.pack_codes), or "" when in the overflow. Expires retention_days (and a day) after its
+last write; entries older than that are removed by the sweep."""
 KEY_SALES_BIG = "{prefix}:sx:{bucket}"
 """Hash: sale digest → codes too long for the bucket."""
 KEY_PERSONS = "{prefix}:p:{bucket}"
 """Hash: 8-byte digest of person + drug → packed PersonState, or "" when in the overflow.
-Expires person_ttl_days after its last write; older states in it are removed by the sweep."""
+Expires person_ttl_days (and a day) after its last write; older states in it are removed by
+the sweep."""
 KEY_PERSONS_BIG = "{prefix}:px:{bucket}"
 """Hash: person digest → packed PersonState too long for the bucket."""
 KEY_LINK = "{prefix}:hl:{psn_hash}"
@@ -486,13 +492,54 @@ class _ScriptChannel:
         return replies
 
 
+EXPIRY_SPARE = DAY_SECONDS
+"""Bucket hashes get their expiry pushed by their first write of a day only, so each is set
+this much further out than the retention needs: the writes after it that day are covered."""
+
+
+class _Expiries:
+    """Which bucket hashes this process pushed the expiry of today, per family of keys.
+
+    An EXPIRE is a call of its own in the store script, and one per written bucket was a
+    third of a code write's Redis time; a bucket's expiry only needs pushing once a day (with
+    :data:`EXPIRY_SPARE` to spare). Forgotten when a write round fails, since Redis may not
+    have applied it: the next writes push again.
+    """
+
+    __slots__ = ("_days",)
+
+    def __init__(self) -> None:
+        self._days: dict[str, array[int]] = {}
+
+    def due(self, table: str, size: int, buckets: Sequence[int], day: int) -> list[bool]:
+        """For each write to ``buckets[i]`` of ``table`` (``size`` buckets), whether it is to
+        push the bucket's expiry: the first write of the day to the bucket, in this process."""
+        days = self._days.get(table)
+        if days is None:
+            if len(self._days) >= 16:  # router slices come and go
+                self._days.clear()
+            days = self._days[table] = array("l", bytes(array("l").itemsize * size))
+        due: list[bool] = []
+        for bucket in buckets:
+            if days[bucket] == day:
+                due.append(False)
+            else:
+                days[bucket] = day
+                due.append(True)
+        return due
+
+    def forget(self) -> None:
+        self._days.clear()
+
+
 class _Writes:
     """KEYS and ARGV of one call of ``ledger_store.lua``, built straight from a batch.
 
     Each :meth:`run` adds the bucket hashes one family touches (with their overflow hashes,
-    and one expiry), one 4-byte entry per write (the bucket's number among all runs and
-    whether it sets or deletes) and the write's field and value. A bucket met twice in one
-    batch is one key; no per-bucket object is built.
+    and one expiry), one 4-byte entry per write (the bucket's number among all runs, whether
+    it may have an overflow copy to remove, whether it pushes the bucket's expiry, whether it
+    sets or deletes) and the write's field and value. A bucket met twice in one batch is one
+    key; no per-bucket object is built.
     """
 
     __slots__ = ("args", "entries", "keys", "runs", "size")
@@ -505,17 +552,31 @@ class _Writes:
         self.size = 0
 
     def run(self, table: str, overflow: str | None, ttl: int, buckets: Sequence[int],
-            names: Sequence[bytes], values: Sequence[bytes | None]) -> None:
+            names: Sequence[bytes], values: Sequence[bytes | None],
+            refresh: Sequence[bool] | None = None, inline: Sequence[bool] | None = None,
+            ) -> None:
         """Write ``values[i]`` under ``names[i]`` in bucket ``buckets[i]`` of the family
         whose keys are ``table`` (and ``overflow``, None when it has none) with a bucket
-        number; None deletes. Within a bucket, deletes run before sets; runs run in order."""
+        number; None deletes. Within a bucket, deletes run before sets; runs run in order.
+
+        ``refresh[i]``: whether the write pushes its bucket's expiry to ``ttl`` (default:
+        all do). ``inline[i]``: the field is known to have no copy in the overflow hash
+        (its value was read back short), so the script need not look (default: none is)."""
         if not names:
             return
         numbers: dict[int, int] = {}
         number = numbers.setdefault
         base = self.size
-        self.entries += [(base + number(bucket, len(numbers))) * 2 + (value is not None)
-                         for bucket, value in zip(buckets, values, strict=True)]
+        if refresh is None and inline is None:
+            self.entries += [(base + number(bucket, len(numbers))) * 8 + 6 + (value is not None)
+                             for bucket, value in zip(buckets, values, strict=True)]
+        else:
+            pushes = [True] * len(names) if refresh is None else refresh
+            known = [False] * len(names) if inline is None else inline
+            self.entries += [
+                (base + number(bucket, len(numbers))) * 8 + (0 if short else 4)
+                + (2 if push else 0) + (value is not None)
+                for bucket, value, push, short in zip(buckets, values, pushes, known, strict=True)]
         self.args += chain.from_iterable(
             zip(names, [b"" if value is None else value for value in values], strict=True))
         self.keys += [table + str(bucket) for bucket in numbers]
@@ -579,6 +640,11 @@ class RedisLedger:
         self._store_script = scripts["store"]
         self._channel = _ScriptChannel(client, (self._load_script, self._store_script))
         self._in_flight = False
+        self._expiries = _Expiries()
+        # Codes and person keys the last load found absent or inline: their writes need not
+        # look for an overflow copy (each writer loads before it stores).
+        self._inline_codes: set[str] = set()
+        self._inline_persons: set[str] = set()
         self._sweep_script = scripts["sweep"]
         self.interner = RedisInterner(client, prefix, scripts["intern"])
 
@@ -687,6 +753,15 @@ class RedisLedger:
         current = int(now // self.dedupe_seconds)
         return current, int((current + 2) * self.dedupe_seconds - now) + 1
 
+    def _today(self) -> int:
+        """The day number by Redis's clock, for :class:`_Expiries`."""
+        return int((time.time() + self._clock_offset) // DAY_SECONDS)
+
+    def _inline_of(self, items: Sequence[str], raw: Mapping[str, bytes]) -> set[str]:
+        """The items whose value was absent or short enough for its bucket."""
+        limit = self.inline_limit
+        return {item for item in items if len(raw.get(item, b"")) <= limit}
+
     def _send_load(self, keys: list[str], overflow: bool, numbers: list[int],
                    fields: list[bytes]) -> int:
         """Send the lookup of ``fields[i]`` in bucket hash ``keys[numbers[i]]`` as one script
@@ -748,8 +823,12 @@ class RedisLedger:
 
     def _write(self, writes: _Writes) -> None:
         """Send a batch of writes; wait for Redis unless inside :meth:`writes_in_flight`."""
-        if writes.send(self._channel, self._store_script) and not self._in_flight:
-            self._channel.settle()
+        try:
+            if writes.send(self._channel, self._store_script) and not self._in_flight:
+                self._channel.settle()
+        except BaseException:
+            self._expiries.forget()
+            raise
 
     @contextmanager
     def writes_in_flight(self) -> Iterator[None]:
@@ -764,10 +843,15 @@ class RedisLedger:
             yield
         except BaseException:
             self._channel.reset()
+            self._expiries.forget()
             raise
         finally:
             self._in_flight = False
-        self._channel.settle()
+        try:
+            self._channel.settle()
+        except BaseException:
+            self._expiries.forget()
+            raise
 
     # ------------------------------------------------------------------ codes
 
@@ -779,6 +863,7 @@ class RedisLedger:
         """States of the given codes that exist; absent codes are left out."""
         wanted = list(codes)
         raw = self._load_map(self._codes, wanted, *codec.code_slots(wanted, self.code_bits))
+        self._inline_codes = self._inline_of(wanted, raw)
         states = self._with_dictionary(raw.items(), codec.unpack_code_state)
         return {code: states[code] for code in raw}
 
@@ -789,9 +874,15 @@ class RedisLedger:
             codec.pack_code_state,
         )
         codes = list(states)
+        buckets, fields = codec.code_slots(codes, self.code_bits)
+        inline = self._inline_codes
         writes = _Writes(self.inline_limit)
-        writes.run(self._codes.bucket, self._codes.overflow, self.retention_seconds,
-                   *codec.code_slots(codes, self.code_bits), [packed.get(code) for code in codes])
+        writes.run(self._codes.bucket, self._codes.overflow,
+                   self.retention_seconds + EXPIRY_SPARE, buckets, fields,
+                   [packed.get(code) for code in codes],
+                   self._expiries.due(self._codes.bucket, 1 << self.code_bits, buckets,
+                                      self._today()),
+                   [code in inline for code in codes])
         self._write(writes)
 
     # ------------------------------------------------------------------ router memory
@@ -853,6 +944,7 @@ class RedisLedger:
         """Remember a routed batch: its msgids, records, and sale codes (None forgets)."""
         current, ttl = self._slice()
         bits = self.aux_bits
+        today = self._today()
         writes = _Writes(self.inline_limit)
         if records_removed:  # from the current and the previous slice, before any sets
             buckets, digests = _digest_slots(records_removed, bits)
@@ -862,13 +954,16 @@ class RedisLedger:
                            digests, nothing)
         for template, keys in ((KEY_MSGIDS, msgids), (KEY_RECORDS, records_added)):
             buckets, digests = _digest_slots(keys, bits)
-            writes.run(self._router_table(template, current), None, ttl, buckets, digests,
-                       [b""] * len(digests))
+            table = self._router_table(template, current)
+            writes.run(table, None, ttl + EXPIRY_SPARE, buckets, digests, [b""] * len(digests),
+                       self._expiries.due(table, 1 << bits, buckets, today))
         day = codec.day_stamp(self.business_now())
-        writes.run(self._sales.bucket, self._sales.overflow, self.retention_seconds,
-                   *_digest_slots(sales, self.sale_bits),
+        buckets, digests = _digest_slots(sales, self.sale_bits)
+        writes.run(self._sales.bucket, self._sales.overflow,
+                   self.retention_seconds + EXPIRY_SPARE, buckets, digests,
                    [None if codes is None else codec.pack_codes(codes, day)
-                    for codes in sales.values()])
+                    for codes in sales.values()],
+                   self._expiries.due(self._sales.bucket, 1 << self.sale_bits, buckets, today))
         self._write(writes)
 
     # ------------------------------------------------------------------ persons
@@ -877,6 +972,7 @@ class RedisLedger:
         """Hoarding states of (person, drug) keys that exist."""
         wanted = list(keys)
         raw = self._load_map(self._persons, wanted, *_digest_slots(wanted, self.aux_bits))
+        self._inline_persons = self._inline_of(wanted, raw)
         states = self._with_dictionary(raw.items(), codec.unpack_person_state)
         return {key: states[key] for key in raw}
 
@@ -887,9 +983,15 @@ class RedisLedger:
             codec.pack_person_state,
         )
         keys = list(states)
+        buckets, digests = _digest_slots(keys, self.aux_bits)
+        inline = self._inline_persons
         writes = _Writes(self.inline_limit)
-        writes.run(self._persons.bucket, self._persons.overflow, self.person_seconds,
-                   *_digest_slots(keys, self.aux_bits), [packed.get(key) for key in keys])
+        writes.run(self._persons.bucket, self._persons.overflow,
+                   self.person_seconds + EXPIRY_SPARE, buckets, digests,
+                   [packed.get(key) for key in keys],
+                   self._expiries.due(self._persons.bucket, 1 << self.aux_bits, buckets,
+                                      self._today()),
+                   [key in inline for key in keys])
         self._write(writes)
 
     def _link_key(self, psn_hash: str) -> str:
