@@ -11,9 +11,11 @@ input in business-time order across partitions as far as it can see:
   merged by time; the horizon is the smallest, over the partitions holding records, of the
   latest time held — so the partition furthest behind is drained and the others are
   released up to where it stands;
-* the rest is held for the next round. Every round drains at least one partition, so held
-  records are released at the latest one round later, and a partition with nothing fetched
-  (caught up, or idle) never holds the others back.
+* the rest is held for the next round. Every round drains at least one partition (or
+  releases its limit, below), so held records are released within a few rounds, and a
+  partition with nothing fetched (caught up, or idle) never holds the others back;
+* a round releases at most the worker's batch size, the earliest records first; the others
+  wait, in their order, for the next round (which needs no fetch to happen).
 
 Records without a time (bad input, sent to the DLQ) take the time of the record before them.
 """
@@ -63,10 +65,13 @@ class TimeAligner(Generic[P]):
         for partition in partitions:
             self._held.pop(partition, None)
 
-    def release(self, behind: Iterable[Hashable] = ()) -> list[tuple[Hashable, P]]:
+    def release(self, behind: Iterable[Hashable] = (),
+                limit: int | None = None) -> list[tuple[Hashable, P]]:
         """The records up to the horizon, as (partition, item), merged by time.
 
-        ``behind``: partitions with records in the broker not fetched yet.
+        ``behind``: partitions with records in the broker not fetched yet. ``limit``: release
+        at most this many, the earliest; the rest wait, in their order, for the next round
+        (a batch's memory is bounded by it, however far the partitions drifted apart).
         """
         queues = {p: q for p, q in self._held.items() if q}
         if not queues or any(not self._held.get(partition) for partition in behind):
@@ -83,6 +88,12 @@ class TimeAligner(Generic[P]):
             if run:
                 runs.append(run)
         if len(runs) == 1:
-            return [(partition, item) for _, partition, item in runs[0]]
-        return [(partition, item)
-                for _, partition, item in heapq.merge(*runs, key=lambda entry: entry[0])]
+            merged = runs[0]
+        else:
+            merged = list(heapq.merge(*runs, key=lambda entry: entry[0]))
+        if limit is not None and len(merged) > limit:
+            # Back to the front of their queues, latest first, so each keeps its order.
+            for moment, partition, item in reversed(merged[limit:]):
+                self._held[partition].appendleft(Held(moment, item))
+            del merged[limit:]
+        return [(partition, item) for _, partition, item in merged]

@@ -589,7 +589,7 @@ class Worker:
             log.warning("input partitions %s unread for %.1f s; releasing without them",
                         sorted(tp.partition for tp in behind), now - self._waiting_since)
             behind = []
-        released = self._input.release(behind=behind)
+        released = self._input.release(behind=behind, limit=s.batch_size)
         progress.input_released += len(released)
         for tp, (record, _) in released:
             offsets[cast(TopicPartition, tp)] = record.offset + 1

@@ -94,6 +94,20 @@ def test_aligner_keeps_a_partitions_own_order(first: list[tuple[int | None, str]
     assert _times(aligner.release()) == ["b8"]
 
 
+def test_aligner_releases_at_most_its_limit_earliest_first() -> None:
+    """A batch is bounded however far the partitions drifted apart; nothing is reordered."""
+    aligner: TimeAligner[str] = TimeAligner()
+    aligner.add("p0", [(1, "a1"), (4, "a4"), (6, "a6"), (9, "a9")])
+    aligner.add("p1", [(2, "b2"), (3, "b3"), (5, "b5"), (9, "b9")])
+    aligner.add("p2", [(7, "c7"), (8, "c8")])
+    assert _times(aligner.release(limit=3)) == ["a1", "b2", "b3"]
+    assert (aligner.held("p0"), aligner.held("p1"), aligner.held("p2")) == (3, 2, 2)
+    assert _times(aligner.release(limit=3)) == ["a4", "b5", "a6"]
+    assert _times(aligner.release(limit=3)) == ["c7", "c8"]  # p2 drained: up to 8 only
+    assert _times(aligner.release(limit=3)) == ["a9", "b9"]
+    assert len(aligner) == 0
+
+
 def test_aligner_forgets_revoked_partitions() -> None:
     aligner: TimeAligner[str] = TimeAligner()
     aligner.add("p0", [(1, "a1")])
