@@ -176,6 +176,16 @@ class WorkerUnderTest:
         raise BenchError(f"the worker got no partitions within {timeout:.0f} s; "
                          f"see {self.log_path}")
 
+    def batch_totals(self) -> tuple[float, float] | None:
+        """(batches, records) the worker's first stage handled so far, from its /metrics."""
+        self._check_alive()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics",
+                                        timeout=2) as answer:
+                return _route_batches(answer.read().decode())
+        except OSError:
+            return None
+
     def rss_mb(self) -> float:
         """The worker's resident memory now, in MB."""
         if self.process is None:
@@ -392,9 +402,43 @@ def _measure_latency(worker: WorkerUnderTest, bootstrap: str, input_topic: str, 
     return result
 
 
+def _route_batches(metrics: str) -> tuple[float, float] | None:
+    """(batches, records) of the first stage in a worker's /metrics text, if there."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    count = total = None
+    for family in text_string_to_metric_families(metrics):
+        if family.name != "tracewatch_batch_size":
+            continue
+        for sample in family.samples:
+            if sample.labels.get("stage") == "route":
+                if sample.name.endswith("_count"):
+                    count = sample.value
+                elif sample.name.endswith("_sum"):
+                    total = sample.value
+    return (count, total) if count is not None and total is not None else None
+
+
+def _batch_trend(totals: Sequence[tuple[float, float, float]]) -> str:
+    """The mean batch of the soak's first and last minute, from (elapsed s, batches, records)
+    samples: the worker's memory follows its largest batch, and a slowing broker grows them."""
+    def mean_over(start: tuple[float, float, float], end: tuple[float, float, float]) -> str:
+        batches = end[1] - start[1]
+        return f"{(end[2] - start[2]) / batches:,.0f}" if batches > 0 else "no"
+
+    if len(totals) < 2:
+        return "batch sizes not sampled"
+    first = next((t for t in totals if t[0] >= totals[0][0] + 60), totals[-1])
+    last = next((t for t in reversed(totals) if t[0] <= totals[-1][0] - 60), totals[0])
+    return (f"batches of {mean_over(totals[0], first)} records on average in the first minute, "
+            f"{mean_over(last, totals[-1])} in the last")
+
+
 def _soak(worker: WorkerUnderTest, bootstrap: str, input_topic: str, seed: int, rate: float,
-          seconds: float) -> list[tuple[float, float, int]]:
-    """Steady load for ``seconds``: (elapsed s, worker RSS MB, lag in records) every 10 s."""
+          seconds: float,
+          ) -> tuple[list[tuple[float, float, int]], list[tuple[float, float, float]]]:
+    """Steady load for ``seconds``: (elapsed s, worker RSS MB, lag in records) every 10 s, and
+    (elapsed s, batches, records) of the worker's first stage when its /metrics answered."""
     import threading
 
     from streams.bench_workload import stream
@@ -416,10 +460,14 @@ def _soak(worker: WorkerUnderTest, bootstrap: str, input_topic: str, seed: int, 
     started = time.monotonic()
     thread.start()
     samples: list[tuple[float, float, int]] = []
+    batches: list[tuple[float, float, float]] = []
     while thread.is_alive() and time.monotonic() - started < seconds + 60:
         time.sleep(10)
         health = worker.health()
+        totals = worker.batch_totals()
         elapsed = time.monotonic() - started
+        if totals is not None:
+            batches.append((round(elapsed, 1), *totals))
         if health is None:  # busy past the 2-s timeout: no figure, rather than a wrong one
             print(f"  soak {elapsed:6.0f} s  the worker's /healthz did not answer",
                   file=sys.stderr)
@@ -429,7 +477,7 @@ def _soak(worker: WorkerUnderTest, bootstrap: str, input_topic: str, seed: int, 
         print(f"  soak {elapsed:6.0f} s  worker RSS {samples[-1][1]:7.1f} MB  lag {lag}",
               file=sys.stderr)
     thread.join(timeout=60)
-    return samples
+    return samples, batches
 
 
 # --------------------------------------------------------------------------- the command
@@ -509,6 +557,7 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
                                      args.partitions, workdir, workload.codes)
             latency = Latency()
             soak: list[tuple[float, float, int]] = []
+            soak_batches: list[tuple[float, float, float]] = []
             bytes_per_code, tracked = 0.0, 0
             try:
                 print("[3/5] tracewatch worker", file=sys.stderr)
@@ -537,8 +586,8 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
                     soak_rate = rate * args.soak_share / 0.5
                     print(f"      soak: {args.soak:.0f} s at {soak_rate:,.0f} messages/s",
                           file=sys.stderr)
-                    soak = _soak(worker, bootstrap, input_topic, args.seed, soak_rate,
-                                 args.soak)
+                    soak, soak_batches = _soak(worker, bootstrap, input_topic, args.seed,
+                                               soak_rate, args.soak)
                 bytes_per_code, tracked = worker.bytes_per_code()
             except BenchError as error:
                 print(f"tracewatch bench: {error}", file=sys.stderr)
@@ -546,7 +595,7 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
             finally:
                 worker.stop()
         print(_report(results, latency, soak, bytes_per_code, tracked, messages, workload.codes,
-                      workload.expected_alerts, args))
+                      workload.expected_alerts, args, soak_batches))
     return 0
 
 
@@ -569,7 +618,8 @@ def _ratio(mine: float, other: Throughput | None) -> str:
 
 def _report(results: Sequence[Throughput], latency: Latency,
             soak: Sequence[tuple[float, float, int]], bytes_per_code: float, tracked: int,
-            messages: int, codes: int, planted: int, args: argparse.Namespace) -> str:
+            messages: int, codes: int, planted: int, args: argparse.Namespace,
+            soak_batches: Sequence[tuple[float, float, float]] = ()) -> str:
     by_name = {r.name: r for r in results}
     mine = by_name["tracewatch"].codes_per_s
     lines = [
@@ -592,7 +642,8 @@ def _report(results: Sequence[Throughput], latency: Latency,
                      f"worker RSS {rss[0]:.0f} → {rss[-1]:.0f} MB "
                      f"(min {min(rss):.0f}, max {max(rss):.0f}; {_second_half(soak)}); lag max "
                      f"{max(s[2] for s in soak)}, last {soak[-1][2]} records; mean lag "
-                     f"{statistics.mean(s[2] for s in soak):.0f}")
+                     f"{statistics.mean(s[2] for s in soak):.0f}; "
+                     f"{_batch_trend(soak_batches)}")
     lines.append(
         f"codes_per_s={mine:.0f} vs_quixstreams={_ratio(mine, by_name.get('quixstreams'))} "
         f"vs_naive_faust={_ratio(mine, by_name.get('naive-faust'))} "

@@ -47,6 +47,27 @@ def test_bench_runs_every_contender_and_prints_the_summary(redis_url: str,
     assert (tmp_path / "bench" / "latency.csv").read_text().count("\n") > 1
 
 
+def test_soak_reads_the_first_stage_batches_from_metrics() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from streams.bench import _batch_trend, _route_batches
+    from streams.metrics import Metrics
+
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    for size in (100, 300):
+        metrics.batch_size.labels("route").observe(size)
+    metrics.batch_size.labels("codes").observe(5000)
+    assert _route_batches(generate_latest(registry).decode()) == (2.0, 400.0)
+    assert _route_batches("# nothing here\n") is None
+
+    totals = [(10.0, 0.0, 0.0), (40.0, 30.0, 3000.0), (70.0, 60.0, 6000.0),
+              (130.0, 80.0, 16000.0), (190.0, 90.0, 26000.0)]
+    assert _batch_trend(totals) == (
+        "batches of 100 records on average in the first minute, 1,000 in the last")
+    assert _batch_trend(totals[:1]) == "batch sizes not sampled"
+
+
 @pytest.mark.parametrize(("samples", "said"), [
     ([(10.0, 100.0, 0), (300.0, 150.0, 0), (420.0, 160.0, 0), (600.0, 160.0, 0)],
      "second half +10 MB, +2.0 MB/min"),
