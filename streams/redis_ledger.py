@@ -511,17 +511,19 @@ class _Expiries:
     def __init__(self) -> None:
         self._days: dict[str, array[int]] = {}
 
-    def due(self, table: str, size: int, buckets: Sequence[int], day: int) -> list[bool]:
-        """For each write to ``buckets[i]`` of ``table`` (``size`` buckets), whether it is to
-        push the bucket's expiry: the first write of the day to the bucket, in this process."""
+    def due(self, table: str, size: int, buckets: Sequence[int],
+            values: Sequence[bytes | None], day: int) -> list[bool]:
+        """For each write of ``values[i]`` to ``buckets[i]`` of ``table`` (``size`` buckets),
+        whether it is to push the bucket's expiry: the first set of the day to the bucket, in
+        this process (a delete pushes nothing, so it does not count)."""
         days = self._days.get(table)
         if days is None:
             if len(self._days) >= 16:  # router slices come and go
                 self._days.clear()
             days = self._days[table] = array("l", bytes(array("l").itemsize * size))
         due: list[bool] = []
-        for bucket in buckets:
-            if days[bucket] == day:
+        for bucket, value in zip(buckets, values, strict=True):
+            if value is None or days[bucket] == day:
                 due.append(False)
             else:
                 days[bucket] = day
@@ -876,11 +878,11 @@ class RedisLedger:
         codes = list(states)
         buckets, fields = codec.code_slots(codes, self.code_bits)
         inline = self._inline_codes
+        values = [packed.get(code) for code in codes]
         writes = _Writes(self.inline_limit)
         writes.run(self._codes.bucket, self._codes.overflow,
-                   self.retention_seconds + EXPIRY_SPARE, buckets, fields,
-                   [packed.get(code) for code in codes],
-                   self._expiries.due(self._codes.bucket, 1 << self.code_bits, buckets,
+                   self.retention_seconds + EXPIRY_SPARE, buckets, fields, values,
+                   self._expiries.due(self._codes.bucket, 1 << self.code_bits, buckets, values,
                                       self._today()),
                    [code in inline for code in codes])
         self._write(writes)
@@ -955,15 +957,17 @@ class RedisLedger:
         for template, keys in ((KEY_MSGIDS, msgids), (KEY_RECORDS, records_added)):
             buckets, digests = _digest_slots(keys, bits)
             table = self._router_table(template, current)
-            writes.run(table, None, ttl + EXPIRY_SPARE, buckets, digests, [b""] * len(digests),
-                       self._expiries.due(table, 1 << bits, buckets, today))
+            markers: list[bytes | None] = [b""] * len(digests)
+            writes.run(table, None, ttl + EXPIRY_SPARE, buckets, digests, markers,
+                       self._expiries.due(table, 1 << bits, buckets, markers, today))
         day = codec.day_stamp(self.business_now())
         buckets, digests = _digest_slots(sales, self.sale_bits)
+        lists = [None if codes is None else codec.pack_codes(codes, day)
+                 for codes in sales.values()]
         writes.run(self._sales.bucket, self._sales.overflow,
-                   self.retention_seconds + EXPIRY_SPARE, buckets, digests,
-                   [None if codes is None else codec.pack_codes(codes, day)
-                    for codes in sales.values()],
-                   self._expiries.due(self._sales.bucket, 1 << self.sale_bits, buckets, today))
+                   self.retention_seconds + EXPIRY_SPARE, buckets, digests, lists,
+                   self._expiries.due(self._sales.bucket, 1 << self.sale_bits, buckets, lists,
+                                      today))
         self._write(writes)
 
     # ------------------------------------------------------------------ persons
@@ -985,11 +989,11 @@ class RedisLedger:
         keys = list(states)
         buckets, digests = _digest_slots(keys, self.aux_bits)
         inline = self._inline_persons
+        values = [packed.get(key) for key in keys]
         writes = _Writes(self.inline_limit)
         writes.run(self._persons.bucket, self._persons.overflow,
-                   self.person_seconds + EXPIRY_SPARE, buckets, digests,
-                   [packed.get(key) for key in keys],
-                   self._expiries.due(self._persons.bucket, 1 << self.aux_bits, buckets,
+                   self.person_seconds + EXPIRY_SPARE, buckets, digests, values,
+                   self._expiries.due(self._persons.bucket, 1 << self.aux_bits, buckets, values,
                                       self._today()),
                    [key in inline for key in keys])
         self._write(writes)

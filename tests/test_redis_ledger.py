@@ -404,6 +404,13 @@ def test_a_bucket_expiry_is_pushed_by_its_first_write_of_the_day(
     ledger.store_codes({C4: SMALL})  # so the repeat pushes the expiry again
     assert client.ttl(bucket) > 100 * 86_400
 
+    # A delete pushes nothing, so it does not stand for the day's push of a later set.
+    other = make(buckets=1, retention_days=100)
+    client.expire(bucket, 1000)
+    other.store_codes({C1: None})
+    other.store_codes({C1: SMALL})
+    assert client.ttl(bucket) > 100 * 86_400
+
 
 def test_overflow_copies_are_looked_for_only_where_a_load_saw_a_long_value(
     client: CountingRedis, prefix: str, make: Callable[..., RedisLedger]
