@@ -1,30 +1,38 @@
 """Kafka's default partitioner: murmur2 of the key, as the JVM client computes it, compiled.
 
-aiokafka's ``murmur2`` is plain Python (~3 µs for a 16-byte key). The worker places every code
-and person event it hands over or sends by it (person keys are too many to cache).
+aiokafka's ``murmur2`` is plain Python (~3 µs for a 16-byte key), this one ~0.05 µs compiled.
+The worker places every code and person event it hands over or sends by it (person keys are
+too many to cache).
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-_MASK: Final = 0xFFFFFFFF
-_SEED: Final = 0x9747B28C
-_M: Final = 0x5BD1E995
+from mypy_extensions import i64
+
+# 64-bit native integers when compiled: every product below is under 2**63 (a 32-bit value
+# times a 31-bit constant), so none overflows; with Python's own ints mypyc boxed them (each
+# product passes 2**62), 1.5 µs a 16-byte key against 0.05 µs now.
+_MASK: Final[i64] = 0xFFFFFFFF
+_SEED: Final[i64] = 0x9747B28C
+_M: Final[i64] = 0x5BD1E995
 
 
 def murmur2(data: bytes) -> int:
     """MurmurHash2 of ``data`` as ``org.apache.kafka.common.utils.Utils.murmur2``, unsigned."""
-    length = len(data)
-    h = (_SEED ^ length) & _MASK
-    end = length & ~3
-    for i in range(0, end, 4):
-        k = data[i] | (data[i + 1] << 8) | (data[i + 2] << 16) | (data[i + 3] << 24)
+    length: i64 = len(data)
+    h: i64 = (_SEED ^ length) & _MASK
+    end: i64 = length & ~3
+    i: i64 = 0
+    while i < end:
+        k: i64 = data[i] | (data[i + 1] << 8) | (data[i + 2] << 16) | (data[i + 3] << 24)
         k = (k * _M) & _MASK
         k ^= k >> 24
         k = (k * _M) & _MASK
         h = ((h * _M) & _MASK) ^ k
-    extra = length & 3
+        i += 4
+    extra: i64 = length & 3
     if extra >= 3:
         h ^= data[end + 2] << 16
     if extra >= 2:
