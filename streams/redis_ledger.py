@@ -511,16 +511,18 @@ class _Expiries:
     def __init__(self) -> None:
         self._days: dict[str, array[int]] = {}
 
-    def due(self, table: str, size: int, buckets: Sequence[int],
-            values: Sequence[bytes | None], day: int) -> list[bool]:
-        """For each write of ``values[i]`` to ``buckets[i]`` of ``table`` (``size`` buckets),
-        whether it is to push the bucket's expiry: the first set of the day to the bucket, in
-        this process (a delete pushes nothing, so it does not count)."""
+    def due(self, table: str, buckets: Sequence[int], values: Sequence[bytes | None],
+            day: int) -> list[bool]:
+        """For each write of ``values[i]`` to ``buckets[i]`` of ``table``, whether it is to
+        push the bucket's expiry: the first set of the day to the bucket, in this process (a
+        delete pushes nothing, so it does not count)."""
         days = self._days.get(table)
         if days is None:
             if len(self._days) >= 16:  # router slices come and go
                 self._days.clear()
-            days = self._days[table] = array("l", bytes(array("l").itemsize * size))
+            days = self._days[table] = array("l")
+        if buckets and max(buckets) >= len(days):
+            days.extend(bytes(array("l").itemsize * (max(buckets) + 1 - len(days))))
         due: list[bool] = []
         for bucket, value in zip(buckets, values, strict=True):
             if value is None or days[bucket] == day:
@@ -539,14 +541,17 @@ class _Writes:
 
     Each :meth:`run` adds the bucket hashes one family touches (with their overflow hashes,
     and one expiry), one 4-byte entry per write (the bucket's number among all runs, whether
-    it may have an overflow copy to remove, whether it pushes the bucket's expiry, whether it
-    sets or deletes) and the write's field and value. A bucket met twice in one batch is one
-    key; no per-bucket object is built.
+    it may have an overflow copy to remove, whether it pushes the bucket's expiry — the
+    first set of the ``day`` to the bucket, by ``expiries`` —, whether it sets or deletes)
+    and the write's field and value. A bucket met twice in one batch is one key; no
+    per-bucket object is built.
     """
 
-    __slots__ = ("args", "entries", "keys", "runs", "size")
+    __slots__ = ("args", "day", "entries", "expiries", "keys", "runs", "size")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, expiries: _Expiries, day: int) -> None:
+        self.expiries = expiries
+        self.day = day
         self.keys: list[str] = []
         self.runs: list[bytes] = [b"%d" % limit]
         self.entries: list[int] = []
@@ -555,36 +560,32 @@ class _Writes:
 
     def run(self, table: str, overflow: str | None, ttl: int, buckets: Sequence[int],
             names: Sequence[bytes], values: Sequence[bytes | None],
-            refresh: Sequence[bool] | None = None, inline: Sequence[bool] | None = None,
-            ) -> None:
+            inline: Sequence[bool] | None = None) -> None:
         """Write ``values[i]`` under ``names[i]`` in bucket ``buckets[i]`` of the family
         whose keys are ``table`` (and ``overflow``, None when it has none) with a bucket
         number; None deletes. Within a bucket, deletes run before sets; runs run in order.
 
-        ``refresh[i]``: whether the write pushes its bucket's expiry to ``ttl`` (default:
-        all do). ``inline[i]``: the field is known to have no copy in the overflow hash
-        (its value was read back short), so the script need not look (default: none is)."""
+        A bucket's expiry is pushed to ``ttl`` and :data:`EXPIRY_SPARE` by its first set of
+        the day. ``inline[i]``: the field is known to have no copy in the overflow hash (its
+        value was read back short), so the script need not look (default: none is)."""
         if not names:
             return
         numbers: dict[int, int] = {}
         number = numbers.setdefault
         base = self.size
-        if refresh is None and inline is None:
-            self.entries += [(base + number(bucket, len(numbers))) * 8 + 6 + (value is not None)
-                             for bucket, value in zip(buckets, values, strict=True)]
-        else:
-            pushes = [True] * len(names) if refresh is None else refresh
-            known = [False] * len(names) if inline is None else inline
-            self.entries += [
-                (base + number(bucket, len(numbers))) * 8 + (0 if short else 4)
-                + (2 if push else 0) + (value is not None)
-                for bucket, value, push, short in zip(buckets, values, pushes, known, strict=True)]
+        pushes = self.expiries.due(table, buckets, values, self.day)
+        known = [False] * len(names) if inline is None else inline
+        self.entries += [
+            (base + number(bucket, len(numbers))) * 8 + (0 if short else 4)
+            + (2 if push else 0) + (value is not None)
+            for bucket, value, push, short in zip(buckets, values, pushes, known, strict=True)]
         self.args += chain.from_iterable(
             zip(names, [b"" if value is None else value for value in values], strict=True))
         self.keys += [table + str(bucket) for bucket in numbers]
         if overflow is not None:
             self.keys += [overflow + str(bucket) for bucket in numbers]
-        self.runs.append(b"%d %d %d" % (len(numbers), overflow is not None, ttl))
+        self.runs.append(b"%d %d %d" % (len(numbers), overflow is not None,
+                                        ttl + EXPIRY_SPARE))
         self.size += len(numbers)
 
     def send(self, channel: _ScriptChannel, script: Script) -> bool:
@@ -755,9 +756,10 @@ class RedisLedger:
         current = int(now // self.dedupe_seconds)
         return current, int((current + 2) * self.dedupe_seconds - now) + 1
 
-    def _today(self) -> int:
-        """The day number by Redis's clock, for :class:`_Expiries`."""
-        return int((time.time() + self._clock_offset) // DAY_SECONDS)
+    def _writes(self) -> _Writes:
+        """An empty store-script call, pushing expiries once a day by Redis's clock."""
+        day = int((time.time() + self._clock_offset) // DAY_SECONDS)
+        return _Writes(self.inline_limit, self._expiries, day)
 
     def _inline_of(self, items: Sequence[str], raw: Mapping[str, bytes]) -> set[str]:
         """The items whose value was absent or short enough for its bucket."""
@@ -842,17 +844,16 @@ class RedisLedger:
         """
         self._in_flight = True
         try:
-            yield
-        except BaseException:
-            self._channel.reset()
-            self._expiries.forget()
-            raise
-        finally:
-            self._in_flight = False
-        try:
+            try:
+                yield
+            except BaseException:
+                self._channel.reset()
+                raise
+            finally:
+                self._in_flight = False
             self._channel.settle()
         except BaseException:
-            self._expiries.forget()
+            self._expiries.forget()  # Redis may not have applied the round: push again
             raise
 
     # ------------------------------------------------------------------ codes
@@ -876,14 +877,10 @@ class RedisLedger:
             codec.pack_code_state,
         )
         codes = list(states)
-        buckets, fields = codec.code_slots(codes, self.code_bits)
         inline = self._inline_codes
-        values = [packed.get(code) for code in codes]
-        writes = _Writes(self.inline_limit)
-        writes.run(self._codes.bucket, self._codes.overflow,
-                   self.retention_seconds + EXPIRY_SPARE, buckets, fields, values,
-                   self._expiries.due(self._codes.bucket, 1 << self.code_bits, buckets, values,
-                                      self._today()),
+        writes = self._writes()
+        writes.run(self._codes.bucket, self._codes.overflow, self.retention_seconds,
+                   *codec.code_slots(codes, self.code_bits), [packed.get(code) for code in codes],
                    [code in inline for code in codes])
         self._write(writes)
 
@@ -946,8 +943,7 @@ class RedisLedger:
         """Remember a routed batch: its msgids, records, and sale codes (None forgets)."""
         current, ttl = self._slice()
         bits = self.aux_bits
-        today = self._today()
-        writes = _Writes(self.inline_limit)
+        writes = self._writes()
         if records_removed:  # from the current and the previous slice, before any sets
             buckets, digests = _digest_slots(records_removed, bits)
             nothing: list[bytes | None] = [None] * len(digests)
@@ -956,18 +952,13 @@ class RedisLedger:
                            digests, nothing)
         for template, keys in ((KEY_MSGIDS, msgids), (KEY_RECORDS, records_added)):
             buckets, digests = _digest_slots(keys, bits)
-            table = self._router_table(template, current)
-            markers: list[bytes | None] = [b""] * len(digests)
-            writes.run(table, None, ttl + EXPIRY_SPARE, buckets, digests, markers,
-                       self._expiries.due(table, 1 << bits, buckets, markers, today))
+            writes.run(self._router_table(template, current), None, ttl, buckets, digests,
+                       [b""] * len(digests))
         day = codec.day_stamp(self.business_now())
-        buckets, digests = _digest_slots(sales, self.sale_bits)
-        lists = [None if codes is None else codec.pack_codes(codes, day)
-                 for codes in sales.values()]
-        writes.run(self._sales.bucket, self._sales.overflow,
-                   self.retention_seconds + EXPIRY_SPARE, buckets, digests, lists,
-                   self._expiries.due(self._sales.bucket, 1 << self.sale_bits, buckets, lists,
-                                      today))
+        writes.run(self._sales.bucket, self._sales.overflow, self.retention_seconds,
+                   *_digest_slots(sales, self.sale_bits),
+                   [None if codes is None else codec.pack_codes(codes, day)
+                    for codes in sales.values()])
         self._write(writes)
 
     # ------------------------------------------------------------------ persons
@@ -987,14 +978,10 @@ class RedisLedger:
             codec.pack_person_state,
         )
         keys = list(states)
-        buckets, digests = _digest_slots(keys, self.aux_bits)
         inline = self._inline_persons
-        values = [packed.get(key) for key in keys]
-        writes = _Writes(self.inline_limit)
-        writes.run(self._persons.bucket, self._persons.overflow,
-                   self.person_seconds + EXPIRY_SPARE, buckets, digests, values,
-                   self._expiries.due(self._persons.bucket, 1 << self.aux_bits, buckets, values,
-                                      self._today()),
+        writes = self._writes()
+        writes.run(self._persons.bucket, self._persons.overflow, self.person_seconds,
+                   *_digest_slots(keys, self.aux_bits), [packed.get(key) for key in keys],
                    [key in inline for key in keys])
         self._write(writes)
 
