@@ -135,16 +135,24 @@ class WorkerUnderTest:
         self.process = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"],
                                         env=self.env, stdout=log, stderr=subprocess.STDOUT)
 
-    def health(self) -> dict[str, Any] | None:
-        """The worker's /healthz, or None while it does not answer."""
+    def _page(self, path: str) -> bytes | None:
+        """One of the worker's web pages, or None while it does not answer."""
         self._check_alive()
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz",
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}",
                                         timeout=2) as answer:
-                body: dict[str, Any] = orjson.loads(answer.read())
+                body: bytes = answer.read()
                 return body
         except OSError:
             return None
+
+    def health(self) -> dict[str, Any] | None:
+        """The worker's /healthz, or None while it does not answer."""
+        page = self._page("/healthz")
+        if page is None:
+            return None
+        body: dict[str, Any] = orjson.loads(page)
+        return body
 
     def _check_alive(self) -> None:
         if self.process is not None and self.process.poll() is not None:
@@ -178,13 +186,8 @@ class WorkerUnderTest:
 
     def batch_totals(self) -> tuple[float, float] | None:
         """(batches, records) the worker's first stage handled so far, from its /metrics."""
-        self._check_alive()
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics",
-                                        timeout=2) as answer:
-                return _route_batches(answer.read().decode())
-        except OSError:
-            return None
+        page = self._page("/metrics")
+        return None if page is None else _route_batches(page.decode())
 
     def rss_mb(self) -> float:
         """The worker's resident memory now, in MB."""

@@ -271,7 +271,7 @@ class GlibcHeap:
         try:
             libc = ctypes.CDLL(None)
             libc.gnu_get_libc_version.restype = ctypes.c_char_p
-            libc.gnu_get_libc_version()
+            libc.gnu_get_libc_version()  # AttributeError unless the C library is glibc
             libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
             libc.malloc_trim.argtypes = (ctypes.c_size_t,)
         except (OSError, AttributeError):
