@@ -583,6 +583,50 @@ def pack_code_state(state: CodeState, interner: Interner) -> bytes:
     return bytes(out)
 
 
+def _same_float(first: float, second: float) -> bool:
+    # -0.0 == 0.0 but they pack differently; NaN is never alike (pack it again).
+    return first == second and math.copysign(1.0, first) == math.copysign(1.0, second)
+
+
+def _sales_alike(first: SaleRecord, second: SaleRecord) -> bool:
+    return (
+        first.msgid == second.msgid
+        and first.bchno == second.bchno
+        and first.time == second.time
+        and first.fixmedins_code == second.fixmedins_code
+        and first.mdtrtarea_admvs == second.mdtrtarea_admvs
+        and first.psn_hash == second.psn_hash
+        and first.med_list_codg == second.med_list_codg
+        and first.split == second.split
+        and _same_float(first.units, second.units)
+        and _same_float(first.amount, second.amount)
+    )
+
+
+def packs_alike(state: CodeState, other: CodeState) -> bool:
+    """Whether two states pack to the same bytes (by their fields, without packing).
+
+    The boxes of one message are sold together, so most states a batch stores are field for
+    field those of the code before them: the writer packs such a run once.
+    """
+    if state is other:
+        return True
+    sales, others = state.sales, other.sales
+    if (
+        state.last_time != other.last_time
+        or len(sales) != len(others)
+        or state.first_drug != other.first_drug
+        or state.first_drug_ref != other.first_drug_ref
+        or state.applied != other.applied
+        or state.flowback_seen != other.flowback_seen
+    ):
+        return False
+    for sale, other_sale in zip(sales, others, strict=True):
+        if not _sales_alike(sale, other_sale):
+            return False
+    return True
+
+
 def unpack_code_state(data: bytes, interner: Interner) -> CodeState:
     """The inverse of :func:`pack_code_state`; CodecError on bytes it did not write."""
     reader = _Reader(data)
@@ -656,6 +700,18 @@ _PERSON_ALERT = 1  # last_alert_time present
 _PERSON_TIME_VARINT = 2  # the base time does not fit 4 bytes
 
 
+def _origins_alike(purchase: Purchase, other: Purchase) -> bool:
+    """Whether two purchases of one state pack the same bytes after their codes."""
+    return (
+        purchase.msgid == other.msgid
+        and purchase.bchno == other.bchno
+        and purchase.time == other.time
+        and purchase.fixmedins_code == other.fixmedins_code
+        and purchase.mdtrtarea_admvs == other.mdtrtarea_admvs
+        and _same_float(purchase.amount, other.amount)
+    )
+
+
 def pack_person_state(state: PersonState, interner: Interner) -> bytes:
     """One person's hoarding state for one drug as compact bytes (never empty)."""
     purchases = state.purchases
@@ -671,16 +727,29 @@ def pack_person_state(state: PersonState, interner: Interner) -> bytes:
     if alert_time is not None:
         _svarint(out, base - alert_time)
     _uvarint(out, len(purchases))
+    # The boxes of one message are consecutive purchases with the same origin and amount:
+    # their bytes after the code are those of the purchase before, copied, not packed again.
+    previous: Purchase | None = None
+    flags = 0
+    origin = b""
     for purchase in purchases:
+        if previous is not None and _origins_alike(purchase, previous):
+            _uvarint(out, flags)
+            _put_code(out, purchase.code)
+            out += origin
+            continue
         institution = purchase.fixmedins_code
         flags, rest, stamp, fen = _origin_flags(
             institution, purchase.mdtrtarea_admvs, purchase.msgid, purchase.amount
         )
         _uvarint(out, flags)
         _put_code(out, purchase.code)
+        start = len(out)
         _put_origin(out, flags, institution, purchase.mdtrtarea_admvs, purchase.bchno, rest,
                     stamp, purchase.time, base, interner)
         _put_amount(out, flags, purchase.amount, fen)
+        origin = bytes(out[start:])
+        previous = purchase
     out[0] = header
     return bytes(out)
 

@@ -872,10 +872,22 @@ class RedisLedger:
 
     def store_codes(self, states: Mapping[str, CodeState | None]) -> None:
         """Write states; None deletes the code."""
-        packed = self._with_dictionary(
-            ((code, state) for code, state in states.items() if state is not None),
-            codec.pack_code_state,
-        )
+        # A run of states alike (the boxes of one message, mostly) is packed once.
+        distinct: list[tuple[str, CodeState]] = []
+        repeats: list[tuple[str, str]] = []  # (code, the code whose bytes it repeats)
+        previous: CodeState | None = None
+        previous_code = ""
+        for code, state in states.items():
+            if state is None:
+                continue
+            if previous is not None and codec.packs_alike(state, previous):
+                repeats.append((code, previous_code))
+            else:
+                distinct.append((code, state))
+                previous, previous_code = state, code
+        packed = self._with_dictionary(distinct, codec.pack_code_state)
+        for code, first in repeats:
+            packed[code] = packed[first]
         codes = list(states)
         inline = self._inline_codes
         writes = self._writes()

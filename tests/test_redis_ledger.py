@@ -25,7 +25,14 @@ from streams.ledger import MemoryLedger, record_key, sale_key
 from streams.pipeline import Pipeline
 from streams.redis_ledger import LedgerError, RedisLedger
 from streams.reference import load_catalog
-from tests.test_codec import random_code, random_code_state, random_person_state, typical_state
+from tests.test_codec import (
+    code_state_variant,
+    person_state_in_runs,
+    random_code,
+    random_code_state,
+    random_person_state,
+    typical_state,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -163,6 +170,33 @@ def test_random_states_behave_like_memory_ledger(make: Callable[..., RedisLedger
     memory.store_persons(persons)
     ledger.store_persons(persons)
     assert ledger.load_persons(set(persons)) == memory.load_persons(set(persons))
+
+
+def test_runs_of_alike_states_are_stored_for_every_code(make: Callable[..., RedisLedger]) -> None:
+    """The writer packs a run of alike states once (the boxes of one message): every code
+    of the run, and the near misses between runs, must still read back as stored."""
+    rng = random.Random(77)
+    memory, ledger = MemoryLedger(), make(buckets=4)
+    batch: dict[str, CodeState | None] = {}
+    while len(batch) < 600:
+        state = random_code_state(rng)
+        for _ in range(rng.choice([1, 3, 5])):
+            batch[random_code(rng)] = state
+            state = code_state_variant(rng, state) if rng.random() < 0.5 else state
+        if rng.random() < 0.1:
+            batch[random_code(rng)] = None
+    memory.store_codes(batch)
+    ledger.store_codes(batch)
+    loaded = ledger.load_codes(set(batch))
+    assert loaded == memory.load_codes(set(batch))
+    assert {code: [repr((s.units, s.amount)) for s in state.sales]
+            for code, state in loaded.items()} == {
+        code: [repr((s.units, s.amount)) for s in state.sales]
+        for code, state in batch.items() if state is not None}
+    persons = {f"{rng.randrange(1 << 64):016x}\x1fX{n}": person_state_in_runs(rng)
+               for n in range(100)}
+    ledger.store_persons(persons)
+    assert ledger.load_persons(set(persons)) == persons
 
 
 def test_a_cold_process_reads_what_another_wrote(make: Callable[..., RedisLedger]) -> None:
