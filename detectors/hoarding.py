@@ -110,14 +110,20 @@ def step(
         return PersonState((_purchase(event),), None), []
     current = state or PersonState()
     window = thresholds.window_days * DAY_SECONDS
-    identity = (event.code, event.msgid)
-    known = any((p.code, p.msgid) == identity for p in current.purchases)
+    code, msgid = event.code, event.msgid
+    standing = current.purchases
     if event.delta < 0:
-        kept = tuple(p for p in current.purchases if (p.code, p.msgid) != identity)
+        kept = tuple(p for p in standing if p.code != code or p.msgid != msgid)
         return _settle(PersonState(kept, current.last_alert_time), event.time, window), []
-    if known:
-        return state, []
-    purchases = tuple(sorted((*current.purchases, _purchase(event)), key=_order))
+    for known in standing:
+        if known.code == code and known.msgid == msgid:
+            return state, []
+    added = _purchase(event)
+    if not standing or _order(standing[-1]) <= _order(added):
+        # Purchases are kept in time order, and most arrive in it: no sort needed.
+        purchases = (*standing, added)
+    else:
+        purchases = tuple(sorted((*standing, added), key=_order))
     updated = PersonState(purchases, current.last_alert_time)
     reached = _first_reached(purchases, window, thresholds, current.last_alert_time)
     if reached is None:
@@ -169,8 +175,11 @@ def _purchase(event: PersonEvent) -> Purchase:
 
 def _settle(state: PersonState, now: int, window: int) -> PersonState | None:
     """Drop purchases that can no longer count; None when nothing is worth keeping."""
-    horizon = max([now, *(p.time for p in state.purchases)]) - window
-    purchases = tuple(p for p in state.purchases if p.time > horizon)
+    purchases = state.purchases  # in time order: the ones to drop come first
+    latest = purchases[-1].time if purchases else now
+    horizon = (now if now > latest else latest) - window
+    if purchases and purchases[0].time <= horizon:
+        purchases = tuple(p for p in purchases if p.time > horizon)
     alert_time = state.last_alert_time
     if alert_time is not None and alert_time <= horizon:
         alert_time = None

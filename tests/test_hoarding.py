@@ -3,11 +3,13 @@ per-drug overrides, and the link from a later DUPLICATE_SALE back to the hoardin
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
 
-from detectors.model import HoardingThresholds, RuleConfig
+from detectors.hoarding import PersonState, _first_reached, _purchase, step
+from detectors.model import DAY_SECONDS, HoardingThresholds, PersonEvent, RuleConfig
 from tests.factory import CONFIG, METFORMIN, code, count, delete, ret, run, sale, summary
 
 PHARMACIES = [(f"P5101040000{i}", "510104") for i in range(1, 6)]
@@ -127,3 +129,67 @@ def test_a_late_earlier_purchase_after_the_alert_does_not_alert_again() -> None:
     late = story.pop(3)
     alerts = [a for a in run([*story, late]) if str(a.rule) == "HOARDING"]
     assert [a.trigger_msgid for a in alerts] == ["h10"]
+
+
+def _reference_step(state: PersonState | None, event: PersonEvent,
+                    thresholds: HoardingThresholds) -> tuple[PersonState | None, list[Any]]:
+    """The rule written plainly (re-sorted and re-scanned on every event), to hold the
+    detector's shortcuts to: purchases appended when they come in time order, the window
+    trimmed only when its oldest purchase has left it."""
+    current = state or PersonState()
+    window = thresholds.window_days * DAY_SECONDS
+    identity = (event.code, event.msgid)
+    if event.delta < 0:
+        kept = tuple(p for p in current.purchases if (p.code, p.msgid) != identity)
+        return _reference_settle(PersonState(kept, current.last_alert_time), event.time,
+                                 window), []
+    if any((p.code, p.msgid) == identity for p in current.purchases):
+        return state, []
+    purchases = tuple(sorted((*current.purchases, _purchase(event)),
+                             key=lambda p: (p.time, p.msgid, p.code)))
+    reached = _first_reached(purchases, window, thresholds, current.last_alert_time)
+    if reached is None:
+        return _reference_settle(PersonState(purchases, current.last_alert_time), event.time,
+                                 window), []
+    trigger, _ = reached
+    return _reference_settle(PersonState(purchases, trigger.time), event.time,
+                             window), [trigger.msgid]
+
+
+def _reference_settle(state: PersonState, now: int, window: int) -> PersonState | None:
+    horizon = max([now, *(p.time for p in state.purchases)]) - window
+    purchases = tuple(p for p in state.purchases if p.time > horizon)
+    alert_time = state.last_alert_time if (
+        state.last_alert_time is not None and state.last_alert_time > horizon) else None
+    return PersonState(purchases, alert_time) if purchases or alert_time is not None else None
+
+
+def test_step_matches_the_plain_rule_on_random_histories() -> None:
+    """Purchases out of time order, repeats, returns and long gaps: the same states and the
+    same alerts as the plain rule, event by event."""
+    rng = random.Random(4)
+    thresholds = HoardingThresholds(4, 2, 3)
+    alerts = 0
+    for _ in range(400):
+        state: PersonState | None = None
+        expected: PersonState | None = None
+        clock = 1_793_500_000
+        bought: list[tuple[str, str, int]] = []
+        for _ in range(rng.randrange(1, 30)):
+            clock += rng.choice([0, 60, 3600, DAY_SECONDS, 4 * DAY_SECONDS])
+            if bought and rng.random() < 0.25:
+                box, msgid, when = rng.choice(bought)
+                delta = rng.choice([-1, 1])
+            else:
+                box, msgid = f"{rng.randrange(40):020d}", f"m{rng.randrange(10**6)}"
+                when = clock - rng.choice([0, 0, 0, 7200, 2 * DAY_SECONDS])
+                bought.append((box, msgid, when))
+                delta = 1
+            event = PersonEvent("P", "D", box, delta, f"H{rng.randrange(3)}", "510104",
+                                msgid, msgid, when, 12.5, msgid)
+            state, raised = step(state, event, thresholds)
+            expected, expected_raised = _reference_step(expected, event, thresholds)
+            assert state == expected
+            assert [alert.trigger_msgid for alert in raised] == expected_raised
+            alerts += len(raised)
+    assert alerts > 20
