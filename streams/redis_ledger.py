@@ -246,6 +246,26 @@ def _digest_slots(texts: Iterable[str], bits: int) -> tuple[list[int], list[byte
     return buckets, fields
 
 
+Slot = tuple[int, bytes]
+"""(bucket, field) of a key in a bucketed table."""
+
+
+def _slots_of(keys: Iterable[str], known: Mapping[str, Slot],
+              slot_of: Callable[[str, int], Slot], bits: int) -> tuple[list[int], list[bytes]]:
+    """The buckets and fields of keys: from ``known`` (a load's, for the store that follows
+    it: a slot is a function of its key, so a key not there is only computed), else
+    ``slot_of(key, bits)``."""
+    buckets: list[int] = []
+    fields: list[bytes] = []
+    for key in keys:
+        slot = known.get(key)
+        if slot is None:
+            slot = slot_of(key, bits)
+        buckets.append(slot[0])
+        fields.append(slot[1])
+    return buckets, fields
+
+
 def _bits_for(count: int) -> int:
     """Bucket bits for ``count`` codes at most CODES_PER_BUCKET each."""
     buckets = max(1, -(-count // CODES_PER_BUCKET))
@@ -644,10 +664,13 @@ class RedisLedger:
         self._channel = _ScriptChannel(client, (self._load_script, self._store_script))
         self._in_flight = False
         self._expiries = _Expiries()
-        # Codes and person keys the last load found absent or inline: their writes need not
-        # look for an overflow copy (each writer loads before it stores).
-        self._inline_codes: set[str] = set()
-        self._inline_persons: set[str] = set()
+        # Codes and person keys the last load found absent or inline, with their slots: their
+        # writes need not look for an overflow copy (each writer loads before it stores), nor
+        # compute the slots again. The routing keys of the last recall, for its commit.
+        self._inline_codes: dict[str, Slot] = {}
+        self._inline_persons: dict[str, Slot] = {}
+        self._routing_slots: dict[str, Slot] = {}
+        self._sale_slots: dict[str, Slot] = {}
         self._sweep_script = scripts["sweep"]
         self.interner = RedisInterner(client, prefix, scripts["intern"])
 
@@ -761,10 +784,14 @@ class RedisLedger:
         day = int((time.time() + self._clock_offset) // DAY_SECONDS)
         return _Writes(self.inline_limit, self._expiries, day)
 
-    def _inline_of(self, items: Sequence[str], raw: Mapping[str, bytes]) -> set[str]:
-        """The items whose value was absent or short enough for its bucket."""
+    def _inline_of(self, items: Sequence[str], raw: Mapping[str, bytes],
+                   buckets: Sequence[int], fields: Sequence[bytes]) -> dict[str, Slot]:
+        """The items whose value was absent or short enough for its bucket, with their slots."""
         limit = self.inline_limit
-        return {item for item in items if len(raw.get(item, b"")) <= limit}
+        get = raw.get
+        return {item: (bucket, field)
+                for item, bucket, field in zip(items, buckets, fields, strict=True)
+                if len(get(item, b"")) <= limit}
 
     def _send_load(self, keys: list[str], overflow: bool, numbers: list[int],
                    fields: list[bytes]) -> int:
@@ -865,8 +892,9 @@ class RedisLedger:
     def load_codes(self, codes: Collection[str]) -> dict[str, CodeState]:
         """States of the given codes that exist; absent codes are left out."""
         wanted = list(codes)
-        raw = self._load_map(self._codes, wanted, *codec.code_slots(wanted, self.code_bits))
-        self._inline_codes = self._inline_of(wanted, raw)
+        buckets, fields = codec.code_slots(wanted, self.code_bits)
+        raw = self._load_map(self._codes, wanted, buckets, fields)
+        self._inline_codes = self._inline_of(wanted, raw, buckets, fields)
         states = self._with_dictionary(raw.items(), codec.unpack_code_state)
         return {code: states[code] for code in raw}
 
@@ -892,8 +920,8 @@ class RedisLedger:
         inline = self._inline_codes
         writes = self._writes()
         writes.run(self._codes.bucket, self._codes.overflow, self.retention_seconds,
-                   *codec.code_slots(codes, self.code_bits), [packed.get(code) for code in codes],
-                   [code in inline for code in codes])
+                   *_slots_of(codes, inline, codec.code_slot, self.code_bits),
+                   [packed.get(code) for code in codes], [code in inline for code in codes])
         self._write(writes)
 
     # ------------------------------------------------------------------ router memory
@@ -909,6 +937,7 @@ class RedisLedger:
             return 0
         current, _ = self._slice()
         buckets, digests = _digest_slots(texts, self.aux_bits)
+        self._routing_slots.update(zip(texts, zip(buckets, digests, strict=True), strict=True))
         numbers, distinct = _numbered(buckets)
         count = len(distinct)
         now, before = (self._router_table(template, period) for period in (current, current - 1))
@@ -934,9 +963,13 @@ class RedisLedger:
     ) -> tuple[set[str], set[str], dict[str, tuple[str, ...]]]:
         """``seen_messages``, ``seen_records`` and ``sale_codes`` in one round trip."""
         msgid_list, record_list, sale_list = list(msgids), list(records), list(sales)
+        self._routing_slots = {}
         sent_msgids = self._send_seen(KEY_MSGIDS, msgid_list)
         sent_records = self._send_seen(KEY_RECORDS, record_list)
-        sent_sales = self._send_map(self._sales, *_digest_slots(sale_list, self.sale_bits))
+        sale_buckets, sale_fields = _digest_slots(sale_list, self.sale_bits)
+        self._sale_slots = dict(zip(sale_list, zip(sale_buckets, sale_fields, strict=True),
+                                    strict=True))
+        sent_sales = self._send_map(self._sales, sale_buckets, sale_fields)
         replies = self._replies(sent_msgids + sent_records + sent_sales)
         seen_msgids = _seen_of(msgid_list, replies[0]) if sent_msgids else set()
         seen_records = _seen_of(record_list, replies[sent_msgids]) if sent_records else set()
@@ -955,20 +988,21 @@ class RedisLedger:
         """Remember a routed batch: its msgids, records, and sale codes (None forgets)."""
         current, ttl = self._slice()
         bits = self.aux_bits
+        known = self._routing_slots  # the recall's, if it was this batch's
         writes = self._writes()
         if records_removed:  # from the current and the previous slice, before any sets
-            buckets, digests = _digest_slots(records_removed, bits)
+            buckets, digests = _slots_of(records_removed, known, _digest_slot, bits)
             nothing: list[bytes | None] = [None] * len(digests)
             for period in (current, current - 1):
                 writes.run(self._router_table(KEY_RECORDS, period), None, ttl, buckets,
                            digests, nothing)
         for template, keys in ((KEY_MSGIDS, msgids), (KEY_RECORDS, records_added)):
-            buckets, digests = _digest_slots(keys, bits)
+            buckets, digests = _slots_of(keys, known, _digest_slot, bits)
             writes.run(self._router_table(template, current), None, ttl, buckets, digests,
                        [b""] * len(digests))
         day = codec.day_stamp(self.business_now())
         writes.run(self._sales.bucket, self._sales.overflow, self.retention_seconds,
-                   *_digest_slots(sales, self.sale_bits),
+                   *_slots_of(sales, self._sale_slots, _digest_slot, self.sale_bits),
                    [None if codes is None else codec.pack_codes(codes, day)
                     for codes in sales.values()])
         self._write(writes)
@@ -978,8 +1012,9 @@ class RedisLedger:
     def load_persons(self, keys: Collection[str]) -> dict[str, PersonState]:
         """Hoarding states of (person, drug) keys that exist."""
         wanted = list(keys)
-        raw = self._load_map(self._persons, wanted, *_digest_slots(wanted, self.aux_bits))
-        self._inline_persons = self._inline_of(wanted, raw)
+        buckets, fields = _digest_slots(wanted, self.aux_bits)
+        raw = self._load_map(self._persons, wanted, buckets, fields)
+        self._inline_persons = self._inline_of(wanted, raw, buckets, fields)
         states = self._with_dictionary(raw.items(), codec.unpack_person_state)
         return {key: states[key] for key in raw}
 
@@ -993,8 +1028,8 @@ class RedisLedger:
         inline = self._inline_persons
         writes = self._writes()
         writes.run(self._persons.bucket, self._persons.overflow, self.person_seconds,
-                   *_digest_slots(keys, self.aux_bits), [packed.get(key) for key in keys],
-                   [key in inline for key in keys])
+                   *_slots_of(keys, inline, _digest_slot, self.aux_bits),
+                   [packed.get(key) for key in keys], [key in inline for key in keys])
         self._write(writes)
 
     def _link_key(self, psn_hash: str) -> str:
