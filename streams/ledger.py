@@ -78,9 +78,14 @@ class Ledger(Protocol):
     def link_hoarding(self, links: Mapping[str, HoardingLink]) -> None:
         """Remember the latest HOARDING alert id per person."""
 
-    def writes_in_flight(self) -> AbstractContextManager[None]:
+    def writes_in_flight(self, confirm: bool = True) -> AbstractContextManager[None]:
         """Writes inside may be applied after they return, in order; all are applied (or
-        the error raised) when the block ends."""
+        the error raised) when the block ends, or with ``confirm=False`` by
+        :meth:`confirm_writes` (or any later call, which sees them)."""
+
+    def confirm_writes(self) -> None:
+        """Wait until the writes sent ahead are applied; raise the first error. A failed
+        confirmation keeps them: the next one sends them again, so call it until it returns."""
 
 
 def _apply(table: dict[str, V], changes: Mapping[str, V | None]) -> None:
@@ -160,6 +165,9 @@ class MemoryLedger:
         self.links.update(links)
 
     @contextmanager
-    def writes_in_flight(self) -> Iterator[None]:
+    def writes_in_flight(self, confirm: bool = True) -> Iterator[None]:
         """Writes are applied at once here: nothing is ever in flight."""
         yield
+
+    def confirm_writes(self) -> None:
+        """Nothing is ever in flight here."""

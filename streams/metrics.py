@@ -41,7 +41,9 @@ class Metrics:
             "tracewatch_batch_seconds",
             "time one batch spends in each step: fetch (waiting in getmany), route, codes, "
             "persons (the rules), acks (the broker acknowledging the output), write (the "
-            "ledger), commit (the input offsets), gc (Python's cycle collector between "
+            "ledger, sent), confirm (waiting for the last batch's writes, applied by Redis "
+            "while this batch's fetch was parsed), commit (the input offsets, once their "
+            "batch's writes are confirmed), gc (Python's cycle collector between "
             "batches, and glibc's malloc_trim after the full pass once a minute)",
             ["stage"], buckets=LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("tracewatch_batch_size", "records in one batch", ["stage"],

@@ -479,6 +479,24 @@ class _ScriptChannel:
                 raise reply
         return replies
 
+    def confirm(self) -> None:
+        """Read the replies of the writes sent ahead; raise the first error. A failure keeps
+        them, with the connection dropped, and the next ``confirm`` sends them all again on a
+        new one (each sets whole values: repeating one changes nothing), so a caller that
+        retries until one succeeds has every write applied."""
+        sent = list(self._sent)
+        if not sent:
+            return
+        try:
+            if self._connection is None:  # an earlier confirmation failed: the round again
+                for command in sent:
+                    self._transmit(command)
+            self.settle()
+        except BaseException:
+            self.reset()
+            self._sent.extend(sent)
+            raise
+
     def reset(self) -> None:
         """Forget what is in flight and drop the connection (after a failure)."""
         self._sent.clear()
@@ -862,9 +880,12 @@ class RedisLedger:
             raise
 
     @contextmanager
-    def writes_in_flight(self) -> Iterator[None]:
+    def writes_in_flight(self, confirm: bool = True) -> Iterator[None]:
         """Writes inside are sent without waiting for Redis, in order, and confirmed on the
         way out (where their errors are raised): Redis applies one while the next is packed.
+        With ``confirm=False`` they are left in flight, for :meth:`confirm_writes` (or the
+        next call, whose reply comes after theirs) to confirm: the worker parses its next
+        batch meanwhile.
 
         Leaving by an exception drops what is in flight (Redis may or may not have applied
         it: the caller must repeat the whole round, as the worker's retry does).
@@ -878,7 +899,18 @@ class RedisLedger:
                 raise
             finally:
                 self._in_flight = False
-            self._channel.settle()
+            if confirm:
+                self._channel.settle()
+        except BaseException:
+            self._expiries.forget()  # Redis may not have applied the round: push again
+            raise
+
+    def confirm_writes(self) -> None:
+        """Wait for the writes left in flight and raise the first error; they are kept, and
+        the next call sends them again (:meth:`_ScriptChannel.confirm`): call it until it
+        returns."""
+        try:
+            self._channel.confirm()
         except BaseException:
             self._expiries.forget()  # Redis may not have applied the round: push again
             raise

@@ -38,7 +38,7 @@ import gc
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -204,6 +204,13 @@ def _person_partition(psn_hash: str, partitions: int) -> int:
     return partition_of(psn_hash.encode(), partitions)
 
 
+def _worth_retrying(error: Exception) -> bool:
+    """A ledger call failed for now (unreachable, timed out, or Redis refused it): the
+    worker waits and repeats it rather than stop."""
+    return (isinstance(error, (ConnectionError, OSError, TimeoutError))
+            or type(error).__module__.startswith("redis"))
+
+
 def _chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
@@ -363,16 +370,19 @@ class CycleCollector:
 
 
 class _WaitForBatch(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Hands partitions over only between batches, after the batch in hand is committed."""
+    """Hands partitions over only between batches, after the batch in hand is committed
+    (``settle`` confirms the last batch's ledger writes and commits its offsets)."""
 
     def __init__(self, lock: asyncio.Lock, aligner: TimeAligner[Parsed],
-                 progress: Progress) -> None:
+                 progress: Progress, settle: Callable[[], Awaitable[None]]) -> None:
         self.lock = lock
         self.aligner = aligner
         self.progress = progress
+        self.settle = settle
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         async with self.lock:
+            await self.settle()
             # Held input was not committed: its new owner reads it again.
             self.aligner.drop(revoked)
 
@@ -414,6 +424,9 @@ class Worker:
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self._batch_lock = asyncio.Lock()
+        #: The offsets of the last batch, to commit once its ledger writes, sent ahead, are
+        #: confirmed (see :meth:`_settle`).
+        self._unconfirmed: dict[TopicPartition, int] | None = None
         self._input: TimeAligner[Parsed] = TimeAligner()
         self._waiting_since = 0.0
         #: The latest business time applied: "now" for the retention sweep.
@@ -483,7 +496,7 @@ class Worker:
             raise
         consumer.subscribe(
             topics=[s.topic_events, s.topic_codes, s.topic_persons],
-            listener=_WaitForBatch(self._batch_lock, self._input, self.progress),
+            listener=_WaitForBatch(self._batch_lock, self._input, self.progress, self._settle),
         )
         return consumer, producer
 
@@ -501,18 +514,27 @@ class Worker:
                 batch = await consumer.getmany(timeout_ms=wait_ms,
                                                max_records=self.settings.batch_size)
                 if not batch and not len(self._input):
+                    if self._unconfirmed is not None:
+                        async with self._batch_lock:
+                            await self._settle()
                     collector.idle()
                     continue
                 seconds.labels("fetch").observe(time.perf_counter() - started)
                 async with self._batch_lock:
                     offsets = await self._handle(batch)
-                    started = time.perf_counter()
-                    await self._commit(consumer, offsets)
-                    seconds.labels("commit").observe(time.perf_counter() - started)
+                    if offsets:  # else the batch waits for its writes (see _settle)
+                        started = time.perf_counter()
+                        await self._commit(consumer, offsets)
+                        seconds.labels("commit").observe(time.perf_counter() - started)
                     self._hold_back_fast_partitions(consumer)
                 collector.after_batch()
         finally:
             collector.stop()
+            try:
+                await self._settle()
+            except Exception as error:  # the batch is read again: every stage is idempotent
+                log.warning("last batch not confirmed at stop (%s); it will be read again",
+                            error)
             self.consumer = self.producer = None
             await consumer.stop()
             await producer.stop()
@@ -527,6 +549,28 @@ class Worker:
                 consumer.pause(tp)
             elif tp in consumer.paused():
                 consumer.resume(tp)
+
+    async def _settle(self) -> None:
+        """Confirm the last batch's ledger writes, then commit its offsets.
+
+        A batch's writes are sent ahead and the worker goes on without waiting for Redis to
+        apply them (it parses the next fetch meanwhile); its offsets wait for them. If they
+        failed, the ledger sends them again at the next try (idempotent, like the worker's
+        other retries). The ledger keeps them as packed bytes: holding the batch's objects
+        for another batch had tripled the cycle collector's time.
+        """
+        offsets = self._unconfirmed
+        if offsets is None:
+            return
+        started = time.perf_counter()
+        await self._retry("writes' confirmation", self.ledger.confirm_writes)
+        self._unconfirmed = None
+        self.metrics.batch_seconds.labels("confirm").observe(time.perf_counter() - started)
+        consumer = self.consumer
+        if consumer is not None:
+            started = time.perf_counter()
+            await self._commit(consumer, offsets)
+            self.metrics.batch_seconds.labels("commit").observe(time.perf_counter() - started)
 
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
         if not offsets:
@@ -577,6 +621,8 @@ class Worker:
             elif tp.topic == s.topic_persons:
                 persons.extend(records)
             offsets[tp] = records[-1].offset + 1
+        # The last batch's writes were applied by Redis while the fetch above was parsed.
+        await self._settle()
         behind = await self._input_behind()
         now = time.monotonic()
         if not behind or not len(self._input):
@@ -607,24 +653,29 @@ class Worker:
             started = time.perf_counter()
             await asyncio.gather(*sends)
             seconds.labels("acks").observe(time.perf_counter() - started)
+        if batch or released:
+            progress.touch()
         if writes:
             started = time.perf_counter()
             await self._retry(", ".join(what for what, _ in reversed(writes)),
-                              partial(self._write_ledger, writes))
+                              partial(self._write_ledger, writes, False))
             seconds.labels("write").observe(time.perf_counter() - started)
-        if batch or released:
-            progress.touch()
+            self._unconfirmed = offsets
+            return {}  # committed by the next _settle, once Redis applied the writes
         return offsets
 
-    def _write_ledger(self, writes: Sequence[tuple[str, Callable[[], None]]]) -> None:
+    def _write_ledger(self, writes: Sequence[tuple[str, Callable[[], None]]],
+                      confirm: bool = True) -> None:
         """Write what the stages changed, later stages first, as one round.
 
         An event handed over in process exists nowhere else until its stage's state is
         written, so the stage that made it writes after (a crash in between replays the
         batch; each stage drops what it already applied). The writes go to Redis back to
         back, each packed while Redis applies the one before; a failure repeats the round.
+        With ``confirm=False`` the last ones may still be in flight on return
+        (:meth:`_settle` confirms them).
         """
-        with self.ledger.writes_in_flight():
+        with self.ledger.writes_in_flight(confirm):
             for _, write in reversed(writes):
                 write()
 
@@ -636,13 +687,10 @@ class Worker:
         while True:
             try:
                 return action()
-            except (ConnectionError, OSError, TimeoutError) as error:
-                log.error("ledger %s failed (%s); retrying in %.1f s", what, error, delay)
             except Exception as error:
-                if type(error).__module__.startswith("redis"):
-                    log.error("ledger %s failed (%s); retrying in %.1f s", what, error, delay)
-                else:
+                if not _worth_retrying(error):
                     raise
+                log.error("ledger %s failed (%s); retrying in %.1f s", what, error, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
 

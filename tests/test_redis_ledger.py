@@ -321,6 +321,68 @@ def test_writes_in_flight_are_sent_ahead_and_confirmed_once(
     assert ledger.sale_codes({SK1}) == {SK1: (C1,)}
 
 
+def test_writes_left_in_flight_are_confirmed_later(
+    client: CountingRedis, make: Callable[..., RedisLedger]
+) -> None:
+    """The worker leaves a batch's writes in flight and parses its next fetch meanwhile:
+    nothing is waited for on the way out, ``confirm_writes`` waits once, and a load sent
+    before confirming sees the writes anyway (one connection: Redis answers in order)."""
+    ledger = make()
+    ledger.store_codes({C1: SMALL})
+    before = ledger.script_round_trips
+    with ledger.writes_in_flight(confirm=False):
+        ledger.store_codes({C1: SOLD_TWICE, C2: SMALL})
+        ledger.commit_routing({"M1"}, {RK1}, set(), {SK1: (C1,)})
+    assert ledger.script_round_trips == before
+    ledger.confirm_writes()
+    assert ledger.script_round_trips == before + 1
+    ledger.confirm_writes()  # nothing left: no wait
+    assert ledger.script_round_trips == before + 1
+    with ledger.writes_in_flight(confirm=False):
+        ledger.store_codes({C3: SMALL})
+    assert ledger.load_codes({C1, C2, C3}) == {C1: SOLD_TWICE, C2: SMALL, C3: SMALL}
+    assert ledger.seen_messages({"M1", "M2"}) == {"M1"}
+
+
+def test_a_failed_confirmation_is_raised_and_the_next_sends_the_writes_again(
+    client: CountingRedis, make: Callable[..., RedisLedger]
+) -> None:
+    ledger = make()
+    ledger.store_codes({C1: SMALL})
+    client.client_kill_filter(_type="normal", skipme=True)  # drops the writes' connection
+    sent = True
+    with ledger.writes_in_flight(confirm=False):
+        try:
+            ledger.store_codes({C2: SOLD_TWICE})
+        except redis.ConnectionError:
+            sent = False  # seen on sending already (the kernel usually takes the bytes)
+    if sent:
+        with pytest.raises(redis.ConnectionError):
+            ledger.confirm_writes()
+        ledger.confirm_writes()  # what the worker does: again, and the writes are sent again
+    else:
+        with ledger.writes_in_flight(confirm=False):  # what the worker does: the round again
+            ledger.store_codes({C2: SOLD_TWICE})
+        ledger.confirm_writes()
+    assert ledger.load_codes({C1, C2}) == {C1: SMALL, C2: SOLD_TWICE}
+
+
+def test_a_write_refused_by_redis_is_sent_again_by_the_next_confirmation(
+    client: CountingRedis, make: Callable[..., RedisLedger]
+) -> None:
+    ledger = make()
+    ledger.store_codes({C1: SMALL})
+    bucket_key = ledger._codes.bucket + str(ledger.code_slot(C2)[0])
+    client.set(bucket_key, b"not a hash")  # HSET there fails: WRONGTYPE
+    with ledger.writes_in_flight(confirm=False):
+        ledger.store_codes({C2: SOLD_TWICE})
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        ledger.confirm_writes()
+    client.delete(bucket_key)  # what an operator's fix, or a passing condition, would do
+    ledger.confirm_writes()
+    assert ledger.load_codes({C1, C2}) == {C1: SMALL, C2: SOLD_TWICE}
+
+
 def test_a_failure_inside_writes_in_flight_leaves_the_ledger_usable(
     make: Callable[..., RedisLedger]
 ) -> None:

@@ -158,6 +158,53 @@ def test_the_worker_sweeps_by_the_latest_business_time_it_applied() -> None:
     assert ledger.swept == [1_700_000_000]
 
 
+def test_a_batchs_offsets_are_committed_only_once_its_writes_are_confirmed() -> None:
+    """The worker sends a batch's ledger writes ahead and confirms them while it parses the
+    next fetch; the offsets wait for that. A confirmation that fails (Redis dropped the
+    connection: the ledger sends the writes again) is tried again before committing."""
+    import asyncio
+
+    import redis
+
+    from streams.ledger import Ledger, MemoryLedger
+    from streams.settings import load_settings
+    from streams.worker import Worker
+
+    journal: list[str] = []
+
+    class FlakyLedger:
+        """A memory ledger whose first confirmation fails (wraps it: compiled classes take
+        no subclass)."""
+
+        def __init__(self) -> None:
+            self.memory = MemoryLedger()
+            self.fail = True
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.memory, name)
+
+        def confirm_writes(self) -> None:
+            journal.append("confirm")
+            if self.fail:
+                self.fail = False
+                raise redis.ConnectionError("connection reset by peer")
+
+    class Consumer:
+        async def commit(self, offsets: dict[Any, int]) -> None:
+            journal.append(f"commit {sorted(offsets.values())}")
+
+    worker = Worker(load_settings({}), ledger=cast(Ledger, FlakyLedger()))
+    worker.consumer = cast(Any, Consumer())
+    asyncio.run(worker._settle())
+    assert journal == []  # nothing in flight: nothing to wait for or commit
+    worker._unconfirmed = {cast(Any, "tp"): 42}
+    asyncio.run(worker._settle())
+    assert journal == ["confirm", "confirm", "commit [42]"]
+    assert worker._unconfirmed is None
+    asyncio.run(worker._settle())
+    assert len(journal) == 3
+
+
 def test_the_faust_worker_logs_at_the_level_asked_not_debug() -> None:
     import logging
 
