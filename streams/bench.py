@@ -104,6 +104,7 @@ class WorkerUnderTest:
         from streams.broker import free_port
 
         self.port = free_port()
+        self.run = run
         self.prefix = f"twbench{run}"
         self.alerts_topic = f"bench.{run}.tw.alerts"
         self.redis_url = settings.redis_url
@@ -222,6 +223,14 @@ class WorkerUnderTest:
         except Exception as error:  # cleaning up must not hide the result
             print(f"tracewatch bench: could not remove {self.prefix}:* from Redis: {error}",
                   file=sys.stderr)
+
+    def use_ledger(self, name: str, expected_codes: int) -> None:
+        """Point the next start at a ledger of its own (prefix ``twbench<run><name>``) sized
+        for ``expected_codes``: a soak writes many times the workload's codes, and a ledger
+        sized for those overfills its buckets (Redis turns them into hash tables)."""
+        self.prefix = f"twbench{self.run}{name}"
+        self.env["TRACEWATCH_KEY_PREFIX"] = self.prefix
+        self.env["TRACEWATCH_EXPECTED_CODES"] = str(max(1, expected_codes))
 
     def bytes_per_code(self) -> tuple[float, int]:
         """Redis bytes per tracked code and the codes tracked (sampled buckets)."""
@@ -585,13 +594,18 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
                 worker.wait_assigned(args.timeout)
                 latency = _measure_latency(worker, bootstrap, input_topic, args.seed, rate,
                                            paced_s, run)
+                bytes_per_code, tracked = worker.bytes_per_code()
                 if args.soak:
                     soak_rate = rate * args.soak_share / 0.5
-                    print(f"      soak: {args.soak:.0f} s at {soak_rate:,.0f} messages/s",
-                          file=sys.stderr)
+                    soak_codes = int(soak_rate * args.soak * workload.codes / messages)
+                    print(f"      soak: {args.soak:.0f} s at {soak_rate:,.0f} messages/s, on a "
+                          f"ledger of its own sized for {soak_codes:,} codes", file=sys.stderr)
+                    worker.stop()
+                    worker.use_ledger("soak", soak_codes)
+                    worker.start()
+                    worker.wait_assigned(args.timeout)
                     soak, soak_batches = _soak(worker, bootstrap, input_topic, args.seed,
                                                soak_rate, args.soak)
-                bytes_per_code, tracked = worker.bytes_per_code()
             except BenchError as error:
                 print(f"tracewatch bench: {error}", file=sys.stderr)
                 return 2

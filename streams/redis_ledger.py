@@ -883,9 +883,10 @@ class RedisLedger:
     def writes_in_flight(self, confirm: bool = True) -> Iterator[None]:
         """Writes inside are sent without waiting for Redis, in order, and confirmed on the
         way out (where their errors are raised): Redis applies one while the next is packed.
-        With ``confirm=False`` they are left in flight, for :meth:`confirm_writes` (or the
-        next call, whose reply comes after theirs) to confirm: the worker parses its next
-        batch meanwhile.
+        With ``confirm=False`` they are left in flight for :meth:`confirm_writes`, which
+        keeps them for sending again if it fails (the worker parses its next batch
+        meanwhile). Confirm before any other call: another call waits for them too, but a
+        failure there forgets them.
 
         Leaving by an exception drops what is in flight (Redis may or may not have applied
         it: the caller must repeat the whole round, as the worker's retry does).

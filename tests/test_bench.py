@@ -47,6 +47,21 @@ def test_bench_runs_every_contender_and_prints_the_summary(redis_url: str,
     assert (tmp_path / "bench" / "latency.csv").read_text().count("\n") > 1
 
 
+def test_the_soak_gets_a_ledger_of_its_own_sized_for_its_codes(tmp_path: Path) -> None:
+    """A soak writes many times the workload's codes: on the throughput run's ledger its
+    buckets overfilled (Redis made them hash tables, 124 bytes a code) and Redis slowed."""
+    from streams.bench import WorkerUnderTest
+    from streams.settings import load_settings
+
+    worker = WorkerUnderTest("127.0.0.1:9", "events", tmp_path / "catalog.csv",
+                             load_settings({}), "r1", 2, tmp_path, 98_010)
+    assert (worker.prefix, worker.env["TRACEWATCH_EXPECTED_CODES"]) == ("twbenchr1", "98010")
+    worker.use_ledger("soak", 9_000_000)
+    assert worker.prefix == "twbenchr1soak"
+    assert worker.env["TRACEWATCH_KEY_PREFIX"] == "twbenchr1soak"
+    assert worker.env["TRACEWATCH_EXPECTED_CODES"] == "9000000"
+
+
 def test_soak_reads_the_first_stage_batches_from_metrics() -> None:
     from prometheus_client import CollectorRegistry, generate_latest
 
