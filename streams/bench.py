@@ -105,7 +105,6 @@ class WorkerUnderTest:
 
         self.port = free_port()
         self.run = run
-        self.prefix = f"twbench{run}"
         self.alerts_topic = f"bench.{run}.tw.alerts"
         self.redis_url = settings.redis_url
         self.env = {
@@ -119,14 +118,13 @@ class WorkerUnderTest:
             "TRACEWATCH_PARTITIONS": str(partitions),
             "TRACEWATCH_LEDGER": "redis",
             "TRACEWATCH_REDIS_URL": settings.redis_url,
-            "TRACEWATCH_KEY_PREFIX": self.prefix,
-            # Sized for this run, so its buckets are as full as a production ledger's
-            # (~150 codes each) and bytes per code mean what they mean at 10 million.
-            "TRACEWATCH_EXPECTED_CODES": str(expected_codes),
             "TRACEWATCH_CATALOG": str(catalog),
             "TRACEWATCH_WEB_PORT": str(self.port),
             "TRACEWATCH_LOG_LEVEL": "warning",
         }
+        # Sized for this run, so its buckets are as full as a production ledger's (~150
+        # codes each) and bytes per code mean what they mean at 10 million.
+        self.use_ledger("", expected_codes)
         self.log_path = workdir / "worker.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -226,8 +224,9 @@ class WorkerUnderTest:
 
     def use_ledger(self, name: str, expected_codes: int) -> None:
         """Point the next start at a ledger of its own (prefix ``twbench<run><name>``) sized
-        for ``expected_codes``: a soak writes many times the workload's codes, and a ledger
-        sized for those overfills its buckets (Redis turns them into hash tables)."""
+        for ``expected_codes``: the run's, and the soak's (a soak writes many times the
+        workload's codes, and a ledger sized for those overfills its buckets: Redis turns
+        them into hash tables)."""
         self.prefix = f"twbench{self.run}{name}"
         self.env["TRACEWATCH_KEY_PREFIX"] = self.prefix
         self.env["TRACEWATCH_EXPECTED_CODES"] = str(max(1, expected_codes))

@@ -658,24 +658,22 @@ class Worker:
         if writes:
             started = time.perf_counter()
             await self._retry(", ".join(what for what, _ in reversed(writes)),
-                              partial(self._write_ledger, writes, False))
+                              partial(self._write_ledger, writes))
             seconds.labels("write").observe(time.perf_counter() - started)
             self._unconfirmed = offsets
             return {}  # committed by the next _settle, once Redis applied the writes
         return offsets
 
-    def _write_ledger(self, writes: Sequence[tuple[str, Callable[[], None]]],
-                      confirm: bool = True) -> None:
+    def _write_ledger(self, writes: Sequence[tuple[str, Callable[[], None]]]) -> None:
         """Write what the stages changed, later stages first, as one round.
 
         An event handed over in process exists nowhere else until its stage's state is
         written, so the stage that made it writes after (a crash in between replays the
         batch; each stage drops what it already applied). The writes go to Redis back to
         back, each packed while Redis applies the one before; a failure repeats the round.
-        With ``confirm=False`` the last ones may still be in flight on return
-        (:meth:`_settle` confirms them).
+        The last ones may still be in flight on return: :meth:`_settle` confirms them.
         """
-        with self.ledger.writes_in_flight(confirm):
+        with self.ledger.writes_in_flight(confirm=False):
             for _, write in reversed(writes):
                 write()
 
