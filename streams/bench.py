@@ -13,6 +13,10 @@
 
    Codes per second = codes listed in the workload / (wall time the last was judged − wall
    time the first record was handled): start-up and group joins are left out for everyone.
+   With ``--rounds N`` (3 by default, 1 with ``--quick``) every contender runs N times, each
+   round on a topic of its own loaded before any timing; a contender's figure is its median
+   round, and a ratio the median of the rounds' ratios (a round's runs are a minute apart,
+   so a shared machine's swings in speed, ±15 % here, cancel out of them).
 3. Latency, on tracewatch's worker still running: a second workload produced at half the
    throughput just measured; for every alert, the time from its triggering message being
    produced to the alert record (its Kafka timestamp); p50/p99. Then one alert after the
@@ -47,8 +51,8 @@ import orjson
 from streams.settings import Settings
 
 #: Workload sizes: messages for throughput, seconds of paced load.
-QUICK = {"messages": 12_000, "paced_s": 10.0}
-FULL = {"messages": 100_000, "paced_s": 60.0}
+QUICK = {"messages": 12_000, "paced_s": 10.0, "rounds": 1}
+FULL = {"messages": 100_000, "paced_s": 60.0, "rounds": 3}
 PEERS = ("quixstreams", "naive-faust")
 #: How long the paced load's producer lets records gather into a batch (see _paced_produce).
 PACED_LINGER_MS = 50
@@ -74,6 +78,26 @@ class Throughput:
     def codes_per_s(self) -> float:
         """Codes judged per second of processing."""
         return self.codes / self.seconds if self.seconds > 0 else 0.0
+
+
+def median_run(runs: Sequence[Throughput]) -> Throughput:
+    """The run with the median codes per second (the lower middle one of an even count);
+    a failed run (no seconds) stands for the contender when every run failed."""
+    done = sorted((r for r in runs if r.seconds > 0), key=lambda r: r.codes_per_s)
+    if not done:
+        return runs[0]
+    return done[(len(done) - 1) // 2]
+
+
+def round_ratios(rounds: Sequence[Sequence[Throughput]], name: str) -> list[float]:
+    """Per round, tracewatch's codes per second over ``name``'s (rounds where both ran)."""
+    ratios = []
+    for runs in rounds:
+        by_name = {r.name: r for r in runs}
+        mine, other = by_name.get("tracewatch"), by_name.get(name)
+        if mine is not None and other is not None and mine.seconds > 0 and other.seconds > 0:
+            ratios.append(mine.codes_per_s / other.codes_per_s)
+    return ratios
 
 
 @dataclass
@@ -255,14 +279,17 @@ def _run_tracewatch(worker: WorkerUnderTest, messages: int, codes: int,
 
 
 def _run_peer(name: str, bootstrap: str, input_topic: str, catalog: Path, codes: int,
-              run: str, partitions: int, workdir: Path, timeout: float) -> Throughput:
+              run: str, partitions: int, workdir: Path, timeout: float,
+              files: str = "") -> Throughput:
+    """Run a peer to completion; ``files`` tells its report, log and state apart (rounds)."""
     from streams.peers_common import peer_command
 
-    report = workdir / f"{name}.report.json"
-    log_path = workdir / f"{name}.log"
+    report = workdir / f"{name}{files}.report.json"
+    log_path = workdir / f"{name}{files}.log"
+    report.unlink(missing_ok=True)  # a kept folder's old report must not pass for this run's
     command = peer_command(PEER_MODULES[name], bootstrap=bootstrap, input_topic=input_topic,
                            output_topic=f"bench.{run}.{name}.alerts", expect_codes=codes,
-                           report=report, state_dir=workdir / f"{name}.state",
+                           report=report, state_dir=workdir / f"{name}{files}.state",
                            run_id=f"{run}{name.replace('-', '')}", catalog=catalog,
                            partitions=partitions, timeout=timeout)
     with log_path.open("wb") as log:
@@ -534,6 +561,11 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
     sizes = QUICK if args.quick else FULL
     messages = args.messages or int(sizes["messages"])
     paced_s = args.paced_seconds or float(sizes["paced_s"])
+    rounds = args.rounds or int(sizes["rounds"])
+    if rounds < 1:
+        print(f"tracewatch bench: --rounds takes a positive count, not {rounds}",
+              file=sys.stderr)
+        return 2
     run = uuid.uuid4().hex[:8]
     skip = set(args.skip or ())
     unknown = skip - set(PEERS)
@@ -556,42 +588,58 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
         print(f"      {workload.codes:,} codes, {workload.duplicate_sales} duplicate sales, "
               f"{workload.split_overdispenses} split overdispenses planted", file=sys.stderr)
         with _broker(workdir) as bootstrap:
-            input_topic = f"bench.{run}.events"
+            # A topic per round, so every run reads the whole workload from the start.
+            topics = [f"bench.{run}.events" + (f".{n}" if n else "") for n in range(rounds)]
             # Quix Streams reads the input topic's retention.ms, which Tansu reports only
             # when the topic was created with it (docs/kafka-notes.md).
-            ensure_topics(bootstrap, [TopicSpec(input_topic, args.partitions, retention_ms=-1)])
-            print(f"[2/5] loading the input topic ({args.partitions} partitions) before "
-                  "timing", file=sys.stderr)
-            replay(log, bootstrap, input_topic, progress=sys.stderr.isatty())
-            results: list[Throughput] = []
-            worker = WorkerUnderTest(bootstrap, input_topic, catalog, settings, run,
-                                     args.partitions, workdir, workload.codes)
+            ensure_topics(bootstrap, [TopicSpec(topic, args.partitions, retention_ms=-1)
+                                      for topic in topics])
+            print(f"[2/5] loading the input topic{'s' if rounds > 1 else ''} "
+                  f"({args.partitions} partitions{f', {rounds} rounds' if rounds > 1 else ''})"
+                  " before timing", file=sys.stderr)
+            for topic in topics:
+                replay(log, bootstrap, topic, progress=sys.stderr.isatty())
+            rounds_run: list[list[Throughput]] = []
+            worker: WorkerUnderTest | None = None
             latency = Latency()
             soak: list[tuple[float, float, int]] = []
             soak_batches: list[tuple[float, float, float]] = []
             bytes_per_code, tracked = 0.0, 0
             try:
-                print("[3/5] tracewatch worker", file=sys.stderr)
-                results.append(_run_tracewatch(worker, messages, workload.codes, args.timeout))
-                print(f"      {results[0].codes_per_s:,.0f} codes/s", file=sys.stderr)
-                # The peers read the same topic next: stop the worker first, so it neither
-                # takes their CPU nor adds the latency phase's messages before they run.
-                worker.stop(clean=False)
-                for name in PEERS:
-                    if name in skip:
-                        continue
-                    print(f"[4/5] {name}", file=sys.stderr)
-                    peer = _run_peer(name, bootstrap, input_topic, catalog, workload.codes,
-                                     run, args.partitions, workdir, args.timeout)
-                    results.append(peer)
-                    if peer.seconds > 0:
-                        print(f"      {peer.codes_per_s:,.0f} codes/s", file=sys.stderr)
-                rate = 0.5 * results[0].codes_per_s / max(1.0, workload.codes / messages)
+                for number, topic in enumerate(topics):
+                    if worker is not None:
+                        worker.stop()  # the last round's, with its keys
+                    of = f" (round {number + 1} of {rounds})" if rounds > 1 else ""
+                    # Each round's worker has its own topics and key prefix.
+                    round_id = run if number == 0 else f"{run}r{number}"
+                    worker = WorkerUnderTest(bootstrap, topic, catalog, settings, round_id,
+                                             args.partitions, workdir, workload.codes)
+                    print(f"[3/5] tracewatch worker{of}", file=sys.stderr)
+                    runs = [_run_tracewatch(worker, messages, workload.codes, args.timeout)]
+                    print(f"      {runs[0].codes_per_s:,.0f} codes/s", file=sys.stderr)
+                    # The peers read the same topic next: stop the worker first, so it
+                    # neither takes their CPU nor adds the latency phase's messages before
+                    # they run.
+                    worker.stop(clean=False)
+                    for name in PEERS:
+                        if name in skip:
+                            continue
+                        print(f"[4/5] {name}{of}", file=sys.stderr)
+                        peer = _run_peer(name, bootstrap, topic, catalog, workload.codes,
+                                         round_id, args.partitions, workdir, args.timeout,
+                                         files=f".round{number + 1}" if number else "")
+                        runs.append(peer)
+                        if peer.seconds > 0:
+                            print(f"      {peer.codes_per_s:,.0f} codes/s", file=sys.stderr)
+                    rounds_run.append(runs)
+                assert worker is not None  # rounds >= 1
+                mine = median_run([runs[0] for runs in rounds_run]).codes_per_s
+                rate = 0.5 * mine / max(1.0, workload.codes / messages)
                 print(f"[5/5] tracewatch latency at half its throughput ({rate:,.0f} messages/s "
                       f"for {paced_s:.0f} s), then one alert after idling", file=sys.stderr)
                 worker.start()
                 worker.wait_assigned(args.timeout)
-                latency = _measure_latency(worker, bootstrap, input_topic, args.seed, rate,
+                latency = _measure_latency(worker, bootstrap, topics[-1], args.seed, rate,
                                            paced_s, run)
                 bytes_per_code, tracked = worker.bytes_per_code()
                 if args.soak:
@@ -603,15 +651,16 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
                     worker.use_ledger("soak", soak_codes)
                     worker.start()
                     worker.wait_assigned(args.timeout)
-                    soak, soak_batches = _soak(worker, bootstrap, input_topic, args.seed,
+                    soak, soak_batches = _soak(worker, bootstrap, topics[-1], args.seed,
                                                soak_rate, args.soak)
             except BenchError as error:
                 print(f"tracewatch bench: {error}", file=sys.stderr)
                 return 2
             finally:
-                worker.stop()
-        print(_report(results, latency, soak, bytes_per_code, tracked, messages, workload.codes,
-                      workload.expected_alerts, args, soak_batches))
+                if worker is not None:
+                    worker.stop()
+        print(_report(rounds_run, latency, soak, bytes_per_code, tracked, messages,
+                      workload.codes, workload.expected_alerts, args, soak_batches))
     return 0
 
 
@@ -626,25 +675,44 @@ def _second_half(soak: Sequence[tuple[float, float, int]]) -> str:
     return f"second half {growth:+.0f} MB, {growth / minutes:+.1f} MB/min"
 
 
-def _ratio(mine: float, other: Throughput | None) -> str:
-    if other is None or other.codes_per_s <= 0:
-        return "nan"
-    return f"{mine / other.codes_per_s:.2f}"
+def _median_ratio(rounds: Sequence[Sequence[Throughput]], name: str) -> str:
+    ratios = round_ratios(rounds, name)
+    return f"{statistics.median(ratios):.2f}" if ratios else "nan"
 
 
-def _report(results: Sequence[Throughput], latency: Latency,
+def _rounds_lines(rounds: Sequence[Sequence[Throughput]]) -> list[str]:
+    """Each contender's codes per second in every round, and the rounds' ratios."""
+    if len(rounds) < 2:
+        return []
+    lines = [f"{len(rounds)} rounds (the table gives each contender's median round):"]
+    for name in [r.name for r in rounds[0]]:
+        figures = [r.codes_per_s for runs in rounds for r in runs if r.name == name]
+        line = f"  {name:<12} " + " · ".join(
+            f"{figure:,.0f}" if figure > 0 else "failed" for figure in figures) + " codes/s"
+        if name != "tracewatch":
+            ratios = round_ratios(rounds, name)
+            line += ("; tracewatch × " + " · ".join(f"{ratio:.2f}" for ratio in ratios)
+                     if ratios else "")
+        lines.append(line)
+    return lines
+
+
+def _report(rounds: Sequence[Sequence[Throughput]], latency: Latency,
             soak: Sequence[tuple[float, float, int]], bytes_per_code: float, tracked: int,
             messages: int, codes: int, planted: int, args: argparse.Namespace,
             soak_batches: Sequence[tuple[float, float, float]] = ()) -> str:
-    by_name = {r.name: r for r in results}
-    mine = by_name["tracewatch"].codes_per_s
+    names = [r.name for r in rounds[0]]
+    medians = [median_run([r for runs in rounds for r in runs if r.name == name])
+               for name in names]
+    mine = medians[0].codes_per_s
     lines = [
         "",
         f"tracewatch bench — {messages:,} messages, {codes:,} codes, "
         f"{args.partitions} partitions, Tansu, {os.cpu_count()} CPUs",
-        _table(results),
+        _table(medians),
         f"(the workload plants {planted:,} DUPLICATE_SALE and SPLIT_OVERDISPENSE cases: each "
         "contender's alerts should be that many)",
+        *_rounds_lines(rounds),
         "",
         f"latency at {latency.rate_msgs_per_s:,.0f} messages/s: {latency.alerts} alerts, "
         f"p50 {latency.percentile(0.5):.0f} ms, p99 {latency.percentile(0.99):.0f} ms, "
@@ -661,8 +729,8 @@ def _report(results: Sequence[Throughput], latency: Latency,
                      f"{statistics.mean(s[2] for s in soak):.0f}; "
                      f"{_batch_trend(soak_batches)}")
     lines.append(
-        f"codes_per_s={mine:.0f} vs_quixstreams={_ratio(mine, by_name.get('quixstreams'))} "
-        f"vs_naive_faust={_ratio(mine, by_name.get('naive-faust'))} "
+        f"codes_per_s={mine:.0f} vs_quixstreams={_median_ratio(rounds, 'quixstreams')} "
+        f"vs_naive_faust={_median_ratio(rounds, 'naive-faust')} "
         f"p99_ms={latency.percentile(0.99):.0f} redis_bytes_per_code={bytes_per_code:.0f}")
     return "\n".join(lines)
 
@@ -675,6 +743,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--messages", type=int, default=0,
                         help=f"messages in the workload (default {FULL['messages']:,})")
     parser.add_argument("--seed", type=int, default=7, help="workload seed (default 7)")
+    parser.add_argument("--rounds", type=int, default=0,
+                        help="runs of each contender, a pre-loaded topic each; medians are "
+                             f"reported (default {FULL['rounds']}, quick {QUICK['rounds']})")
     parser.add_argument("--partitions", type=int, default=4,
                         help="partitions of the input and internal topics (default 4)")
     parser.add_argument("--paced-seconds", type=float, default=0.0,
