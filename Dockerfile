@@ -27,7 +27,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 
-# `pip install .`, from the wheels built above: nothing is fetched in this stage.
+# jemalloc, which the worker preloads when it finds it (TRACEWATCH_ALLOCATOR, README "Settings").
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libjemalloc2 \
+    && rm -rf /var/lib/apt/lists/*
+
+# `pip install .`, from the wheels built above: no Python package is fetched in this stage.
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-index --find-links /wheels tracewatch
 

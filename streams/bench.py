@@ -275,12 +275,23 @@ def _run_tracewatch(worker: WorkerUnderTest, messages: int, codes: int,
     health = worker.wait_idle(messages, timeout)
     alerts = consume_all(worker.env["TRACEWATCH_KAFKA"], worker.alerts_topic, timeout_s=2)
     return Throughput("tracewatch", codes, health["last_at"] - health["first_at"],
-                      len(alerts), worker.rss_mb(), "all rules, Redis ledger")
+                      len(alerts), worker.rss_mb(),
+                      f"all rules, Redis ledger, {health.get('allocator', 'system')}")
+
+
+def peer_environment(choice: str) -> tuple[dict[str, str], str]:
+    """The peers' environment and allocator: the one the worker gets (``TRACEWATCH_ALLOCATOR``),
+    so that the comparison is of the applications and not of their allocators."""
+    from streams import allocator
+
+    environment = allocator.preload_environment(choice, os.environ,
+                                                allocator.jemalloc_library(), "system")
+    return (dict(os.environ), "system") if environment is None else (environment, "jemalloc")
 
 
 def _run_peer(name: str, bootstrap: str, input_topic: str, catalog: Path, codes: int,
               run: str, partitions: int, workdir: Path, timeout: float,
-              files: str = "") -> Throughput:
+              files: str = "", allocator: str = "system") -> Throughput:
     """Run a peer to completion; ``files`` tells its report, log and state apart (rounds)."""
     from streams.peers_common import peer_command
 
@@ -292,16 +303,17 @@ def _run_peer(name: str, bootstrap: str, input_topic: str, catalog: Path, codes:
                            report=report, state_dir=workdir / f"{name}{files}.state",
                            run_id=f"{run}{name.replace('-', '')}", catalog=catalog,
                            partitions=partitions, timeout=timeout)
+    environment, allocator_used = peer_environment(allocator)
     with log_path.open("wb") as log:
         finished = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT,
-                                  timeout=timeout + 60, check=False)
+                                  timeout=timeout + 60, check=False, env=environment)
     if finished.returncode != 0 or not report.is_file():
         tail = log_path.read_text(errors="replace")[-1500:]
         return Throughput(name, note=f"failed (exit {finished.returncode}); {log_path}: {tail}")
     body = orjson.loads(report.read_bytes())
     return Throughput(name, int(body["codes"]), float(body["done"]) - float(body["first"]),
                       int(body.get("alerts", 0)), float(body.get("rss_mb", 0.0)),
-                      "DUPLICATE_SALE + SPLIT_OVERDISPENSE only")
+                      f"DUPLICATE_SALE + SPLIT_OVERDISPENSE only, {allocator_used}")
 
 
 def _paced_produce(bootstrap: str, topic: str, lines: Sequence[bytes], rate: float,
@@ -627,7 +639,8 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
                         print(f"[4/5] {name}{of}", file=sys.stderr)
                         peer = _run_peer(name, bootstrap, topic, catalog, workload.codes,
                                          round_id, args.partitions, workdir, args.timeout,
-                                         files=f".round{number + 1}" if number else "")
+                                         files=f".round{number + 1}" if number else "",
+                                         allocator=settings.allocator)
                         runs.append(peer)
                         if peer.seconds > 0:
                             print(f"      {peer.codes_per_s:,.0f} codes/s", file=sys.stderr)

@@ -85,7 +85,14 @@ def _bytes_bar(path: Path) -> tqdm[NoReturn]:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    """Run the faust worker."""
+    """Run the faust worker (started again under jemalloc first, see streams.allocator)."""
+    from streams import allocator
+
+    try:
+        allocator.ensure(settings.allocator)
+    except allocator.AllocatorError as error:
+        print(f"tracewatch worker: {error}", file=sys.stderr)
+        return 2
     from streams.worker import run_worker
 
     return run_worker(settings)

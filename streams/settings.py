@@ -73,6 +73,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("web_host", "127.0.0.1",
             "address the web page binds to (0.0.0.0 to serve other hosts, e.g. in a container)"),
     Setting("log_level", "info", "worker log level"),
+    Setting("allocator", "auto",
+            "worker memory allocator: auto (jemalloc when libjemalloc2 is installed), "
+            "jemalloc, or system (the C library's malloc)", "allocator"),
 )
 
 DEV_PSN_KEY = "tracewatch-development-key-not-secret"
@@ -109,6 +112,7 @@ class Settings:
     web_port: int
     web_host: str
     log_level: str
+    allocator: str
 
     @property
     def psn_key_bytes(self) -> bytes:
@@ -145,6 +149,12 @@ def _ledger(text: str) -> str:
     return text
 
 
+def _allocator(text: str) -> str:
+    if text not in ("auto", "jemalloc", "system"):
+        raise ValueError("must be auto, jemalloc or system")
+    return text
+
+
 def _set(text: str) -> frozenset[str]:
     return frozenset(part.strip() for part in text.split(",") if part.strip())
 
@@ -156,6 +166,7 @@ _CONVERTERS: dict[str, Callable[[str], Any]] = {
     "path": _path,
     "set": _set,
     "ledger": _ledger,
+    "allocator": _allocator,
 }
 
 _EXPECTS = {
@@ -165,6 +176,7 @@ _EXPECTS = {
     "set": "comma-separated values",
     "str": "text",
     "ledger": "one of redis, memory, auto",
+    "allocator": "one of auto, jemalloc, system",
 }
 
 

@@ -55,6 +55,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from detectors.codes import product_key_of
 from detectors.messages import BadInput, parse
 from detectors.model import Alert, CodeEvent, Message, PersonEvent
+from streams import allocator
 from streams.align import TimeAligner
 from streams.kafka_io import TopicSpec, ensure_topics
 from streams.ledger import Ledger, MemoryLedger
@@ -910,6 +911,7 @@ class Worker:
 
     def _add_pages(self, app: faust.App) -> None:
         worker = self
+        allocator_in_use = allocator.in_use()
 
         class MetricsPage(View):
             async def get(self, request: Request) -> Response:
@@ -933,6 +935,7 @@ class Worker:
         class Health(View):
             async def get(self, request: Request) -> Response:
                 return self.json({"ok": True, "messages": worker.feed.messages,
+                                  "allocator": allocator_in_use,
                                   **worker.progress.as_dict()})
 
         app.page("/metrics")(MetricsPage)

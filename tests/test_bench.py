@@ -43,6 +43,13 @@ def test_bench_runs_every_contender_and_prints_the_summary(redis_url: str,
     for name in ("tracewatch", "quixstreams", "naive-faust"):
         assert re.search(rf"^{name}\s+[\d,]+\s", table, re.MULTILINE), table
     assert "one alert after idling: " in table and "not seen" not in table
+    # The worker started itself again under jemalloc where installed; the peers got the same.
+    from streams.allocator import jemalloc_library
+
+    allocator = "jemalloc" if jemalloc_library() else "system"
+    assert re.search(rf"^tracewatch .*  all rules, Redis ledger, {allocator}$", table,
+                     re.MULTILINE), table
+    assert re.search(rf"^quixstreams .* only, {allocator}$", table, re.MULTILINE), table
     # Two rounds, each contender's figures from both, each round on its own topic.
     assert "2 rounds (the table gives each contender's median round):" in table
     assert re.search(r"^  quixstreams  [\d,]+ · [\d,]+ codes/s; tracewatch × \d+\.\d\d · "

@@ -275,6 +275,12 @@ def test_dockerfile_runs_tracewatch_as_non_root() -> None:
     assert re.search(r'^ENTRYPOINT \["tracewatch"\]', text, re.MULTILINE)
 
 
+def test_the_image_has_the_jemalloc_the_worker_preloads() -> None:
+    text = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    runtime = text[text.rindex("\nFROM "):]  # the last stage is the image
+    assert re.search(r"apt-get install [^\n]*\blibjemalloc2\b", runtime), runtime
+
+
 def test_dockerignore_keeps_secrets_out_of_the_image() -> None:
     lines = (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
     assert {".env", ".git", ".venv"} <= {line.strip() for line in lines}
