@@ -262,7 +262,9 @@ class GlibcHeap:
     size and its trim threshold to twice that, so from then on such blocks grow the heap and
     the heap keeps its free space. ``start`` fixes both thresholds (``M_MMAP_THRESHOLD``,
     ``M_TRIM_THRESHOLD``), which also stops the raising, and ``trim`` (``malloc_trim``) gives
-    the heap's free pages back. Elsewhere (musl, macOS) both do nothing.
+    the heap's free pages back. Elsewhere (musl, macOS) both do nothing, and under jemalloc
+    (:mod:`streams.allocator`) they reach only glibc's idle heap: jemalloc gives its free pages
+    back by itself, a few seconds after they are freed.
     In a 12-minute soak at half the throughput the heap grew 12 MB with this, 27 MB without,
     and the RSS 50 against 63 MB (BENCHMARKS.md "Soak"); Python's own arenas are not glibc's
     and are not affected.
