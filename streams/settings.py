@@ -13,6 +13,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from streams.allocator import CHOICES as ALLOCATORS
+
 
 class SettingsError(ValueError):
     """A ``TRACEWATCH_*`` variable has a value tracewatch cannot use."""
@@ -150,8 +152,8 @@ def _ledger(text: str) -> str:
 
 
 def _allocator(text: str) -> str:
-    if text not in ("auto", "jemalloc", "system"):
-        raise ValueError("must be auto, jemalloc or system")
+    if text not in ALLOCATORS:
+        raise ValueError(f"must be {', '.join(ALLOCATORS[:-1])} or {ALLOCATORS[-1]}")
     return text
 
 
@@ -176,7 +178,7 @@ _EXPECTS = {
     "set": "comma-separated values",
     "str": "text",
     "ledger": "one of redis, memory, auto",
-    "allocator": "one of auto, jemalloc, system",
+    "allocator": f"one of {', '.join(ALLOCATORS)}",
 }
 
 
