@@ -688,6 +688,11 @@ def _second_half(soak: Sequence[tuple[float, float, int]]) -> str:
     return f"second half {growth:+.0f} MB, {growth / minutes:+.1f} MB/min"
 
 
+def _runs_of(rounds: Sequence[Sequence[Throughput]], name: str) -> list[Throughput]:
+    """The runs of contender ``name``, round by round."""
+    return [r for runs in rounds for r in runs if r.name == name]
+
+
 def _median_ratio(rounds: Sequence[Sequence[Throughput]], name: str) -> str:
     ratios = round_ratios(rounds, name)
     return f"{statistics.median(ratios):.2f}" if ratios else "nan"
@@ -699,7 +704,7 @@ def _rounds_lines(rounds: Sequence[Sequence[Throughput]]) -> list[str]:
         return []
     lines = [f"{len(rounds)} rounds (the table gives each contender's median round):"]
     for name in [r.name for r in rounds[0]]:
-        figures = [r.codes_per_s for runs in rounds for r in runs if r.name == name]
+        figures = [r.codes_per_s for r in _runs_of(rounds, name)]
         line = f"  {name:<12} " + " · ".join(
             f"{figure:,.0f}" if figure > 0 else "failed" for figure in figures) + " codes/s"
         if name != "tracewatch":
@@ -715,8 +720,7 @@ def _report(rounds: Sequence[Sequence[Throughput]], latency: Latency,
             messages: int, codes: int, planted: int, args: argparse.Namespace,
             soak_batches: Sequence[tuple[float, float, float]] = ()) -> str:
     names = [r.name for r in rounds[0]]
-    medians = [median_run([r for runs in rounds for r in runs if r.name == name])
-               for name in names]
+    medians = [median_run(_runs_of(rounds, name)) for name in names]
     mine = medians[0].codes_per_s
     lines = [
         "",
