@@ -15,46 +15,60 @@ local overflow = ARGV[1] == '1'
 local n = overflow and #KEYS / 2 or #KEYS
 local index = ARGV[2]
 local byte = string.byte
+local fields = #index / 4
 
--- The fields of each bucket hash, and where each goes in the answer.
-local names, where, out = {}, {}, {}
-local i = 0
-for p = 1, #index, 4 do
-  i = i + 1
-  out[i] = false
-  local b1, b2, b3, b4 = byte(index, p, p + 3)
+-- The fields grouped by bucket hash with a counting sort into flat arrays: a table per
+-- bucket hash (two, with where each field goes) cost more than the lookups of a bucket
+-- holding one or two of the fields, the common case.
+local bucket, count = {}, {}
+for i = 1, fields do
+  local b1, b2, b3, b4 = byte(index, 4 * i - 3, 4 * i)
   local k = b1 + 256 * (b2 + 256 * (b3 + 256 * b4)) + 1
-  local list = names[k]
-  if not list then
-    list = {}
-    names[k] = list
-    where[k] = {}
-  end
-  local m = #list + 1
-  list[m] = ARGV[i + 2]
-  where[k][m] = i
+  bucket[i] = k
+  count[k] = (count[k] or 0) + 1
+end
+local next_at, at = {}, 1
+for k = 1, n do
+  next_at[k] = at
+  at = at + (count[k] or 0)
+end
+local names, where = {}, {} -- in bucket order: the field, and its place in the answer
+for i = 1, fields do
+  local k = bucket[i]
+  local p = next_at[k]
+  names[p] = ARGV[i + 2]
+  where[p] = i
+  next_at[k] = p + 1
 end
 
+local out = {}
+for i = 1, fields do out[i] = false end -- in order, so the answer is a Lua array
+local first = 1
 for k = 1, n do
-  local list, at = names[k], where[k]
-  if list then
-    for s = 1, #list, STEP do
-      local values = redis.call('HMGET', KEYS[k], unpack(list, s, math.min(s + STEP - 1, #list)))
-      for j = 1, #values do out[at[s + j - 1]] = values[j] end
+  local c = count[k]
+  if c then
+    local last = first + c - 1
+    for s = first, last, STEP do
+      local values = redis.call('HMGET', KEYS[k], unpack(names, s, math.min(s + STEP - 1, last)))
+      for j = 1, #values do out[where[s + j - 1]] = values[j] end
     end
     if overflow then
-      local big, bigat = {}, {}
-      for j = 1, #list do
-        if out[at[j]] == '' then
-          big[#big + 1] = list[j]
-          bigat[#bigat + 1] = at[j]
+      local big, bigat
+      for p = first, last do
+        if out[where[p]] == '' then
+          if not big then big, bigat = {}, {} end
+          big[#big + 1] = names[p]
+          bigat[#bigat + 1] = where[p]
         end
       end
-      for s = 1, #big, STEP do
-        local values = redis.call('HMGET', KEYS[n + k], unpack(big, s, math.min(s + STEP - 1, #big)))
-        for j = 1, #values do out[bigat[s + j - 1]] = values[j] end
+      if big then
+        for s = 1, #big, STEP do
+          local values = redis.call('HMGET', KEYS[n + k], unpack(big, s, math.min(s + STEP - 1, #big)))
+          for j = 1, #values do out[bigat[s + j - 1]] = values[j] end
+        end
       end
     end
+    first = last + 1
   end
 end
 return out
