@@ -14,6 +14,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+from streams.allocator import STARTED_AGAIN
 from streams.compiled import stale_warning
 from streams.reference import ReferenceError, rule_config
 from streams.settings import Settings, SettingsError, load_settings, settings_help
@@ -400,7 +401,8 @@ def main(argv: Sequence[str] | None = None, exit_fast: bool = False) -> int:
     args = parser.parse_args(argv)
     args.exit_fast = exit_fast
     stale = stale_warning()
-    if stale:
+    # A worker started again under jemalloc (streams.allocator) warned before it was.
+    if stale and STARTED_AGAIN not in os.environ:
         print(f"tracewatch: warning: {stale}", file=sys.stderr)
     try:
         settings = _settings(args)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from streams import cli
 from streams.allocator import (
     STARTED_AGAIN,
     AllocatorError,
@@ -82,3 +83,18 @@ def test_a_process_started_again_runs_under_jemalloc(choice: str) -> None:
     expected = "jemalloc" if choice == "auto" and jemalloc_library() else "system"
     assert done.stdout.split() == (["started", "started", expected] if expected == "jemalloc"
                                    else ["started", expected])
+
+
+@pytest.mark.parametrize(("started_again", "warned"), [(False, True), (True, False)])
+def test_the_stale_compiled_warning_is_printed_once_per_worker(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], started_again: bool,
+    warned: bool,
+) -> None:
+    """A worker started again under jemalloc has already warned before it was."""
+    monkeypatch.setattr(cli, "stale_warning", lambda: "streams/codec.py changed since compiled")
+    if started_again:
+        monkeypatch.setenv(STARTED_AGAIN, "1")
+    else:
+        monkeypatch.delenv(STARTED_AGAIN, raising=False)
+    assert cli.main(["check", "/nonexistent/messages.jsonl"]) == 2  # after the warning
+    assert ("warning: streams/codec.py changed" in capsys.readouterr().err) is warned
