@@ -14,7 +14,9 @@ per-event streams cost ~300-400 µs a record on our cores (docs/kafka-notes.md),
 path does not use them, and the internal topics carry one record per batch and partition
 (``streams.wire``), not one per code. Input partitions are merged in business-time order
 (``streams.align``): a batch from one institution's partition never runs days ahead of
-another's, so a fast replay of a log on many partitions raises what ``check`` raises.
+another's, so a fast replay of a log on many partitions raises what ``check`` raises. The
+records fetched and waiting for their turn are bounded: input partitions stop being fetched
+while the worker holds more than two batches of them (:func:`partitions_to_hold_back`).
 
 An event for a partition of ``tracewatch.codes`` or ``tracewatch.persons`` that this worker
 owns is applied in the same batch, in process, rather than sent and fetched back (its owner
@@ -38,7 +40,7 @@ import gc
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -119,6 +121,22 @@ def open_ledger(settings: Settings) -> Ledger:
             raise
         log.warning("%s; using an in-memory ledger (nothing kept after exit)", error)
         return MemoryLedger()
+
+
+def partitions_to_hold_back(held: Mapping[T, int], batch_size: int) -> set[T]:
+    """The input partitions not to fetch from for now, given the records each one holds.
+
+    Held records wait for release in time order, parsed. A partition more than two batches
+    ahead of the others is held back (it would only pile up); and once the partitions hold
+    more than two batches between them, every partition that holds some is held back too:
+    several backlogged partitions would otherwise each fill up to its own limit, and the
+    worker's memory would follow (~29,000 records held in a soak, BENCHMARKS.md "Twelfth
+    session"). A partition holding nothing is never held back, so release can always go on:
+    it waits only for partitions behind that hold nothing.
+    """
+    limit = 2 * batch_size
+    over_all = sum(held.values()) > limit
+    return {tp for tp, count in held.items() if count > limit or (over_all and count > 0)}
 
 
 class Progress:
@@ -543,14 +561,15 @@ class Worker:
             await producer.stop()
 
     def _hold_back_fast_partitions(self, consumer: AIOKafkaConsumer) -> None:
-        """Stop fetching input partitions that are far ahead of the others, until released."""
-        limit = self.settings.batch_size * 2
-        for tp in consumer.assignment():
-            if tp.topic != self.settings.topic_events:
-                continue
-            if self._input.held(tp) > limit:
+        """Stop fetching input partitions while the worker holds enough of their records."""
+        inputs = [tp for tp in consumer.assignment() if tp.topic == self.settings.topic_events]
+        held = {tp: self._input.held(tp) for tp in inputs}
+        hold_back = partitions_to_hold_back(held, self.settings.batch_size)
+        paused = consumer.paused()
+        for tp in inputs:
+            if tp in hold_back:
                 consumer.pause(tp)
-            elif tp in consumer.paused():
+            elif tp in paused:
                 consumer.resume(tp)
 
     async def _settle(self) -> None:

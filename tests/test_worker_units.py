@@ -12,7 +12,7 @@ from detectors.model import CodeEvent, Kind, PersonEvent
 from streams.align import TimeAligner
 from streams.partitioner import murmur2, partition_of
 from streams.wire import dump_batch, dump_event, load_code_batch, load_person_batch
-from streams.worker import LiveFeed, code_key
+from streams.worker import LiveFeed, code_key, partitions_to_hold_back
 
 
 def test_boxes_of_one_product_share_a_writer() -> None:
@@ -92,6 +92,36 @@ def test_aligner_keeps_a_partitions_own_order(first: list[tuple[int | None, str]
     aligner.add("p1", [(6, "b6"), (8, "b8")])
     assert _times(aligner.release()) == ["b6", "a7", "bad", "a2"]
     assert _times(aligner.release()) == ["b8"]
+
+
+@pytest.mark.parametrize(("held", "held_back"), [
+    # batches of 100: nothing held back while the partitions hold 200 or fewer in all
+    ({"p0": 150, "p1": 50, "p2": 0}, set()),
+    # one partition far ahead is held back alone
+    ({"p0": 201, "p1": 0, "p2": 0}, {"p0"}),
+    # several backlogged partitions: every one that holds records, none that holds nothing
+    ({"p0": 120, "p1": 90, "p2": 0}, {"p0", "p1"}),
+    ({"p0": 70, "p1": 70, "p2": 70, "p3": 0}, {"p0", "p1", "p2"}),
+])
+def test_partitions_to_hold_back_bound_what_the_worker_holds_in_all(
+        held: dict[str, int], held_back: set[str]) -> None:
+    assert partitions_to_hold_back(held, batch_size=100) == held_back
+
+
+def test_holding_back_never_stops_release() -> None:
+    """Partitions held back still release: the one that holds nothing is fetched, then all go on."""
+    aligner: TimeAligner[str] = TimeAligner()
+    aligner.add("p0", [(t, f"a{t}") for t in range(1, 160)])
+    aligner.add("p1", [(t, f"b{t}") for t in range(1, 100)])
+    held = {"p0": aligner.held("p0"), "p1": aligner.held("p1"), "p2": 0}
+    assert partitions_to_hold_back(held, batch_size=100) == {"p0", "p1"}
+    assert aligner.release(behind=["p2"], limit=100) == []  # p2 still fetches
+    aligner.add("p2", [(50, "c50")])
+    released = _times(aligner.release(behind=[], limit=100))
+    assert len(released) == 100 and released[0] == "a1"
+    held = {p: aligner.held(p) for p in ("p0", "p1", "p2")}
+    assert sum(held.values()) == 159 + 99 + 1 - 100
+    assert partitions_to_hold_back(held, batch_size=100) == set()
 
 
 def test_aligner_releases_at_most_its_limit_earliest_first() -> None:
