@@ -547,7 +547,7 @@ class Worker:
                         started = time.perf_counter()
                         await self._commit(consumer, offsets)
                         seconds.labels("commit").observe(time.perf_counter() - started)
-                    self._hold_back_fast_partitions(consumer)
+                    self._hold_back_input(consumer)
                 collector.after_batch()
         finally:
             collector.stop()
@@ -560,9 +560,13 @@ class Worker:
             await consumer.stop()
             await producer.stop()
 
-    def _hold_back_fast_partitions(self, consumer: AIOKafkaConsumer) -> None:
+    def _input_partitions(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
+        """The partitions of the input topic this worker is assigned."""
+        return [tp for tp in consumer.assignment() if tp.topic == self.settings.topic_events]
+
+    def _hold_back_input(self, consumer: AIOKafkaConsumer) -> None:
         """Stop fetching input partitions while the worker holds enough of their records."""
-        inputs = [tp for tp in consumer.assignment() if tp.topic == self.settings.topic_events]
+        inputs = self._input_partitions(consumer)
         held = {tp: self._input.held(tp) for tp in inputs}
         hold_back = partitions_to_hold_back(held, self.settings.batch_size)
         paused = consumer.paused()
@@ -610,8 +614,8 @@ class Worker:
         if consumer is None:
             return []
         behind = []
-        for tp in consumer.assignment():
-            if tp.topic != self.settings.topic_events or self._input.held(tp):
+        for tp in self._input_partitions(consumer):
+            if self._input.held(tp):
                 continue
             high = consumer.highwater(tp)
             if high is None or await consumer.position(tp) < high:
