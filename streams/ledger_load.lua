@@ -20,8 +20,9 @@ local fields = #index / 4
 -- The fields grouped by bucket hash with a counting sort into flat arrays: a table per
 -- bucket hash (two, with where each field goes) cost more than the lookups of a bucket
 -- holding one or two of the fields, the common case.
-local bucket, count = {}, {}
+local bucket, count, out = {}, {}, {}
 for i = 1, fields do
+  out[i] = false -- in order, so the answer is a Lua array
   local b1, b2, b3, b4 = byte(index, 4 * i - 3, 4 * i)
   local k = b1 + 256 * (b2 + 256 * (b3 + 256 * b4)) + 1
   bucket[i] = k
@@ -41,8 +42,6 @@ for i = 1, fields do
   next_at[k] = p + 1
 end
 
-local out = {}
-for i = 1, fields do out[i] = false end -- in order, so the answer is a Lua array
 local first = 1
 for k = 1, n do
   local c = count[k]
