@@ -40,7 +40,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +56,13 @@ FULL = {"messages": 100_000, "paced_s": 60.0, "rounds": 3}
 PEERS = ("quixstreams", "naive-faust")
 #: How long the paced load's producer lets records gather into a batch (see _paced_produce).
 PACED_LINGER_MS = 50
+#: The same for the soak's load. Tansu's in-memory storage gets slower with every record
+#: batch it holds: with the input keyed by institution (a batch per partition per linger) at
+#: 1,800 messages/s and 50 ms, the broker alone went from 11 % to 31 % of a core in three
+#: minutes (and a soak's worker waited on fetches ever longer, its batches and memory growing
+#: with them); at 400 ms it stayed at 6 %. A soak measures the worker, not that (Apache
+#: Kafka finds an offset through its index however many batches a partition holds).
+SOAK_LINGER_MS = 400
 PEER_MODULES = {"quixstreams": "peers_quix", "naive-faust": "peers_faust"}
 
 
@@ -316,10 +323,11 @@ def _run_peer(name: str, bootstrap: str, input_topic: str, catalog: Path, codes:
                       f"DUPLICATE_SALE + SPLIT_OVERDISPENSE only, {allocator_used}")
 
 
-def _paced_produce(bootstrap: str, topic: str, lines: Sequence[bytes], rate: float,
+def _paced_produce(bootstrap: str, topic: str, lines: Iterable[bytes], rate: float,
                    seconds: float, key_of: Callable[[bytes], bytes | None],
                    into: dict[str, float] | None = None,
-                   counter: list[int] | None = None) -> dict[str, float]:
+                   counter: list[int] | None = None,
+                   linger_ms: int = PACED_LINGER_MS) -> dict[str, float]:
     """Produce ``lines`` at ``rate`` per second for at most ``seconds``; msgid → send time
     (filled in as they go into ``into`` when given). ``counter[0]`` counts the records sent
     (a retry repeats its msgid, so the dict's size does not).
@@ -327,13 +335,13 @@ def _paced_produce(bootstrap: str, topic: str, lines: Sequence[bytes], rate: flo
     With confluent-kafka (librdkafka, C; installed with the ``bench`` extra for Quix Streams)
     the load costs this process a few % of a core; kafka-python, the fallback, took 40-60 %
     of one at 1,900 messages/s — CPU the worker under test, the broker and Redis need on two
-    cores. Records linger ``PACED_LINGER_MS`` in the producer (counted in the latency: the
+    cores. Records linger ``linger_ms`` in the producer (counted in the latency: the
     send time is taken before it): Tansu's in-memory storage spends CPU per stored record
     batch and fetches slow as they pile up, so at 5 ms of linger (800 batches a second on four
     partitions) the broker alone, with no worker, went from p99 22 ms to 384 ms within a
     minute at 4,600 messages/s and took 90 % of a core; at 50 ms it stayed at 61 ms and 13 %.
     """
-    send, finish = _paced_producer(bootstrap)
+    send, finish = _paced_producer(bootstrap, linger_ms)
     sent: dict[str, float] = {} if into is None else into
     started = time.time()
     try:
@@ -354,15 +362,15 @@ def _paced_produce(bootstrap: str, topic: str, lines: Sequence[bytes], rate: flo
     return sent
 
 
-def _paced_producer(bootstrap: str) -> tuple[Callable[[str, bytes, bytes | None], None],
-                                              Callable[[], None]]:
+def _paced_producer(bootstrap: str, linger_ms: int = PACED_LINGER_MS,
+                    ) -> tuple[Callable[[str, bytes, bytes | None], None], Callable[[], None]]:
     """(send, flush and close) of the lightest Kafka producer installed."""
     try:
         from confluent_kafka import Producer
     except ImportError:
         from kafka import KafkaProducer
 
-        fallback = KafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=PACED_LINGER_MS)
+        fallback = KafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=linger_ms)
 
         def send_slowly(topic: str, value: bytes, key: bytes | None) -> None:
             fallback.send(topic, value=value, key=key)
@@ -375,7 +383,7 @@ def _paced_producer(bootstrap: str) -> tuple[Callable[[str, bytes, bytes | None]
 
         return send_slowly, close_slowly
 
-    producer = Producer({"bootstrap.servers": bootstrap, "acks": 1, "linger.ms": PACED_LINGER_MS})
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": 1, "linger.ms": linger_ms})
 
     def send(topic: str, value: bytes, key: bytes | None) -> None:
         producer.produce(topic, value=value, key=key)
@@ -484,27 +492,49 @@ def _batch_trend(totals: Sequence[tuple[float, float, float]]) -> str:
             f"{mean_over(last, totals[-1])} in the last")
 
 
-def _soak(worker: WorkerUnderTest, bootstrap: str, input_topic: str, seed: int, rate: float,
-          seconds: float,
-          ) -> tuple[list[tuple[float, float, int]], list[tuple[float, float, float]]]:
-    """Steady load for ``seconds``: (elapsed s, worker RSS MB, lag in records) every 10 s, and
-    (elapsed s, batches, records) of the worker's first stage when its /metrics answered."""
-    import threading
+def write_soak_load(path: Path, rate: float, seconds: float, seed: int,
+                    chunk: int = 60_000) -> int:
+    """Write the soak's messages to ``path`` (one a line): ``seconds`` of load at ``rate``,
+    one workload running on (the same institutions, drugs and people; time, record numbers
+    and boxes continuing), as steady traffic is. Returns how many were written.
 
+    Written before the soak, not while it runs: generating took this process ~7 s of CPU per
+    minute of load at 5,000 messages/s, on the cores the worker under test needs, and left
+    the load paused meanwhile."""
     from streams.bench_workload import stream
 
+    total = max(100, int(rate * seconds))
+    written = 0
+    chunks = stream(min(total, chunk), seed)
+    with path.open("wb") as handle:
+        while written < total:
+            lines = next(chunks)[: total - written]
+            handle.write(b"".join(line + b"\n" for line in lines))
+            written += len(lines)
+    return written
+
+
+def _soak(worker: WorkerUnderTest, bootstrap: str, input_topic: str, seed: int, rate: float,
+          seconds: float, load: Path,
+          ) -> tuple[list[tuple[float, float, int]], list[tuple[float, float, float]]]:
+    """Steady load for ``seconds``: (elapsed s, worker RSS MB, lag in records) every 10 s, and
+    (elapsed s, batches, records) of the worker's first stage when its /metrics answered.
+    The load is written to ``load`` first (:func:`write_soak_load`), then sent on one
+    schedule by one producer."""
+    import threading
+
+    started_writing = time.monotonic()
+    count = write_soak_load(load, rate, seconds, seed + 2)
+    print(f"      soak load: {count:,} messages written to {load} in "
+          f"{time.monotonic() - started_writing:.0f} s; sending them now", file=sys.stderr)
     base = int((worker.health() or {}).get("input_released", 0))
-    chunk_s = 60.0
-    chunks = max(1, int(seconds // chunk_s))
     produced = [0]
 
     def produce() -> None:
-        # A minute's messages at a time, one workload running on (the same institutions,
-        # drugs and people; time, record numbers and boxes continuing), as steady traffic is.
-        minutes = stream(max(100, int(rate * chunk_s) + 1), seed + 2)
-        for _ in range(chunks):
-            _paced_produce(bootstrap, input_topic, next(minutes), rate, chunk_s,
-                           _institution_key, counter=produced)
+        with load.open("rb") as handle:
+            _paced_produce(bootstrap, input_topic, (line.rstrip(b"\n") for line in handle),
+                           rate, seconds, _institution_key, counter=produced,
+                           linger_ms=SOAK_LINGER_MS)
 
     thread = threading.Thread(target=produce, daemon=True)
     started = time.monotonic()
@@ -665,7 +695,7 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
                     worker.start()
                     worker.wait_assigned(args.timeout)
                     soak, soak_batches = _soak(worker, bootstrap, topics[-1], args.seed,
-                                               soak_rate, args.soak)
+                                               soak_rate, args.soak, workdir / "soak.jsonl")
             except BenchError as error:
                 print(f"tracewatch bench: {error}", file=sys.stderr)
                 return 2

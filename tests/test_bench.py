@@ -95,6 +95,28 @@ def test_soak_reads_the_first_stage_batches_from_metrics() -> None:
     assert _batch_trend(totals[:1]) == "batch sizes not sampled"
 
 
+def test_the_soak_load_is_written_first_and_runs_on_one_world(tmp_path: Path) -> None:
+    """The soak's messages are generated before it starts (generating them while it ran took
+    the worker's CPU and paused the load), in chunks that continue one another."""
+    import orjson
+
+    from streams.bench import write_soak_load
+
+    path = tmp_path / "soak.jsonl"
+    assert write_soak_load(path, rate=50.0, seconds=5.0, seed=9, chunk=100) == 250
+    lines = path.read_bytes().splitlines()
+    assert len(lines) == 250
+    messages = [orjson.loads(line) for line in lines]
+    msgids = [message["msgid"] for message in messages]
+    # Chunks continue one workload: the next chunk does not start it over (only the
+    # workload's few retries repeat a msgid).
+    assert len(set(msgids[:100]) & set(msgids[100:200])) <= 5
+    assert len(set(msgids)) >= 240
+    again = tmp_path / "again.jsonl"
+    write_soak_load(again, rate=50.0, seconds=5.0, seed=9, chunk=100)
+    assert again.read_bytes() == path.read_bytes()
+
+
 @pytest.mark.parametrize(("samples", "said"), [
     ([(10.0, 100.0, 0), (300.0, 150.0, 0), (420.0, 160.0, 0), (600.0, 160.0, 0)],
      "second half +10 MB, +2.0 MB/min"),
