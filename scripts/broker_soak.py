@@ -97,7 +97,8 @@ def main() -> int:
         lines = (line for chunk in chunks for line in chunk)
         try:
             _paced_produce(broker.bootstrap, "soak", itertools.islice(lines, total),
-                           args.rate, args.seconds, _institution_key, linger_ms=args.linger_ms)
+                           args.rate, args.seconds, _institution_key, linger_ms=args.linger_ms,
+                           timed=False)
         finally:
             done.set()
             reader.join(timeout=10)

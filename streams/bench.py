@@ -327,10 +327,11 @@ def _paced_produce(bootstrap: str, topic: str, lines: Iterable[bytes], rate: flo
                    seconds: float, key_of: Callable[[bytes], bytes | None],
                    into: dict[str, float] | None = None,
                    counter: list[int] | None = None,
-                   linger_ms: int = PACED_LINGER_MS) -> dict[str, float]:
+                   linger_ms: int = PACED_LINGER_MS, timed: bool = True) -> dict[str, float]:
     """Produce ``lines`` at ``rate`` per second for at most ``seconds``; msgid → send time
-    (filled in as they go into ``into`` when given). ``counter[0]`` counts the records sent
-    (a retry repeats its msgid, so the dict's size does not).
+    (filled in as they go into ``into`` when given; none kept unless ``timed``: a soak sends
+    millions). ``counter[0]`` counts the records sent (a retry repeats its msgid, so the
+    dict's size does not).
 
     With confluent-kafka (librdkafka, C; installed with the ``bench`` extra for Quix Streams)
     the load costs this process a few % of a core; kafka-python, the fallback, took 40-60 %
@@ -352,8 +353,8 @@ def _paced_produce(bootstrap: str, topic: str, lines: Iterable[bytes], rate: flo
             pause = due - time.time()
             if pause > 0:
                 time.sleep(pause)
-            msgid = str(orjson.loads(line).get("msgid", ""))
-            sent[msgid] = time.time()
+            if timed:
+                sent[str(orjson.loads(line).get("msgid", ""))] = time.time()
             send(topic, line, key_of(line))
             if counter is not None:
                 counter[0] += 1
@@ -534,7 +535,7 @@ def _soak(worker: WorkerUnderTest, bootstrap: str, input_topic: str, seed: int, 
         with load.open("rb") as handle:
             _paced_produce(bootstrap, input_topic, (line.rstrip(b"\n") for line in handle),
                            rate, seconds, _institution_key, counter=produced,
-                           linger_ms=SOAK_LINGER_MS)
+                           linger_ms=SOAK_LINGER_MS, timed=False)
 
     thread = threading.Thread(target=produce, daemon=True)
     started = time.monotonic()
@@ -608,6 +609,14 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
         print(f"tracewatch bench: --rounds takes a positive count, not {rounds}",
               file=sys.stderr)
         return 2
+    if args.soak_rate < 0:
+        print("tracewatch bench: --soak-rate takes messages per second (0: use --soak-share), "
+              f"not {args.soak_rate}", file=sys.stderr)
+        return 2
+    if args.soak_share <= 0:
+        print("tracewatch bench: --soak-share takes a share of the throughput above 0 (0.5: "
+              f"half), not {args.soak_share}", file=sys.stderr)
+        return 2
     run = uuid.uuid4().hex[:8]
     skip = set(args.skip or ())
     unknown = skip - set(PEERS)
@@ -646,6 +655,7 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
             latency = Latency()
             soak: list[tuple[float, float, int]] = []
             soak_batches: list[tuple[float, float, float]] = []
+            soak_rate = 0.0
             bytes_per_code, tracked = 0.0, 0
             try:
                 for number, topic in enumerate(topics):
@@ -686,7 +696,7 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
                                            paced_s, run)
                 bytes_per_code, tracked = worker.bytes_per_code()
                 if args.soak:
-                    soak_rate = rate * args.soak_share / 0.5
+                    soak_rate = soak_rate_of(args.soak_share, args.soak_rate, 2 * rate)
                     soak_codes = int(soak_rate * args.soak * workload.codes / messages)
                     print(f"      soak: {args.soak:.0f} s at {soak_rate:,.0f} messages/s, on a "
                           f"ledger of its own sized for {soak_codes:,} codes", file=sys.stderr)
@@ -703,8 +713,18 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
                 if worker is not None:
                     worker.stop()
         print(_report(rounds_run, latency, soak, bytes_per_code, tracked, messages,
-                      workload.codes, workload.expected_alerts, args, soak_batches))
+                      workload.codes, workload.expected_alerts, args, soak_batches,
+                      soak_rate))
     return 0
+
+
+def soak_rate_of(share: float, fixed: float, throughput: float) -> float:
+    """The soak's load in messages/s: ``fixed`` when given (> 0), else ``share`` of the
+    ``throughput`` measured in messages/s. The throughput is measured on a ledger sized for the
+    run's few codes, the soak runs on one sized for its millions, where a batch's codes fall in
+    about as many bucket hashes as there are codes (Redis works more per code): a share of the
+    first can overload the second. A fixed rate also compares soaks of different days."""
+    return fixed if fixed > 0 else share * throughput
 
 
 def _second_half(soak: Sequence[tuple[float, float, int]]) -> str:
@@ -748,7 +768,8 @@ def _rounds_lines(rounds: Sequence[Sequence[Throughput]]) -> list[str]:
 def _report(rounds: Sequence[Sequence[Throughput]], latency: Latency,
             soak: Sequence[tuple[float, float, int]], bytes_per_code: float, tracked: int,
             messages: int, codes: int, planted: int, args: argparse.Namespace,
-            soak_batches: Sequence[tuple[float, float, float]] = ()) -> str:
+            soak_batches: Sequence[tuple[float, float, float]] = (),
+            soak_rate: float = 0.0) -> str:
     names = [r.name for r in rounds[0]]
     medians = [median_run(_runs_of(rounds, name)) for name in names]
     mine = medians[0].codes_per_s
@@ -769,7 +790,9 @@ def _report(rounds: Sequence[Sequence[Throughput]], latency: Latency,
     ]
     if soak:
         rss = [s[1] for s in soak]
-        lines.append(f"soak {soak[-1][0]:.0f} s at {args.soak_share:.0%} of the throughput: "
+        throughput = mine * messages / max(1, codes)
+        lines.append(f"soak {soak[-1][0]:.0f} s at {soak_rate:,.0f} messages/s "
+                     f"({soak_rate / max(throughput, 1e-9):.0%} of the throughput): "
                      f"worker RSS {rss[0]:.0f} → {rss[-1]:.0f} MB "
                      f"(min {min(rss):.0f}, max {max(rss):.0f}; {_second_half(soak)}); lag max "
                      f"{max(s[2] for s in soak)}, last {soak[-1][2]} records; mean lag "
@@ -803,6 +826,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--soak-share", type=float, default=0.5,
                         help="the soak's load as a share of the measured throughput "
                              "(default 0.5)")
+    parser.add_argument("--soak-rate", type=float, default=0.0, metavar="MESSAGES_PER_S",
+                        help="the soak's load in messages per second, whatever the "
+                             "throughput measured (instead of --soak-share)")
     parser.add_argument("--skip", nargs="*", choices=PEERS, help="peers not to run")
     parser.add_argument("--timeout", type=float, default=900.0,
                         help="give up on a contender after this many seconds (default 900)")

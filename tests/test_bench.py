@@ -95,6 +95,18 @@ def test_soak_reads_the_first_stage_batches_from_metrics() -> None:
     assert _batch_trend(totals[:1]) == "batch sizes not sampled"
 
 
+@pytest.mark.parametrize(("share", "fixed", "throughput", "rate"), [
+    (0.5, 0.0, 6000.0, 3000.0),
+    (0.25, 0.0, 6000.0, 1500.0),
+    (0.5, 2000.0, 6000.0, 2000.0),  # a fixed rate, whatever was measured
+])
+def test_the_soak_rate_is_a_share_of_the_throughput_or_fixed(
+        share: float, fixed: float, throughput: float, rate: float) -> None:
+    from streams.bench import soak_rate_of
+
+    assert soak_rate_of(share, fixed, throughput) == rate
+
+
 def test_the_soak_load_is_written_first_and_runs_on_one_world(tmp_path: Path) -> None:
     """The soak's messages are generated before it starts (generating them while it ran took
     the worker's CPU and paused the load), in chunks that continue one another."""
@@ -159,6 +171,23 @@ def test_rounds_give_each_contender_its_median_run_and_the_median_of_their_ratio
     assert "  tracewatch   30 · 24 · 33 · 27 codes/s" in lines
     assert ("  quixstreams  10 · 16 · failed · 15 codes/s; tracewatch × 3.00 · 1.50 · 1.80"
             in lines)
+    # A soak's line names its rate and its share of the throughput (10 messages of 100 codes
+    # at 27 codes/s: 2.7 messages/s).
+    soak = [(10.0, 100.0, 5), (300.0, 110.0, 0), (600.0, 112.0, 0)]
+    with_soak = _report(rounds, Latency(samples_ms=[5.0]), soak, 60.0, 1000, 10, 100, 1, args,
+                        soak_rate=0.675).splitlines()
+    assert with_soak[-2].startswith("soak 600 s at 1 messages/s (25% of the throughput): "
+                                    "worker RSS 100 → 112 MB (min 100, max 112; second half "
+                                    "+2 MB, +0.4 MB/min); lag max 5, last 0 records"), with_soak[-2]
     one_round = _report(rounds[:1], Latency(), [], 60.0, 1000, 10, 100, 1, args)
     assert "rounds" not in one_round
     assert one_round.splitlines()[-1].startswith("codes_per_s=30 vs_quixstreams=3.00 ")
+
+
+@pytest.mark.parametrize(("option", "value"), [
+    ("--rounds", "-1"), ("--soak-rate", "-5"), ("--soak-share", "0")])
+def test_bench_refuses_a_count_or_rate_it_cannot_use(option: str, value: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "streams.cli", "bench", option, value],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2
+    assert f"tracewatch bench: {option}" in done.stderr, done.stderr
