@@ -29,7 +29,7 @@ def test_bench_runs_every_contender_and_prints_the_summary(redis_url: str,
     done = subprocess.run(
         [sys.executable, "-m", "streams.cli", "bench", "--messages", "400",
          "--paced-seconds", "3", "--partitions", "2", "--keep", str(tmp_path / "bench"),
-         "--timeout", "240", "--rounds", "2"],
+         "--timeout", "240", "--rounds", "2", "--soak", "15", "--soak-rate", "40"],
         env=env, capture_output=True, text=True, timeout=600, check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -57,6 +57,11 @@ def test_bench_runs_every_contender_and_prints_the_summary(redis_url: str,
     assert (tmp_path / "bench" / "quixstreams.round2.report.json").is_file()
     # The latency samples are kept for a look at their spread.
     assert (tmp_path / "bench" / "latency.csv").read_text().count("\n") > 1
+    # The soak's load was written first, 15 s at 40 messages/s, and all of it judged.
+    assert (tmp_path / "bench" / "soak.jsonl").read_bytes().count(b"\n") == 600
+    soak = re.search(r"^soak \d+ s at 40 messages/s \(\d+% of the throughput\): worker RSS "
+                     r"\d+ → \d+ MB .*; lag max \d+, last 0 records;", table, re.MULTILINE)
+    assert soak, table
 
 
 def test_the_soak_gets_a_ledger_of_its_own_sized_for_its_codes(tmp_path: Path) -> None:
