@@ -58,10 +58,11 @@ PEERS = ("quixstreams", "naive-faust")
 PACED_LINGER_MS = 50
 #: The same for the soak's load. Tansu's in-memory storage gets slower with every record
 #: batch it holds: with the input keyed by institution (a batch per partition per linger) at
-#: 1,800 messages/s and 50 ms, the broker alone went from 11 % to 31 % of a core in three
-#: minutes (and a soak's worker waited on fetches ever longer, its batches and memory growing
-#: with them); at 400 ms it stayed at 6 %. A soak measures the worker, not that (Apache
-#: Kafka finds an offset through its index however many batches a partition holds).
+#: 1,800 messages/s and 50 ms, the broker alone went from 13 % to 37 % of a core in two and a
+#: half minutes (``scripts/broker_soak.py``; in a soak the worker waited on fetches ever
+#: longer, its batches and memory growing with them); at 400 ms it stayed at 8-9 %. A soak
+#: measures the worker, not that (Apache Kafka finds an offset through its index however many
+#: batches a partition holds).
 SOAK_LINGER_MS = 400
 PEER_MODULES = {"quixstreams": "peers_quix", "naive-faust": "peers_faust"}
 
