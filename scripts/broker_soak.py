@@ -15,31 +15,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
-import os
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from streams.bench import _institution_key, _paced_produce
-from streams.bench_workload import stream
+from streams.bench import (
+    _institution_key,
+    _paced_produce,
+    process_cpu_seconds,
+    process_rss_mb,
+    steady_messages,
+)
 from streams.broker import EmbeddedBroker
 from streams.kafka_io import TopicSpec, ensure_topics
-
-
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU seconds of process ``pid`` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_mb(pid: int) -> float:
-    """Resident memory of process ``pid`` in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def main() -> int:
@@ -75,16 +64,18 @@ def main() -> int:
                 await consumer.stop()
 
         def report() -> None:
-            started, last_cpu, last_at = time.monotonic(), cpu_seconds(pid), time.monotonic()
+            started = last_at = time.monotonic()
+            last_cpu = process_cpu_seconds(pid)
             while not done.wait(30):
-                cpu, at = cpu_seconds(pid), time.monotonic()
+                cpu, at = process_cpu_seconds(pid), time.monotonic()
                 window = sorted(delays)
                 delays.clear()
                 p50 = window[len(window) // 2] * 1000 if window else float("nan")
                 p99 = window[int(len(window) * 0.99)] * 1000 if window else float("nan")
                 share = 100 * (cpu - last_cpu) / (at - last_at)
-                print(f"{at - started:5.0f} s  broker CPU {share:5.1f} %  RSS {rss_mb(pid):6.0f} MB"
-                      f"  fetched {len(window):7,}  delay p50 {p50:4.0f} ms, p99 {p99:5.0f} ms",
+                print(f"{at - started:5.0f} s  broker CPU {share:5.1f} %  "
+                      f"RSS {process_rss_mb(pid):6.0f} MB  fetched {len(window):7,}  "
+                      f"delay p50 {p50:4.0f} ms, p99 {p99:5.0f} ms",
                       flush=True)
                 last_cpu, last_at = cpu, at
 
@@ -92,11 +83,9 @@ def main() -> int:
         reporter = threading.Thread(target=report, daemon=True)
         reader.start()
         reporter.start()
-        total = int(args.rate * args.seconds)
-        chunks = stream(min(total, 60_000), 9)
-        lines = (line for chunk in chunks for line in chunk)
         try:
-            _paced_produce(broker.bootstrap, "soak", itertools.islice(lines, total),
+            _paced_produce(broker.bootstrap, "soak",
+                           steady_messages(int(args.rate * args.seconds), 9),
                            args.rate, args.seconds, _institution_key, linger_ms=args.linger_ms,
                            timed=False)
         finally:

@@ -27,18 +27,13 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from streams.bench import process_cpu_seconds
 from streams.broker import EmbeddedBroker, free_port
 from streams.kafka_io import TopicSpec, consume_all, ensure_topics, replay
 from streams.offline import run_check
 from streams.redis_ledger import remove_prefix
 from streams.reference import rule_config
 from streams.settings import load_settings
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a live process."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> int:
@@ -73,7 +68,7 @@ def main() -> int:
         try:
             records = consume_all(broker.bootstrap, settings.topic_alerts, timeout_s=60,
                                   expect=len(expected), max_wait_s=args.timeout)
-            cpu = cpu_seconds(worker.pid)
+            cpu = process_cpu_seconds(worker.pid)
         finally:
             worker.terminate()
             worker.wait(timeout=30)

@@ -32,6 +32,7 @@ redis_bytes_per_code=N``. Every loop here is bounded; everything runs on loopbac
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import subprocess
@@ -222,15 +223,7 @@ class WorkerUnderTest:
 
     def rss_mb(self) -> float:
         """The worker's resident memory now, in MB."""
-        if self.process is None:
-            return 0.0
-        try:
-            for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-        except OSError:
-            pass
-        return 0.0
+        return 0.0 if self.process is None else process_rss_mb(self.process.pid)
 
     def stop(self, clean: bool = True) -> None:
         """Stop the worker; with ``clean``, remove its keys from Redis too."""
@@ -270,6 +263,23 @@ class WorkerUnderTest:
         ledger = RedisLedger.from_url(self.redis_url, prefix=self.prefix)
         figures = ledger.stats(sample=1024)
         return float(figures.get("bytes_per_code", 0.0)), int(figures.get("codes", 0))
+
+
+def process_rss_mb(pid: int) -> float:
+    """Resident memory of process ``pid`` now, in MB (0 when it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds of the live process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # --------------------------------------------------------------------------- phases
@@ -494,26 +504,28 @@ def _batch_trend(totals: Sequence[tuple[float, float, float]]) -> str:
             f"{mean_over(last, totals[-1])} in the last")
 
 
+def steady_messages(total: int, seed: int, chunk: int = 60_000) -> Iterator[bytes]:
+    """``total`` messages of one workload running on (the same institutions, drugs and
+    people; time, record numbers and boxes continuing), as steady traffic is; generated
+    ``chunk`` at a time."""
+    from streams.bench_workload import stream
+
+    chunks = stream(min(total, chunk), seed)
+    return itertools.islice(itertools.chain.from_iterable(chunks), total)
+
+
 def write_soak_load(path: Path, rate: float, seconds: float, seed: int,
                     chunk: int = 60_000) -> int:
-    """Write the soak's messages to ``path`` (one a line): ``seconds`` of load at ``rate``,
-    one workload running on (the same institutions, drugs and people; time, record numbers
-    and boxes continuing), as steady traffic is. Returns how many were written.
+    """Write the soak's messages to ``path`` (one a line): ``seconds`` of load at ``rate``
+    (:func:`steady_messages`). Returns how many were written.
 
     Written before the soak, not while it runs: generating took this process ~7 s of CPU per
     minute of load at 5,000 messages/s, on the cores the worker under test needs, and left
     the load paused meanwhile."""
-    from streams.bench_workload import stream
-
     total = max(100, int(rate * seconds))
-    written = 0
-    chunks = stream(min(total, chunk), seed)
     with path.open("wb") as handle:
-        while written < total:
-            lines = next(chunks)[: total - written]
-            handle.write(b"".join(line + b"\n" for line in lines))
-            written += len(lines)
-    return written
+        handle.writelines(line + b"\n" for line in steady_messages(total, seed, chunk))
+    return total
 
 
 def _soak(worker: WorkerUnderTest, bootstrap: str, input_topic: str, seed: int, rate: float,
