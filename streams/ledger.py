@@ -37,6 +37,15 @@ def sale_key(institution: str, bchno: str) -> str:
 class Ledger(Protocol):
     """What the pipeline needs from a ledger; every call handles a whole batch."""
 
+    reads_ahead: bool
+    """Whether :meth:`expect` is worth calling (the pipeline skips listing what it will load
+    when it is not)."""
+
+    def expect(self, codes: Collection[str], person_keys: Collection[str]) -> None:
+        """Codes and (person, drug) keys the batch about to be routed will load: a ledger may
+        start looking them up when it is asked for the routing recall (a hint: the loads
+        return the same either way)."""
+
     def load_codes(self, codes: Collection[str]) -> dict[str, CodeState]:
         """States of the given codes that exist; absent codes are left out."""
 
@@ -107,6 +116,12 @@ class MemoryLedger:
         self.sales: dict[str, tuple[str, ...]] = {}
         self.persons: dict[str, PersonState] = {}
         self.links: dict[str, HoardingLink] = {}
+
+    reads_ahead = False
+    """Nothing to gain: every lookup is in process."""
+
+    def expect(self, codes: Collection[str], person_keys: Collection[str]) -> None:
+        """Nothing to do ahead here."""
 
     def load_codes(self, codes: Collection[str]) -> dict[str, CodeState]:
         """States of the given codes that exist."""

@@ -6,7 +6,8 @@ pure detectors:
 1. :meth:`Pipeline.route` — message → per-code events and stateless alerts; drops retried
    ``msgid``; remembers records and sale codes (for deletes). Its memory is written by
    :meth:`Pipeline.commit_routing`, which the worker calls only after the batch's output was
-   produced, so a crash replays the batch instead of losing it.
+   produced, so a crash replays the batch instead of losing it. A ledger that can
+   (``reads_ahead``) is first told what the later stages will load, to look it up meanwhile.
 2. :meth:`Pipeline.apply_codes` — per-code events → code alerts and person events; one load
    and one store of ledger entries per batch.
 3. :meth:`Pipeline.apply_persons` — person events → HOARDING alerts.
@@ -23,6 +24,7 @@ from typing import Final, cast
 
 from detectors import hoarding
 from detectors.code_ledger import step as code_step
+from detectors.codes import box_codes
 from detectors.hoarding import HoardingLink, PersonState, person_key
 from detectors.messages import CHANGE, COUNT, DELETE, RETURN, SALE
 from detectors.model import (
@@ -113,12 +115,48 @@ class Pipeline:
     def __init__(self, ledger: Ledger, config: RuleConfig) -> None:
         self.ledger = ledger
         self.config = config
+        self.reads_ahead: bool = getattr(ledger, "reads_ahead", False)
 
     # ------------------------------------------------------------------ stage 1: route
 
-    def route(self, messages: Sequence[tuple[int, Message]]) -> RouteResult:
-        """Route a batch of (sequence number, message)."""
+    def route(
+        self,
+        messages: Sequence[tuple[int, Message]],
+        owns_code: Callable[[str], bool] | None = None,
+        owns_person: Callable[[str], bool] | None = None,
+    ) -> RouteResult:
+        """Route a batch of (sequence number, message).
+
+        A ledger that can is told first what the batch's later stages will load, so that it
+        looks them up while the batch is routed: the boxes the messages list (as
+        normalised) and the people of their whole-box sales, those
+        this writer ``owns`` (everything by default).
+        """
+        if self.reads_ahead:
+            self._expect(messages, owns_code, owns_person)
         return self._route(messages, sightings=False)
+
+    def _expect(
+        self,
+        messages: Sequence[tuple[int, Message]],
+        owns_code: Callable[[str], bool] | None,
+        owns_person: Callable[[str], bool] | None,
+    ) -> None:
+        codes: set[str] = set()
+        people: set[str] = set()
+        for _, message in messages:
+            infno = message.infno
+            if infno not in CODE_INFNOS:
+                continue
+            codes.update(box_codes(message.raw_codes)[0])
+            psn_hash, drug = message.psn_hash, message.med_list_codg
+            if infno == SALE and not message.split and psn_hash and drug and (
+                owns_person is None or owns_person(psn_hash)
+            ):
+                people.add(person_key(psn_hash, drug))
+        if owns_code is not None:
+            codes = {code for code in codes if owns_code(code)}
+        self.ledger.expect(codes, people)
 
     def _route(self, messages: Sequence[tuple[int, Message]], sightings: bool) -> RouteResult:
         ledger = self.ledger

@@ -799,7 +799,16 @@ class Worker:
                 messages.append((number, outcome))
                 if outcome.time > self.latest_time:
                     self.latest_time = outcome.time
-        routed = await self._retry("route", partial(self.pipeline.route, messages))
+        partitions = self.settings.partitions
+        owned_codes, owned_persons = stages.code_partitions, stages.person_partitions
+        # What this worker's later stages will load is looked up while it routes; the boxes
+        # and people of other workers are theirs to load.
+        owns_code = (None if len(owned_codes) >= partitions else
+                     lambda code: self._code_partition_of(code) in owned_codes)
+        owns_person = (None if len(owned_persons) >= partitions else
+                       lambda psn: _person_partition(psn, partitions) in owned_persons)
+        routed = await self._retry(
+            "route", partial(self.pipeline.route, messages, owns_code, owns_person))
         await self._send_code_events(routed.events, arrived_ms, stages, sends)
         await self._send_alerts(routed.alerts, arrived_ms, sends)
         writes.append(("commit routing", partial(self.pipeline.commit_routing, routed.commit)))

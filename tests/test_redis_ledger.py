@@ -11,12 +11,13 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pytest
 import redis
 
+from detectors.codes import box_codes
 from detectors.hoarding import HoardingLink
 from detectors.messages import parse
 from detectors.model import CodeState, RuleConfig
@@ -248,6 +249,86 @@ def test_pipeline_raises_the_same_alerts_as_with_memory_ledger(
     assert _alerts(Pipeline(ledger, config), messages, one_by_one) == []
 
 
+def _in_stages(pipeline: Pipeline, messages: list[Any], size: int) -> list[Any]:
+    """The worker's order: route, codes and persons of a batch, then its writes."""
+    alerts = []
+    for start in range(0, len(messages), size):
+        routed = pipeline.route(messages[start:start + size])
+        codes = pipeline.apply_codes(routed.events, store=False)
+        persons = pipeline.apply_persons(codes.person_events, store=False)
+        alerts += routed.alerts + codes.alerts + persons.alerts
+        pipeline.store_persons(persons)
+        pipeline.store_codes(codes)
+        pipeline.commit_routing(routed.commit)
+    return sorted((alert.to_dict("x") for alert in alerts), key=lambda a: a["alert_id"])
+
+
+@pytest.mark.parametrize("size", [1, 5, 1000], ids=["by-message", "batches-of-5", "one-batch"])
+@pytest.mark.parametrize("log,catalog", LOGS, ids=[f"{p.parent.name}/{p.stem}" for p, _ in LOGS])
+def test_the_workers_stages_with_loads_sent_ahead_raise_what_memory_raises(
+    make: Callable[..., RedisLedger], log: Path, catalog: Path, size: int
+) -> None:
+    """Routing tells the Redis ledger what the batch will load, and its loads are answered
+    from what was read ahead; the alerts are those of the memory ledger."""
+    config = RuleConfig(catalog=load_catalog(catalog))
+    messages = [(number, parse(orjson.loads(line), b"k"))
+                for number, line in enumerate(log.read_bytes().splitlines(), start=1)
+                if line.strip()]
+    expected = _in_stages(Pipeline(MemoryLedger(), config), messages, size)
+    ledger = make()
+    assert _in_stages(Pipeline(ledger, config), messages, size) == expected
+
+
+def test_routing_announces_the_boxes_and_people_the_batch_will_load() -> None:
+    """What a batch's code and person stages load was announced before its routing recall,
+    but for the boxes of a deleted sale (known from the recall) and the buyers of returned
+    boxes (from the boxes' states)."""
+
+    class Announced:
+        """A memory ledger that records what it is told and asked (wraps it: compiled
+        classes take no subclass)."""
+
+        reads_ahead = True
+
+        def __init__(self) -> None:
+            self.memory = MemoryLedger()
+            self.expected: list[tuple[set[str], set[str]]] = []
+            self.loaded_codes: set[str] = set()
+            self.loaded_persons: set[str] = set()
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.memory, name)
+
+        def expect(self, codes: set[str], person_keys: set[str]) -> None:
+            self.expected.append((set(codes), set(person_keys)))
+
+        def load_codes(self, codes: set[str]) -> Any:
+            self.loaded_codes.update(codes)
+            return self.memory.load_codes(codes)
+
+        def load_persons(self, keys: set[str]) -> Any:
+            self.loaded_persons.update(keys)
+            return self.memory.load_persons(keys)
+
+    log = DATA / "DUPLICATE_SALE" / "retries_and_reuploads.jsonl"
+    messages = [(n, parse(orjson.loads(line), b"k"))
+                for n, line in enumerate(log.read_bytes().splitlines()) if line.strip()]
+    ledger = Announced()
+    pipeline = Pipeline(cast(Any, ledger), RuleConfig())
+    routed = pipeline.route(messages)
+    codes = pipeline.apply_codes(routed.events)
+    pipeline.apply_persons(codes.person_events)
+    [(expected_codes, expected_people)] = ledger.expected
+    deleted = {e.code for e in routed.events if e.kind.name == "DELETE"}
+    assert ledger.loaded_codes - deleted <= expected_codes
+    assert expected_codes <= {code for _, m in messages for code in box_codes(m.raw_codes)[0]}
+    assert ledger.loaded_persons and ledger.loaded_persons <= expected_people
+
+    ledger.expected.clear()
+    pipeline.route(messages, owns_code=lambda code: False, owns_person=lambda psn: False)
+    assert ledger.expected == [(set(), set())]  # other writers' boxes and people
+
+
 # --------------------------------------------------------------------------- round trips
 
 
@@ -284,6 +365,96 @@ def test_each_call_is_one_round_trip(
     ledger.hoarding_links(set())
     ledger.link_hoarding({})
     assert round_trips() == before
+
+
+def test_loads_sent_ahead_answer_as_loads_would_without_a_round_trip(
+    make: Callable[..., RedisLedger]
+) -> None:
+    """``expect`` before the routing recall: the recall sends the loads on a second
+    connection, and the loads that follow read their answers instead of asking."""
+    ledger, memory = make(), MemoryLedger()
+    for target in (ledger, memory):
+        target.store_codes({C1: SMALL, C3: SOLD_TWICE})  # C3 long: in the overflow hash
+        target.store_persons({PK1: PERSON_BIG})
+    ledger.expect([C1, C2, C3], [PK1, PK2])
+    before = ledger.script_round_trips
+    assert ledger.recall_routing({"M1"}, {RK1}, {SK1}) == memory.recall_routing(
+        {"M1"}, {RK1}, {SK1})
+    assert ledger.load_codes({C1, C2, C3}) == memory.load_codes({C1, C2, C3})
+    assert ledger.load_persons({PK1, PK2}) == memory.load_persons({PK1, PK2})
+    assert ledger.script_round_trips == before + 1  # the recall's only
+    # What was read ahead is read once: a second load asks Redis.
+    assert ledger.load_codes({C1, C4}) == memory.load_codes({C1, C4})
+    assert ledger.script_round_trips == before + 2
+    # The store after loads read ahead moves C3 out of the overflow hash and C2 into it.
+    ledger.expect([C2, C3], [])
+    ledger.recall_routing(set(), set(), set())
+    assert ledger.load_codes({C2, C3}) == memory.load_codes({C2, C3})
+    for target in (ledger, memory):
+        target.store_codes({C3: SMALL, C2: SOLD_TWICE})
+    assert make().load_codes({C1, C2, C3, C4}) == memory.load_codes({C1, C2, C3, C4})
+
+
+def test_a_load_of_more_than_was_announced_asks_only_for_the_rest(
+    make: Callable[..., RedisLedger]
+) -> None:
+    ledger = make()
+    ledger.store_codes({C1: SMALL, C4: SOLD_TWICE})
+    ledger.store_persons({PK2: PERSON})
+    ledger.expect([C1], [])
+    ledger.recall_routing({"M1"}, set(), set())
+    before = ledger.script_round_trips
+    assert ledger.load_codes({C1, C4, C2}) == {C1: SMALL, C4: SOLD_TWICE}
+    assert ledger.script_round_trips == before + 1
+    assert ledger.load_persons({PK2}) == {PK2: PERSON}  # nothing announced: asked
+
+
+def test_a_write_forgets_what_was_read_ahead(make: Callable[..., RedisLedger]) -> None:
+    """A batch whose stages did not load what it announced writes; a later load must see
+    the write, not the answer read ahead before it."""
+    ledger = make()
+    ledger.store_codes({C1: SMALL})
+    ledger.store_persons({PK1: PERSON})
+    ledger.expect([C1], [PK1])
+    ledger.recall_routing({"M1"}, set(), set())
+    ledger.store_codes({C1: SOLD_TWICE})
+    assert ledger.load_codes({C1}) == {C1: SOLD_TWICE}
+    ledger.expect([C1], [PK1])
+    ledger.recall_routing({"M1"}, set(), set())
+    with ledger.writes_in_flight():
+        ledger.store_persons({PK1: PERSON_BIG})
+    assert ledger.load_persons({PK1}) == {PK1: PERSON_BIG}
+    ledger.expect([C1], [PK1])
+    ledger.recall_routing({"M1"}, set(), set())
+    ledger.link_hoarding({"0123456789abcdef": LINK})
+    assert ledger.hoarding_links({"0123456789abcdef"}) == {"0123456789abcdef": LINK}
+    ledger.expect([C1], [PK1])  # announced, but no recall sent it: nothing is read ahead
+    ledger.store_codes({C1: SMALL})
+    ledger.recall_routing({"M2"}, set(), set())
+    assert ledger.load_codes({C1}) == {C1: SMALL}
+
+
+def test_loads_sent_ahead_survive_lost_scripts_and_a_dropped_connection(
+    client: CountingRedis, make: Callable[..., RedisLedger]
+) -> None:
+    ledger = make()
+    ledger.store_codes({C1: SMALL})
+    ledger.store_persons({PK1: PERSON})
+    client.script_flush()  # both loads sent ahead get NOSCRIPT: loaded again, sent again
+    ledger.expect([C1], [PK1])
+    ledger.recall_routing({"M1"}, set(), set())
+    assert ledger.load_codes({C1}) == {C1: SMALL}
+    assert ledger.load_persons({PK1}) == {PK1: PERSON}
+
+    ledger.expect([C1], [PK1])
+    ledger.recall_routing({"M1"}, set(), set())
+    client.client_kill_filter(_type="normal", skipme=True)  # both of the ledger's
+    try:
+        got = ledger.load_codes({C1})
+    except redis.ConnectionError:
+        got = ledger.load_codes({C1})  # the worker retries like this
+    assert got == {C1: SMALL}
+    assert ledger.load_persons({PK1}) == {PK1: PERSON}
 
 
 def test_new_strings_cost_one_more_round_trip(
