@@ -14,7 +14,7 @@ The Redis implementation is :class:`streams.redis_ledger.RedisLedger`.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from typing import Protocol, TypeVar
 
@@ -22,6 +22,9 @@ from detectors.hoarding import HoardingLink, PersonState
 from detectors.model import CodeState
 
 V = TypeVar("V")
+
+Announcement = Callable[[], tuple[Collection[str], Collection[str]]]
+"""What a batch will load, listed on demand: (codes, person keys)."""
 
 
 def record_key(institution: str, infno: str, bchno: str) -> str:
@@ -41,10 +44,10 @@ class Ledger(Protocol):
     """Whether :meth:`expect` is worth calling (the pipeline skips listing what it will load
     when it is not)."""
 
-    def expect(self, codes: Collection[str], person_keys: Collection[str]) -> None:
-        """Codes and (person, drug) keys the batch about to be routed will load: a ledger may
-        start looking them up when it is asked for the routing recall (a hint: the loads
-        return the same either way)."""
+    def expect(self, announce: Announcement) -> None:
+        """``announce()`` lists the codes and (person, drug) keys the batch about to be routed
+        will load: a ledger may call it and start looking them up once it has sent the
+        routing recall (a hint: the loads return the same either way)."""
 
     def load_codes(self, codes: Collection[str]) -> dict[str, CodeState]:
         """States of the given codes that exist; absent codes are left out."""
@@ -120,7 +123,7 @@ class MemoryLedger:
     reads_ahead = False
     """Nothing to gain: every lookup is in process."""
 
-    def expect(self, codes: Collection[str], person_keys: Collection[str]) -> None:
+    def expect(self, announce: Announcement) -> None:
         """Nothing to do ahead here."""
 
     def load_codes(self, codes: Collection[str]) -> dict[str, CodeState]:

@@ -127,36 +127,15 @@ class Pipeline:
     ) -> RouteResult:
         """Route a batch of (sequence number, message).
 
-        A ledger that can is told first what the batch's later stages will load, so that it
-        looks them up while the batch is routed: the boxes the messages list (as
-        normalised) and the people of their whole-box sales, those
-        this writer ``owns`` (everything by default).
+        A ledger that can is told what the batch's later stages will load, so that it looks
+        them up while the batch is routed: the boxes the messages list and the people of
+        their whole-box sales, those this writer owns (``owns_code``, ``owns_person``;
+        everything by default).
         """
         if self.reads_ahead:
-            self._expect(messages, owns_code, owns_person)
+            # Listed while Redis answers the recall, which it is sent first.
+            self.ledger.expect(lambda: _expected_loads(messages, owns_code, owns_person))
         return self._route(messages, sightings=False)
-
-    def _expect(
-        self,
-        messages: Sequence[tuple[int, Message]],
-        owns_code: Callable[[str], bool] | None,
-        owns_person: Callable[[str], bool] | None,
-    ) -> None:
-        codes: set[str] = set()
-        people: set[str] = set()
-        for _, message in messages:
-            infno = message.infno
-            if infno not in CODE_INFNOS:
-                continue
-            codes.update(box_codes(message.raw_codes)[0])
-            psn_hash, drug = message.psn_hash, message.med_list_codg
-            if infno == SALE and not message.split and psn_hash and drug and (
-                owns_person is None or owns_person(psn_hash)
-            ):
-                people.add(person_key(psn_hash, drug))
-        if owns_code is not None:
-            codes = {code for code in codes if owns_code(code)}
-        self.ledger.expect(codes, people)
 
     def _route(self, messages: Sequence[tuple[int, Message]], sightings: bool) -> RouteResult:
         ledger = self.ledger
@@ -400,6 +379,30 @@ class Pipeline:
         alerts = routed.alerts + code_alerts + persons.alerts
         alerts.sort(key=lambda alert: alert.seq)
         return alerts
+
+
+def _expected_loads(
+    messages: Sequence[tuple[int, Message]],
+    owns_code: Callable[[str], bool] | None,
+    owns_person: Callable[[str], bool] | None,
+) -> tuple[set[str], set[str]]:
+    """The boxes (normalised) and the (person, drug) keys of whole-box sales the messages'
+    later stages will load, those this writer owns."""
+    codes: set[str] = set()
+    people: set[str] = set()
+    for _, message in messages:
+        infno = message.infno
+        if infno not in CODE_INFNOS:
+            continue
+        codes.update(box_codes(message.raw_codes)[0])
+        psn_hash, drug = message.psn_hash, message.med_list_codg
+        if infno == SALE and not message.split and psn_hash and drug and (
+            owns_person is None or owns_person(psn_hash)
+        ):
+            people.add(person_key(psn_hash, drug))
+    if owns_code is not None:
+        codes = {code for code in codes if owns_code(code)}
+    return codes, people
 
 
 def _link_earlier(alert: Alert, raised: dict[str, Alert]) -> Alert:

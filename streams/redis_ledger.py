@@ -100,6 +100,7 @@ from detectors.hoarding import HoardingLink, PersonState
 from detectors.model import DAY_SECONDS, CodeState
 from streams import codec
 from streams.codec import TABLES, Interner
+from streams.ledger import Announcement
 
 log = logging.getLogger(__name__)
 
@@ -710,7 +711,7 @@ class RedisLedger:
         # Loads a batch announced (``expect``) go out on a second connection right after the
         # routing recall, and Redis answers them while this process routes the batch.
         self._ahead = _ScriptChannel(client, (self._load_script,))
-        self._expected: tuple[list[str], list[str]] | None = None
+        self._expected: Announcement | None = None
         self._ahead_sent: list[_AheadLoad] = []
         self._in_flight = False
         self._expiries = _Expiries()
@@ -973,20 +974,22 @@ class RedisLedger:
     reads_ahead = True
     """This ledger can send a batch's loads ahead (:meth:`expect`)."""
 
-    def expect(self, codes: Collection[str], person_keys: Collection[str]) -> None:
-        """Codes and person keys this batch will load: they are looked up on a second
-        connection right after the next :meth:`recall_routing` is sent, and Redis answers
-        while the batch is routed. A load of others is looked up then; a write forgets
-        what was read ahead (it may be stale after it)."""
+    def expect(self, announce: Announcement) -> None:
+        """``announce()`` lists the codes and person keys this batch will load: it is called
+        once the next :meth:`recall_routing` is sent (while Redis answers the recall), and
+        they are looked up on a second connection, answered while the batch is routed. A
+        load of others is looked up then; a write forgets what was read ahead (it may be
+        stale after it)."""
         self._drop_ahead()
-        self._expected = (list(codes), list(person_keys))
+        self._expected = announce
 
     def _send_ahead(self) -> None:
         """Send the expected loads (after the recall, so as not to delay it)."""
-        expected, self._expected = self._expected, None
-        if expected is None:
+        announce, self._expected = self._expected, None
+        if announce is None:
             return
-        codes, person_keys = expected
+        listed_codes, listed_keys = announce()
+        codes, person_keys = list(listed_codes), list(listed_keys)
         try:
             if codes:
                 buckets, fields = codec.code_slots(codes, self.code_bits)
