@@ -490,11 +490,6 @@ class _ScriptChannel:
                 raise reply
         return replies
 
-    @property
-    def in_flight(self) -> int:
-        """Calls sent whose replies were not read yet."""
-        return len(self._sent)
-
     def confirm(self) -> None:
         """Read the replies of the writes sent ahead; raise the first error. A failure keeps
         them, with the connection dropped, and the next ``confirm`` sends them all again on a
