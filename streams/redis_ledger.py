@@ -257,6 +257,10 @@ def _digest_slots(texts: Iterable[str], bits: int) -> tuple[list[int], list[byte
 Slot = tuple[int, bytes]
 """(bucket, field) of a key in a bucketed table."""
 
+SlotsOf = Callable[[Iterable[str], int], tuple[list[int], list[bytes]]]
+"""The buckets and fields of many keys in ``2**bits`` buckets (``codec.code_slots``,
+:func:`_digest_slots`)."""
+
 
 def _slots_of(keys: Iterable[str], known: Mapping[str, Slot],
               slot_of: Callable[[str, int], Slot], bits: int) -> tuple[list[int], list[bytes]]:
@@ -840,15 +844,16 @@ class RedisLedger:
                 if len(get(item, b"")) <= limit}
 
     def _send_load(self, keys: list[str], overflow: bool, numbers: list[int],
-                   fields: list[bytes]) -> int:
+                   fields: list[bytes], channel: _ScriptChannel | None = None) -> int:
         """Send the lookup of ``fields[i]`` in bucket hash ``keys[numbers[i]]`` as one script
         call (its reply, read by :meth:`_replies`, holds None where absent). With
         ``overflow``, ``keys`` ends with the buckets' overflow hashes, in the same order.
-        Returns the calls sent: 0 when there is nothing to look up."""
+        Returns the calls sent: 0 when there is nothing to look up. ``channel``: the
+        connection (the ledger's first by default)."""
         if not fields:
             return 0
-        self._channel.send(self._load_script, keys,
-                           [b"1" if overflow else b"0", _index_bytes(numbers), *fields])
+        (channel or self._channel).send(
+            self._load_script, keys, [b"1" if overflow else b"0", _index_bytes(numbers), *fields])
         return 1
 
     def _replies(self, sent: int) -> list[list[bytes | None]]:
@@ -857,12 +862,13 @@ class RedisLedger:
             return []
         return cast(list[list[bytes | None]], self._channel.settle()[-sent:])
 
-    def _send_map(self, table: _Map, buckets: Sequence[int], fields: Sequence[bytes]) -> int:
+    def _send_map(self, table: _Map, buckets: Sequence[int], fields: Sequence[bytes],
+                  channel: _ScriptChannel | None = None) -> int:
         """Send the lookup of the values stored under ``(buckets[i], fields[i])``."""
         numbers, distinct = _numbered(buckets)
         keys = [table.bucket + str(bucket) for bucket in distinct]
         keys += [table.overflow + str(bucket) for bucket in distinct]
-        return self._send_load(keys, True, numbers, list(fields))
+        return self._send_load(keys, True, numbers, list(fields), channel)
 
     def _load_map(self, table: _Map, items: Sequence[str], buckets: Sequence[int],
                   fields: Sequence[bytes]) -> dict[str, bytes]:
@@ -953,14 +959,7 @@ class RedisLedger:
 
     def load_codes(self, codes: Collection[str]) -> dict[str, CodeState]:
         """States of the given codes that exist; absent codes are left out."""
-        wanted = list(codes)
-        raw, inline, rest = self._read_ahead(KEY_CODES, wanted)
-        if rest:
-            buckets, fields = codec.code_slots(rest, self.code_bits)
-            found = self._load_map(self._codes, rest, buckets, fields)
-            raw.update(found)
-            inline.update(self._inline_of(rest, found, buckets, fields))
-        self._inline_codes = inline
+        raw, self._inline_codes = self._load_family(KEY_CODES, list(codes))
         states = self._with_dictionary(raw.items(), codec.unpack_code_state)
         return {code: states[code] for code in raw}
 
@@ -978,6 +977,26 @@ class RedisLedger:
         self._drop_ahead()
         self._expected = announce
 
+    def _family(self, family: str) -> tuple[_Map, SlotsOf, int]:
+        """The table of a family that loads can be sent ahead for, its slot function and
+        bucket bits."""
+        if family == KEY_CODES:
+            return self._codes, codec.code_slots, self.code_bits
+        return self._persons, _digest_slots, self.aux_bits
+
+    def _load_family(self, family: str, wanted: list[str],
+                     ) -> tuple[dict[str, bytes], dict[str, Slot]]:
+        """The values present of ``wanted`` items of ``family`` (codes or person keys), and
+        the slots of those absent or inline: from a load sent ahead, else asked now."""
+        raw, inline, rest = self._read_ahead(family, wanted)
+        if rest:
+            table, slots_of, bits = self._family(family)
+            buckets, fields = slots_of(rest, bits)
+            found = self._load_map(table, rest, buckets, fields)
+            raw.update(found)
+            inline.update(self._inline_of(rest, found, buckets, fields))
+        return raw, inline
+
     def _send_ahead(self) -> None:
         """Send the expected loads (after the recall, so as not to delay it)."""
         announce, self._expected = self._expected, None
@@ -986,26 +1005,16 @@ class RedisLedger:
         listed_codes, listed_keys = announce()
         codes, person_keys = list(listed_codes), list(listed_keys)
         try:
-            if codes:
-                buckets, fields = codec.code_slots(codes, self.code_bits)
-                self._send_ahead_load(KEY_CODES, self._codes, codes, buckets, fields)
-            if person_keys:
-                buckets, fields = _digest_slots(person_keys, self.aux_bits)
-                self._send_ahead_load(KEY_PERSONS, self._persons, person_keys, buckets,
-                                      fields)
+            for family, items in ((KEY_CODES, codes), (KEY_PERSONS, person_keys)):
+                if items:
+                    table, slots_of, bits = self._family(family)
+                    buckets, fields = slots_of(items, bits)
+                    self._send_map(table, buckets, fields, self._ahead)
+                    self._ahead_sent.append(_AheadLoad(family, items, buckets, fields))
         except Exception as error:  # the loads themselves will go the usual way
             log.debug("loads sent ahead failed (%s); loading when asked", error)
             self._ahead.reset()
             self._ahead_sent.clear()
-
-    def _send_ahead_load(self, family: str, table: _Map, items: list[str],
-                         buckets: list[int], fields: list[bytes]) -> None:
-        numbers, distinct = _numbered(buckets)
-        keys = [table.bucket + str(bucket) for bucket in distinct]
-        keys += [table.overflow + str(bucket) for bucket in distinct]
-        self._ahead.send(self._load_script, keys,
-                         [b"1", _index_bytes(numbers), *fields])
-        self._ahead_sent.append(_AheadLoad(family, items, buckets, fields))
 
     def _read_ahead(self, family: str, wanted: list[str],
                     ) -> tuple[dict[str, bytes], dict[str, Slot], list[str]]:
@@ -1174,14 +1183,7 @@ class RedisLedger:
 
     def load_persons(self, keys: Collection[str]) -> dict[str, PersonState]:
         """Hoarding states of (person, drug) keys that exist."""
-        wanted = list(keys)
-        raw, inline, rest = self._read_ahead(KEY_PERSONS, wanted)
-        if rest:
-            buckets, fields = _digest_slots(rest, self.aux_bits)
-            found = self._load_map(self._persons, rest, buckets, fields)
-            raw.update(found)
-            inline.update(self._inline_of(rest, found, buckets, fields))
-        self._inline_persons = inline
+        raw, self._inline_persons = self._load_family(KEY_PERSONS, list(keys))
         states = self._with_dictionary(raw.items(), codec.unpack_person_state)
         return {key: states[key] for key in raw}
 
