@@ -679,6 +679,15 @@ def test_a_bucket_expiry_is_pushed_by_its_first_write_of_the_day(
     other.store_codes({C1: SMALL})
     assert client.ttl(bucket) > 100 * 86_400
 
+    # Several writes to the bucket in one batch push it as one does; long values' overflow
+    # hashes get the expiry with every write.
+    client.expire(bucket, 1000)
+    make(buckets=1, retention_days=100).store_codes({C2: SMALL, C3: SMALL, C4: None})
+    assert client.ttl(bucket) > 100 * 86_400
+    ledger.inline_limit = 40
+    ledger.store_codes({C1: SOLD_TWICE, C2: SOLD_TWICE})
+    assert client.ttl(f"{prefix}:cx:0") > 100 * 86_400
+
 
 def test_overflow_copies_are_looked_for_only_where_a_load_saw_a_long_value(
     client: CountingRedis, prefix: str, make: Callable[..., RedisLedger]
