@@ -1,0 +1,177 @@
+"""The worker's stages without Kafka: where a batch's time goes, in Python and in Redis.
+
+Builds the bench workload (``tracewatch bench``'s, same seed), starts its own ``redis-server``
+on a free loopback port, and runs the messages through :class:`streams.pipeline.Pipeline` and
+:class:`streams.redis_ledger.RedisLedger` in batches the way the worker does (parse; confirm
+the last batch's writes; route, with the batch's loads sent ahead; codes; persons; the writes
+sent back to back without waiting; the young generation collected after the batch), on a
+ledger sized for the workload like the bench's. It prints the seconds of each stage, Redis's
+CPU, and Redis's own time per batch in each load and store script call, by the family of
+bucket hashes it touched (SLOWLOG: every script call over 0.5 ms is logged on this private
+server).
+
+    .venv/bin/python scripts/stage_speed.py --messages 100000
+
+No broker, so it isolates the worker's Python and its Redis calls from Kafka; numbers vary
+from run to run on a shared machine: compare trees by alternating runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import hashlib
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from redis_scratch import free_port, start_server
+
+from detectors.messages import parse
+from streams import bench_workload
+from streams.pipeline import Pipeline
+from streams.redis_ledger import RedisLedger
+from streams.reference import rule_config
+from streams.settings import load_settings
+
+#: Script calls at least this long are logged (inner commands of a script take microseconds).
+SLOWLOG_US = 500
+#: What a script call with this key family first (streams.redis_ledger KEY_*: the second part
+#: of a key) is: the routing commit writes msgid and record markers and the sale index in one
+#: call, the routing recall reads each of them.
+CALLS = {
+    ("load", "c"): "load codes", ("load", "p"): "load persons",
+    ("load", "m"): "recall msgids", ("load", "r"): "recall records",
+    ("load", "s"): "recall sales", ("store", "c"): "store codes",
+    ("store", "p"): "store persons", ("store", "m"): "commit routing",
+    ("store", "r"): "commit routing", ("store", "s"): "commit routing",
+}
+STAGES = ("parse", "confirm", "route", "codes", "persons", "write", "gc")
+
+
+def script_names() -> dict[str, str]:
+    """SHA1 of each ledger script → its short name."""
+    folder = Path(__file__).resolve().parents[1] / "streams"
+    return {hashlib.sha1(path.read_bytes()).hexdigest(): path.stem.removeprefix("ledger_")
+            for path in folder.glob("ledger_*.lua")}
+
+
+def script_times(client: redis.Redis, prefix: str) -> dict[str, list[float]]:
+    """(calls, Redis seconds) of each kind of script call in the SLOWLOG."""
+    names = script_names()
+    times: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
+    entries: list[dict[str, Any]] = client.slowlog_get(1_000_000)
+    for entry in entries:
+        argv = bytes(entry["command"]).split(b" ")
+        if argv[0].upper() != b"EVALSHA" or len(argv) < 4:
+            continue
+        script = names.get(argv[1].decode(), "other")
+        first_key = argv[3].decode(errors="replace")
+        part = first_key[len(prefix) + 1:].split(":")[0] if first_key.startswith(prefix) else ""
+        kind = CALLS.get((script, part), f"{script} {part or '-'}")
+        times[kind][0] += 1
+        times[kind][1] += entry["duration"] / 1e6
+    return times
+
+
+def redis_cpu(client: redis.Redis) -> float:
+    """CPU seconds of Redis's main thread so far."""
+    info: dict[str, Any] = client.info("cpu")
+    return float(info["used_cpu_user_main_thread"]) + float(info["used_cpu_sys_main_thread"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=100_000)
+    parser.add_argument("--batch", type=int, default=5000, help="messages per batch")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--expected-codes", type=int, default=0,
+                        help="codes the ledger is sized for (default: the workload's, as the "
+                             "bench does)")
+    args = parser.parse_args(argv)
+
+    print(f"building the workload: {args.messages:,} messages …", file=sys.stderr)
+    workload = bench_workload.generate(args.messages, args.seed)
+    settings = load_settings({})
+    with tempfile.TemporaryDirectory() as folder:
+        catalog = bench_workload.write_catalog(workload.catalog, Path(folder) / "catalog.csv")
+        config = rule_config(dataclasses.replace(settings, catalog=catalog))
+    psn_key = settings.psn_key_bytes
+
+    port = free_port()
+    server = start_server(port)
+    try:
+        client = redis.Redis(port=port)
+        client.config_set("slowlog-log-slower-than", SLOWLOG_US)
+        client.config_set("slowlog-max-len", 1_000_000)
+        prefix = "tw"
+        ledger = RedisLedger(client, prefix=prefix,
+                             expected_codes=args.expected_codes or workload.codes)
+        pipeline = Pipeline(ledger, config)
+        client.slowlog_reset()
+        cpu_before = redis_cpu(client)
+        seconds = dict.fromkeys(STAGES, 0.0)
+        codes = batches = 0
+        gc.freeze()
+        gc.disable()  # the worker collects between batches only (streams.worker.CycleCollector)
+        started = time.perf_counter()
+        for first in range(0, len(workload.lines), args.batch):
+            tick = time.perf_counter()
+            messages = [(number, parse(orjson.loads(line), psn_key))
+                        for number, line in enumerate(workload.lines[first:first + args.batch])]
+            seconds["parse"] += (now := time.perf_counter()) - tick
+            ledger.confirm_writes()
+            seconds["confirm"] += (tick := time.perf_counter()) - now
+            routed = pipeline.route(messages)
+            seconds["route"] += (now := time.perf_counter()) - tick
+            applied = pipeline.apply_codes(routed.events, store=False)
+            seconds["codes"] += (tick := time.perf_counter()) - now
+            found = pipeline.apply_persons(applied.person_events, store=False)
+            seconds["persons"] += (now := time.perf_counter()) - tick
+            with ledger.writes_in_flight(confirm=False):  # later stages first, as the worker
+                pipeline.store_persons(found)
+                pipeline.store_codes(applied)
+                pipeline.commit_routing(routed.commit)
+            seconds["write"] += (tick := time.perf_counter()) - now
+            codes += routed.codes_listed
+            batches += 1
+            del messages, routed, applied, found
+            gc.collect(0)
+            seconds["gc"] += time.perf_counter() - tick
+        tick = time.perf_counter()
+        ledger.confirm_writes()
+        seconds["confirm"] += time.perf_counter() - tick
+        total = time.perf_counter() - started
+        gc.enable()
+        gc.unfreeze()
+
+        print(f"{args.messages:,} messages, {codes:,} codes in {batches} batches of "
+              f"{args.batch:,}: {total:.2f} s, {codes / total:,.0f} codes/s")
+        print(f"{'stage':<10} {'seconds':>8} {'share':>6}")
+        for stage in STAGES:
+            print(f"{stage:<10} {seconds[stage]:8.2f} {seconds[stage] / total:6.1%}")
+        cpu = redis_cpu(client) - cpu_before
+        times = script_times(client, prefix)
+        print(f"\nRedis's CPU: {cpu:.2f} s, {cpu / total:.0%} of the wall time; its own time "
+              f"in the ledger's script calls over {SLOWLOG_US} µs (SLOWLOG):")
+        print(f"{'script call':<16} {'calls':>6} {'ms/batch':>9} {'ms/call':>8}")
+        for kind, (calls, spent) in sorted(times.items(), key=lambda item: -item[1][1]):
+            print(f"{kind:<16} {int(calls):6} {spent * 1000 / batches:9.1f} "
+                  f"{spent * 1000 / calls:8.1f}")
+    finally:
+        server.terminate()
+        server.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
