@@ -6,6 +6,9 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import redis
 
@@ -35,3 +38,21 @@ def start_server(port: int) -> subprocess.Popen[bytes]:
             time.sleep(0.05)
     server.terminate()
     raise SystemExit(f"redis-server did not start on port {port}")
+
+
+def redis_cpu(client: redis.Redis) -> float:
+    """CPU seconds of the server's main thread so far (``INFO cpu``)."""
+    info: dict[str, Any] = client.info("cpu")
+    return float(info["used_cpu_user_main_thread"]) + float(info["used_cpu_sys_main_thread"])
+
+
+@contextmanager
+def scratch_server() -> Iterator[tuple[redis.Redis, int]]:
+    """A private server on a free loopback port, and a client of it; stopped on exit."""
+    port = free_port()
+    server = start_server(port)
+    try:
+        yield redis.Redis(port=port), port
+    finally:
+        server.terminate()
+        server.wait()

@@ -34,7 +34,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from redis_scratch import free_port, start_server
+from redis_scratch import redis_cpu, scratch_server
 
 from detectors.messages import parse
 from streams import bench_workload
@@ -83,12 +83,6 @@ def script_times(client: redis.Redis, prefix: str) -> dict[str, list[float]]:
     return times
 
 
-def redis_cpu(client: redis.Redis) -> float:
-    """CPU seconds of Redis's main thread so far."""
-    info: dict[str, Any] = client.info("cpu")
-    return float(info["used_cpu_user_main_thread"]) + float(info["used_cpu_sys_main_thread"])
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=100_000)
@@ -107,10 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         config = rule_config(dataclasses.replace(settings, catalog=catalog))
     psn_key = settings.psn_key_bytes
 
-    port = free_port()
-    server = start_server(port)
-    try:
-        client = redis.Redis(port=port)
+    with scratch_server() as (client, _):
         client.config_set("slowlog-log-slower-than", SLOWLOG_US)
         client.config_set("slowlog-max-len", 1_000_000)
         prefix = "tw"
@@ -167,9 +158,6 @@ def main(argv: list[str] | None = None) -> int:
         for kind, (calls, spent) in sorted(times.items(), key=lambda item: -item[1][1]):
             print(f"{kind:<16} {int(calls):6} {spent * 1000 / batches:9.1f} "
                   f"{spent * 1000 / calls:8.1f}")
-    finally:
-        server.terminate()
-        server.wait()
     return 0
 
 

@@ -22,20 +22,14 @@ from pathlib import Path
 from typing import Any, cast
 
 import hiredis
-import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from redis_scratch import free_port, start_server
+from redis_scratch import redis_cpu, scratch_server
 
 from streams.redis_ledger import RedisLedger
 
 Batch = tuple[list[int], list[bytes], list[bytes]]
-
-
-def redis_cpu(client: redis.Redis) -> float:
-    info: dict[str, Any] = client.info("cpu")
-    return float(info["used_cpu_user_main_thread"]) + float(info["used_cpu_sys_main_thread"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,10 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         buckets = [rng.randrange(args.buckets) for _ in range(args.writes)]
         return buckets, [rng.randbytes(7) for _ in buckets], [rng.randbytes(31) for _ in buckets]
 
-    port = free_port()
-    server = start_server(port)
-    try:
-        client = redis.Redis(port=port)
+    with scratch_server() as (client, port):
         ledger = RedisLedger(client, prefix="tw", buckets=args.buckets)
         table = "tw:c:"
         for bucket in range(args.buckets):
@@ -99,9 +90,6 @@ def main(argv: list[str] | None = None) -> int:
         for name, turns in spent.items():
             print(f"{name:<13} Redis CPU per batch: "
                   + " · ".join(f"{ms:.1f}" for ms in turns) + " ms")
-    finally:
-        server.terminate()
-        server.wait()
     return 0
 
 
