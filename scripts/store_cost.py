@@ -2,12 +2,12 @@
 
 Starts its own ``redis-server``, fills 2,048 bucket hashes with 150 codes each (7-byte fields,
 31-byte values: a production bucket at its expected size), then writes batches of 16,000 new
-codes into random buckets, alternating two ways: :meth:`RedisLedger.store_codes`'s path (one
-``ledger_store.lua`` call per batch) and one plain ``HSET key f1 v1 f2 v2 …`` per bucket,
-pipelined. Redis's CPU per batch is read from ``INFO cpu`` (its main thread does nothing
-else). This is what the store script costs Redis beyond the hash writes themselves. The
-buckets grow by the codes written (a batch of 16,000 adds ~8 to each), so compare the two
-ways turn by turn.
+codes into random buckets, alternating two ways: the path of :meth:`RedisLedger.store_codes`
+(its ``_Writes``: one ``ledger_store.lua`` call per batch; the first batch also pushes each
+bucket's expiry, once a day) and one plain ``HSET key f1 v1 f2 v2 …`` per bucket, pipelined.
+Redis's CPU per batch is read from ``INFO cpu`` (its main thread does nothing else). This is
+what the store script costs Redis beyond the hash writes themselves. The buckets grow by the
+codes written (a batch of 16,000 adds ~8 to each), so compare the two ways turn by turn.
 
     .venv/bin/python scripts/store_cost.py
 """
