@@ -31,7 +31,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from redis_scratch import free_port, start_server
+from redis_scratch import scratch_server
 from synthetic import Names
 
 from detectors.code_ledger import message_fingerprint, record_fingerprint
@@ -135,10 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     world = World(args.institutions, args.drugs, products=2_000)
-    port = free_port()
-    server = start_server(port)
-    try:
-        client = redis.Redis(port=port)
+    with scratch_server() as (client, port):
         if args.listpack_value is not None:
             client.config_set("hash-max-listpack-value", args.listpack_value)
         print(f"redis-server {client.info('server')['redis_version']} on 127.0.0.1:{port}, "
@@ -211,9 +208,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"used_memory: {used_memory(client):,} bytes")
         print(f"redis_bytes_per_code={per_code:.1f}")
         return 0
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 if __name__ == "__main__":

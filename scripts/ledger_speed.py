@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from redis_scratch import free_port, start_server
+from redis_scratch import scratch_server
 from synthetic import Names
 
 HERE = Path(__file__).resolve().parents[1]
@@ -221,13 +221,11 @@ def main(argv: list[str] | None = None) -> int:
     trees = {"new": str(HERE)}
     if args.old:
         trees = {"old": str(Path(args.old).resolve()), **trees}
-    port = free_port()
-    server = start_server(port)
     results: dict[str, dict[str, list[float]]] = {
         tree: {name: [] for name in OPERATIONS} for tree in trees}
     redis_time: dict[str, dict[str, list[float]]] = {
         tree: {name: [] for name in OPERATIONS} for tree in trees}
-    try:
+    with scratch_server() as (_, port):
         fill(port, args.codes, args.expected, World(), args.messages, args.per_message)
         for round_ in range(args.rounds):
             for tree, root in trees.items():
@@ -247,9 +245,6 @@ def main(argv: list[str] | None = None) -> int:
                     results[tree][name] += answer["times"][name]
                     redis_time[tree][name] += answer["inside"][name]
                 print(f"round {round_ + 1}: {tree} done", flush=True)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
     size = args.messages * args.per_message
     print(f"\nledger of {args.codes:,} codes in buckets for {args.expected:,}; batches of "

@@ -55,4 +55,4 @@ def scratch_server() -> Iterator[tuple[redis.Redis, int]]:
         yield redis.Redis(port=port), port
     finally:
         server.terminate()
-        server.wait()
+        server.wait(timeout=30)

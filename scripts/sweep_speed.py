@@ -16,12 +16,11 @@ import argparse
 import sys
 from pathlib import Path
 
-import redis
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ledger_bytes import START, YEAR, World, free_port, start_server, used_memory
+from ledger_bytes import START, YEAR, World, used_memory
+from redis_scratch import scratch_server
 
 from streams.redis_ledger import SWEEP_BATCH, RedisLedger, SweepResult
 
@@ -48,10 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     world = World(20_000, 3_000, products=2_000)
-    port = free_port()
-    server = start_server(port)
-    try:
-        client = redis.Redis(port=port)
+    with scratch_server() as (client, _):
         ledger = RedisLedger(client, prefix="tw", expected_codes=args.codes)
         for states in world.batches(0, args.codes, args.store_batch):
             ledger.store_codes(states)
@@ -75,9 +71,6 @@ def main(argv: list[str] | None = None) -> int:
                   f"{buckets / result.seconds:>8,.0f} buckets/s  longest call "
                   f"{longest * 1000:5.1f} ms  {codes.freed:,} bytes freed")
         return 0
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 if __name__ == "__main__":
