@@ -2,8 +2,8 @@
 
 The distribution's /usr/bin/python3 comes first when it can make a venv and has the C headers
 mypyc needs: distributions build it with profile-guided and link-time optimisation, pyenv's
-default build has neither, and the worker spends 15-20 % less CPU on the former (BENCHMARKS.md,
-"Sixteenth session"). ``PYTHON=...`` always wins.
+default build has neither, and the worker spends about 15 % less CPU on the former
+(BENCHMARKS.md, "Sixteenth session"). ``PYTHON=...`` always wins.
 """
 
 from __future__ import annotations
