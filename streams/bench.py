@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -49,6 +50,7 @@ from typing import Any
 
 import orjson
 
+from streams.compiled import is_compiled
 from streams.settings import Settings
 
 #: Workload sizes: messages for throughput, seconds of paced load.
@@ -778,6 +780,16 @@ def _rounds_lines(rounds: Sequence[Sequence[Throughput]]) -> list[str]:
     return lines
 
 
+def interpreter() -> str:
+    """Which Python ran the contenders, and whether tracewatch's hot path is compiled: an
+    optimised build (a distribution's, the official image's) spends about 15 % less CPU than
+    pyenv's default one (BENCHMARKS.md, "Sixteenth session")."""
+    base = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+    hot_path = "compiled" if is_compiled() else "plain Python"
+    return (f"{platform.python_implementation()} {platform.python_version()} ({base}, "
+            f"hot path {hot_path})")
+
+
 def _report(rounds: Sequence[Sequence[Throughput]], latency: Latency,
             soak: Sequence[tuple[float, float, int]], bytes_per_code: float, tracked: int,
             messages: int, codes: int, planted: int, args: argparse.Namespace,
@@ -789,7 +801,7 @@ def _report(rounds: Sequence[Sequence[Throughput]], latency: Latency,
     lines = [
         "",
         f"tracewatch bench — {messages:,} messages, {codes:,} codes, "
-        f"{args.partitions} partitions, Tansu, {os.cpu_count()} CPUs",
+        f"{args.partitions} partitions, Tansu, {os.cpu_count()} CPUs, {interpreter()}",
         _table(medians),
         f"(the workload plants {planted:,} DUPLICATE_SALE and SPLIT_OVERDISPENSE cases: each "
         "contender's alerts should be that many)",
