@@ -14,6 +14,8 @@ import redis
 
 
 def free_port() -> int:
+    # Not streams.broker.free_port: ledger_speed.py's child imports this module before it puts
+    # an older tree on sys.path, and importing `streams` here would pin it to this tree.
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
