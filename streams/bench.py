@@ -50,7 +50,7 @@ from typing import Any
 
 import orjson
 
-from streams.compiled import is_compiled
+from streams.compiled import hot_path_kind
 from streams.settings import Settings
 
 #: Workload sizes: messages for throughput, seconds of paced load.
@@ -785,9 +785,8 @@ def interpreter() -> str:
     optimised build (a distribution's, the official image's) spends about 15 % less CPU than
     pyenv's default one (BENCHMARKS.md, "Sixteenth session")."""
     base = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
-    hot_path = "compiled" if is_compiled() else "plain Python"
     return (f"{platform.python_implementation()} {platform.python_version()} ({base}, "
-            f"hot path {hot_path})")
+            f"hot path {hot_path_kind()})")
 
 
 def _report(rounds: Sequence[Sequence[Throughput]], latency: Latency,

@@ -282,14 +282,13 @@ class _VersionAction(argparse.Action):
                  values: object, option_string: str | None = None) -> None:
         from importlib.metadata import PackageNotFoundError, version
 
-        from streams.compiled import is_compiled
+        from streams.compiled import hot_path_kind
 
         try:
             number = version("tracewatch")
         except PackageNotFoundError:
             number = "(not installed)"
-        print(f"tracewatch {number}, hot path "
-              + ("compiled (mypyc)" if is_compiled() else "plain Python"))
+        print(f"tracewatch {number}, hot path {hot_path_kind()}")
         parser.exit()
 
 

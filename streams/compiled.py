@@ -24,6 +24,11 @@ def is_compiled() -> bool:
     return Path(detectors.model.__file__ or "").suffix in (".so", ".pyd")
 
 
+def hot_path_kind() -> str:
+    """How the hot path runs, as `tracewatch --version` and the bench report say it."""
+    return "compiled (mypyc)" if is_compiled() else "plain Python"
+
+
 def _compiled_sources() -> list[Path]:
     pyproject = ROOT / "pyproject.toml"
     if not pyproject.is_file():
@@ -85,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in stale:
             print(name)
         return 1 if stale else 0
-    print("compiled (mypyc)" if is_compiled() else "plain Python")
+    print(hot_path_kind())
     return 0
 
 

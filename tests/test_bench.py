@@ -175,7 +175,7 @@ def test_rounds_give_each_contender_its_median_run_and_the_median_of_their_ratio
     lines = report.splitlines()
     # Which interpreter ran it: an optimised build is ~15 % faster than pyenv's default.
     base = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
-    hot_path = "compiled" if is_compiled() else "plain Python"
+    hot_path = "compiled (mypyc)" if is_compiled() else "plain Python"
     assert lines[1].endswith(f", 4 partitions, Tansu, {os.cpu_count()} CPUs, CPython "
                              f"{platform.python_version()} ({base}, hot path {hot_path})"
                              ), lines[1]
