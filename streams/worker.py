@@ -919,7 +919,10 @@ class Worker:
         stats = getattr(self.ledger, "stats", None)
         if callable(stats):
             try:
-                figures = stats()
+                # In a thread, like the sweep: the sample's ~1,000 commands queue behind the
+                # batch scripts Redis is running, and on the event loop that wait (tens of ms
+                # every 5 s in a backlog) stalled the pipeline and the alerts with it.
+                figures = await asyncio.to_thread(stats)
                 self.metrics.ledger_codes.set(figures.get("codes", 0))
                 self.metrics.ledger_bytes_per_code.set(figures.get("bytes_per_code", 0))
             except Exception as error:  # monitoring must never stop the worker

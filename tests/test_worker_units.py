@@ -188,6 +188,48 @@ def test_the_worker_sweeps_by_the_latest_business_time_it_applied() -> None:
     assert ledger.swept == [1_700_000_000]
 
 
+def test_ledger_gauges_are_sampled_off_the_event_loop() -> None:
+    """The ledger's figures wait for Redis behind a backlog's batch scripts: sampled on the
+    event loop they stalled the pipeline every 5 s. The loop must stay free meanwhile."""
+    import asyncio
+    import threading
+
+    from streams.ledger import Ledger, MemoryLedger
+    from streams.settings import load_settings
+    from streams.worker import Worker
+
+    loop_free = threading.Event()
+
+    class SlowStatsLedger:
+        """A memory ledger whose stats wait for Redis (wraps it: compiled classes take no
+        subclass)."""
+
+        def __init__(self) -> None:
+            self.memory = MemoryLedger()
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.memory, name)
+
+        def stats(self) -> dict[str, Any]:
+            # Answers only once the event loop has run something else meanwhile.
+            assert loop_free.wait(timeout=10), "the event loop was blocked while sampling"
+            return {"codes": 1234, "bytes_per_code": 48.5}
+
+    worker = Worker(load_settings({}), ledger=cast(Ledger, SlowStatsLedger()))
+
+    async def sample_while_the_loop_runs() -> None:
+        sampling = asyncio.ensure_future(worker._sample_gauges())
+        await asyncio.sleep(0)
+        await asyncio.sleep(0.01)
+        loop_free.set()
+        await sampling
+
+    asyncio.run(sample_while_the_loop_runs())
+    exposition = worker.metrics.exposition().decode()
+    assert "tracewatch_ledger_codes 1234.0" in exposition
+    assert "tracewatch_ledger_bytes_per_code 48.5" in exposition
+
+
 def test_a_batchs_offsets_are_committed_only_once_its_writes_are_confirmed() -> None:
     """The worker sends a batch's ledger writes ahead and confirms them while it parses the
     next fetch; the offsets wait for that. A confirmation that fails (Redis dropped the
