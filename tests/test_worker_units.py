@@ -280,13 +280,16 @@ def test_a_batchs_offsets_are_committed_only_once_its_writes_are_confirmed() -> 
 def test_the_faust_worker_logs_at_the_level_asked_not_debug() -> None:
     import logging
 
+    from streams.ledger import MemoryLedger
     from streams.settings import load_settings
     from streams.worker import Worker, faust_worker_for
 
     root = logging.getLogger()
     level, handlers = root.level, list(root.handlers)
     try:
-        app = Worker(load_settings({}), ledger=None).app
+        # A memory ledger: the default one would be made in database 0 of the shared Redis,
+        # which the tests leave to people.
+        app = Worker(load_settings({}), ledger=MemoryLedger()).app
         faust_worker_for(app, "warning")._setup_logging()
         assert root.level == logging.WARNING
         assert not logging.getLogger("aiokafka.consumer.fetcher").isEnabledFor(logging.DEBUG)
