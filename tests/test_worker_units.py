@@ -10,9 +10,21 @@ import pytest
 from detectors.codes import normalise
 from detectors.model import CodeEvent, Kind, PersonEvent
 from streams.align import TimeAligner
+from streams.ledger import MemoryLedger
 from streams.partitioner import murmur2, partition_of
 from streams.wire import dump_batch, dump_event, load_code_batch, load_person_batch
 from streams.worker import LiveFeed, code_key, partitions_to_hold_back
+
+
+class WrappedMemoryLedger:
+    """A memory ledger that a test gives one method of its own (a wrapper, not a subclass:
+    compiled classes take none)."""
+
+    def __init__(self) -> None:
+        self.memory = MemoryLedger()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.memory, name)
 
 
 def test_boxes_of_one_product_share_a_writer() -> None:
@@ -161,19 +173,16 @@ def test_wire_batches_round_trip_and_old_single_events_still_read() -> None:
 def test_the_worker_sweeps_by_the_latest_business_time_it_applied() -> None:
     import asyncio
 
-    from streams.ledger import Ledger, MemoryLedger
+    from streams.ledger import Ledger
     from streams.settings import load_settings
     from streams.worker import Worker
 
-    class SweptLedger:
-        """A memory ledger that records sweeps (wraps it: compiled classes take no subclass)."""
+    class SweptLedger(WrappedMemoryLedger):
+        """A memory ledger that records sweeps."""
 
         def __init__(self) -> None:
-            self.memory = MemoryLedger()
+            super().__init__()
             self.swept: list[int] = []
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self.memory, name)
 
         def sweep(self, now: int) -> object:
             self.swept.append(now)
@@ -194,21 +203,14 @@ def test_ledger_gauges_are_sampled_off_the_event_loop() -> None:
     import asyncio
     import threading
 
-    from streams.ledger import Ledger, MemoryLedger
+    from streams.ledger import Ledger
     from streams.settings import load_settings
     from streams.worker import Worker
 
     loop_free = threading.Event()
 
-    class SlowStatsLedger:
-        """A memory ledger whose stats wait for Redis (wraps it: compiled classes take no
-        subclass)."""
-
-        def __init__(self) -> None:
-            self.memory = MemoryLedger()
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self.memory, name)
+    class SlowStatsLedger(WrappedMemoryLedger):
+        """A memory ledger whose stats wait for Redis."""
 
         def stats(self) -> dict[str, Any]:
             # Answers only once the event loop has run something else meanwhile.
@@ -238,22 +240,18 @@ def test_a_batchs_offsets_are_committed_only_once_its_writes_are_confirmed() -> 
 
     import redis
 
-    from streams.ledger import Ledger, MemoryLedger
+    from streams.ledger import Ledger
     from streams.settings import load_settings
     from streams.worker import Worker
 
     journal: list[str] = []
 
-    class FlakyLedger:
-        """A memory ledger whose first confirmation fails (wraps it: compiled classes take
-        no subclass)."""
+    class FlakyLedger(WrappedMemoryLedger):
+        """A memory ledger whose first confirmation fails."""
 
         def __init__(self) -> None:
-            self.memory = MemoryLedger()
+            super().__init__()
             self.fail = True
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self.memory, name)
 
         def confirm_writes(self) -> None:
             journal.append("confirm")
@@ -280,7 +278,6 @@ def test_a_batchs_offsets_are_committed_only_once_its_writes_are_confirmed() -> 
 def test_the_faust_worker_logs_at_the_level_asked_not_debug() -> None:
     import logging
 
-    from streams.ledger import MemoryLedger
     from streams.settings import load_settings
     from streams.worker import Worker, faust_worker_for
 
