@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     world = World(institutions=20_000, drugs=3_000, products=2_000)
     pool = packed_pool(world)
     mean_value = sum(map(len, pool)) / len(pool)
-    rows: list[tuple[str, float, float]] = []
+    rows: list[tuple[str, float]] = []
     with scratch_server() as (client, _port):
         # The bucket count a ledger sized for these codes chooses (its keys go at the first
         # flush below).
@@ -114,10 +114,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.codes:,} codes in {1 << bits:,} buckets (~{args.codes >> bits} codes "
               f"each); packed states {mean_value:.1f} bytes on average; code fields "
               f"{codec.code20_field_size(bits)} bytes")
-        added, seconds = measure(client, lambda: fill(client, code_entries(
+
+        def record(name: str, fill_with: Callable[[], None]) -> None:
+            added, seconds = measure(client, fill_with)
+            rows.append((name, added / args.codes))
+            print(f"  {name}: {added / args.codes:.1f} bytes/code ({seconds:.0f} s)", flush=True)
+
+        record("per code (the ledger's)", lambda: fill(client, code_entries(
             world, args.codes, bits, lambda i: pool[i % POOL])))
-        rows.append(("per code (the ledger's)", added / args.codes, seconds))
-        print(f"  per code: {added / args.codes:.1f} bytes/code ({seconds:.0f} s)", flush=True)
         for per_message in args.per_message:
             messages = max(1, round(args.codes / per_message))
 
@@ -128,14 +132,11 @@ def main(argv: list[str] | None = None) -> int:
                     lambda i: b"\x01" + int(i / per_message).to_bytes(SERIAL_BYTES, "big")))
                 fill(client, sale_entries(messages, pool))
 
-            added, seconds = measure(client, per_message_layout)
-            name = f"per message, {per_message:g} codes each"
-            rows.append((name, added / args.codes, seconds))
-            print(f"  {name}: {added / args.codes:.1f} bytes/code ({seconds:.0f} s)", flush=True)
+            record(f"per message, {per_message:g} codes each", per_message_layout)
 
     print()
     print(f"{'layout':<32} {'bytes/code':>11}")
-    for name, per_code, _ in rows:
+    for name, per_code in rows:
         print(f"{name:<32} {per_code:>11.1f}")
     return 0
 
