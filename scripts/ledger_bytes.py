@@ -9,8 +9,14 @@ size). Each state is one standing whole-box sale with person, drug, institution,
 msgid (institution + 14-digit time + 5-digit sequence), a 10-character bchno and the two
 fingerprints the sale leaves.
 
+``--sale-sizes one`` (the default) sells every code in a sale of its own, so no two codes
+share a state: the ledger's worst case. ``--sale-sizes bench`` sells the codes in sales of 1
+to 10 boxes, drawn as ``tracewatch bench`` draws its whole-box sales (``SALE_SIZES``: mean
+3.6, a fifth of them of one box); the boxes of one sale share one stored state.
+
     .venv/bin/python scripts/ledger_bytes.py --codes 1000000
     .venv/bin/python scripts/ledger_bytes.py --codes 10000000 --naive-codes 200000
+    .venv/bin/python scripts/ledger_bytes.py --codes 10000000 --sale-sizes bench
 
 The last line is ``redis_bytes_per_code=N``.
 """
@@ -22,6 +28,7 @@ import hashlib
 import random
 import sys
 import time
+from array import array
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +44,7 @@ from synthetic import Names
 from detectors.code_ledger import message_fingerprint, record_fingerprint
 from detectors.model import CodeState, SaleRecord
 from streams import codec
+from streams.bench_workload import SALE_SIZES
 from streams.redis_ledger import RedisLedger
 
 START = 1_767_225_600  # 2026-01-01 00:00:00, business time
@@ -46,10 +54,21 @@ YEAR = 365 * 86_400
 class World(Names):
     """Deterministic realistic states: state ``i`` is always the same."""
 
-    def __init__(self, institutions: int, drugs: int, products: int) -> None:
+    def __init__(self, institutions: int, drugs: int, products: int,
+                 sale_sizes: tuple[int, ...] = (1,)) -> None:
         super().__init__(institutions, drugs, products)
+        self.sale_sizes = sale_sizes
+        self.sale_of: array[int] = array("I")  # the sale of each code handed out so far
+
+    def sale_size(self, sale: int) -> int:
+        """How many boxes sale number ``sale`` sells (always the same)."""
+        if len(self.sale_sizes) == 1:
+            return self.sale_sizes[0]
+        digest = hashlib.blake2b(sale.to_bytes(8, "big"), digest_size=4, person=b"size")
+        return self.sale_sizes[int.from_bytes(digest.digest(), "big") % len(self.sale_sizes)]
 
     def state(self, i: int) -> CodeState:
+        """The state of every box that sale number ``i`` sold."""
         d = hashlib.blake2b(i.to_bytes(8, "big"), digest_size=32).digest()
         institution = self.institutions[int.from_bytes(d[0:3], "big") % len(self.institutions)]
         moment = START + int.from_bytes(d[3:7], "big") % YEAR
@@ -79,10 +98,28 @@ class World(Names):
             last_time=moment,
         )
 
-    def batches(self, first: int, count: int, size: int) -> Iterator[dict[str, CodeState]]:
-        for start in range(first, first + count, size):
-            end = min(start + size, first + count)
-            yield {self.code(i): self.state(i) for i in range(start, end)}
+    def code_state(self, i: int) -> CodeState:
+        """The state of code number ``i`` (one of those :meth:`batches` handed out)."""
+        return self.state(self.sale_of[i])
+
+    def batches(self, count: int, size: int) -> Iterator[dict[str, CodeState]]:
+        """``count`` codes from code 0, their sales whole, in batches of about ``size``
+        codes that end with a sale (as a worker's batches end with a message)."""
+        sale = 0
+        while len(self.sale_of) < count:
+            batch: dict[str, CodeState] = {}
+            while len(batch) < size and len(self.sale_of) < count:
+                state = self.state(sale)
+                for _ in range(min(self.sale_size(sale), count - len(self.sale_of))):
+                    batch[self.code(len(self.sale_of))] = state
+                    self.sale_of.append(sale)
+                sale += 1
+            yield batch
+
+    def naive_batches(self, count: int, size: int) -> Iterator[dict[str, CodeState]]:
+        """``count`` codes, each sold alone, for the one-key-per-code layouts."""
+        for start in range(0, count, size):
+            yield {self.code(i): self.state(i) for i in range(start, min(start + size, count))}
 
 
 def as_json(state: CodeState) -> bytes:
@@ -108,7 +145,7 @@ def naive(client: redis.Redis, world: World, count: int, batch: int,
     interner = codec.MemoryInterner()
     before = used_memory(client)
     started = time.perf_counter()
-    for states in world.batches(0, count, batch):
+    for states in world.naive_batches(count, batch):
         pipe = client.pipeline(transaction=False)
         for code, state in states.items():
             value = codec.pack_code_state(state, interner) if packed else as_json(state)
@@ -130,11 +167,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="codes loaded back (and checked) to measure load throughput")
     parser.add_argument("--institutions", type=int, default=20_000)
     parser.add_argument("--drugs", type=int, default=3_000)
+    parser.add_argument("--sale-sizes", choices=("one", "bench"), default="one",
+                        help="one box per sale (no shared states), or tracewatch bench's "
+                             "whole-box sale sizes (1 to 10, mean 3.6)")
     parser.add_argument("--listpack-value", type=int, default=None,
                         help="CONFIG SET hash-max-listpack-value on the benchmark server")
     args = parser.parse_args(argv)
 
-    world = World(args.institutions, args.drugs, products=2_000)
+    world = World(args.institutions, args.drugs, products=2_000,
+                  sale_sizes=SALE_SIZES if args.sale_sizes == "bench" else (1,))
     with scratch_server() as (client, port):
         if args.listpack_value is not None:
             client.config_set("hash-max-listpack-value", args.listpack_value)
@@ -159,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         interner = codec.MemoryInterner()
         report_every = max(args.batch, args.codes // 10)
         started = time.perf_counter()
-        for states in world.batches(0, args.codes, args.batch):
+        for states in world.batches(args.codes, args.batch):
             if stored < 20_000:
                 value_bytes += sum(len(codec.pack_code_state(s, interner))
                                    for s in states.values())
@@ -173,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                       flush=True)
         total_seconds = time.perf_counter() - started
         per_code = (used_memory(client) - before) / stored
-        results.append(("RedisLedger (bucketed listpack)", stored, per_code,
+        results.append((f"RedisLedger, sale sizes {args.sale_sizes}", stored, per_code,
                         stored / store_seconds))
 
         sample = random.Random(2).sample(range(stored), min(args.load_codes, stored))
@@ -184,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             tick = time.perf_counter()
             loaded = ledger.load_codes(set(codes))
             load_seconds += time.perf_counter() - tick
-            expected = {code: world.state(i) for code, i in codes.items()}
+            expected = {code: world.code_state(i) for code, i in codes.items()}
             if loaded != expected:
                 raise SystemExit("loaded states differ from the stored ones")
         stats = ledger.stats()
@@ -205,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"store: {stored / store_seconds:,.0f} codes/s ({total_seconds:.0f} s with "
               f"generating the states); load: {len(sample) / load_seconds:,.0f} codes/s "
               f"({len(sample):,} codes, batches of {args.batch}, checked)")
+        print(f"sales: {world.sale_of[-1] + 1:,} ({stored / (world.sale_of[-1] + 1):.2f} codes "
+              f"each); shared states: {stats['shared_states']:,} (sampled)")
         print(f"used_memory: {used_memory(client):,} bytes")
         print(f"redis_bytes_per_code={per_code:.1f}")
         return 0

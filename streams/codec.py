@@ -583,6 +583,28 @@ def pack_code_state(state: CodeState, interner: Interner) -> bytes:
     return bytes(out)
 
 
+SHARED_REF = 0x10
+"""First byte of a code's entry in the Redis ledger that refers to a state kept once for all
+the boxes one message sold (``streams.redis_ledger``: the entry is this byte and a 5-byte
+serial, :func:`shared_ref`). No packed CodeState starts with it: that header would say no
+sales and a first drug taken from the first sale (mode 1), which :func:`pack_code_state`
+never writes and :func:`unpack_code_state` refuses."""
+SHARED_REF_SIZE = 6
+SHARED_SERIAL_BITS = 40
+
+
+def shared_ref(serial: int) -> bytes:
+    """The entry of a code whose state is the shared state number ``serial``."""
+    return bytes((SHARED_REF,)) + serial.to_bytes(SHARED_REF_SIZE - 1, "big")
+
+
+def shared_serial(entry: bytes) -> int | None:
+    """The serial of a :func:`shared_ref` entry; None for a packed state."""
+    if len(entry) == SHARED_REF_SIZE and entry[0] == SHARED_REF:
+        return int.from_bytes(entry[1:], "big")
+    return None
+
+
 def _same_float(first: float, second: float) -> bool:
     # -0.0 == 0.0 but they pack differently; NaN is never alike (pack it again).
     return first == second and math.copysign(1.0, first) == math.copysign(1.0, second)

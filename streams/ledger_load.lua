@@ -2,16 +2,22 @@
 --
 -- KEYS: n bucket hashes and, when ARGV[1] is '1', their n overflow hashes after them, in the
 -- same order (KEYS[n + k] is the overflow hash of KEYS[k]).
--- ARGV[1]: '1' when the keys have overflow hashes, else '0'.
+-- ARGV[1]: '1' when the keys have overflow hashes, else '0'; then, for code buckets, a space
+-- and the key prefix of the shared states (the serial's top 4 bytes, in decimal, end a key).
 -- ARGV[2]: for each field, the number (from 0) of its bucket hash among the n, as 4 bytes
 -- little-endian.
 -- ARGV[3], ...: the fields, in that order.
 -- Returns the values of the fields in the order given (nil when absent).
 -- With overflow hashes, an empty value in the bucket is a marker: the value was too long for
 -- the bucket's compact (listpack) encoding and lives in the overflow hash.
+-- With a shared-state prefix, a 6-byte value starting with byte 0x10 refers to a state kept
+-- once for several codes: 5 bytes of serial, big-endian; its hash is the prefix and the top 4
+-- bytes in decimal, its field the low byte. The answer holds that state (nil when it has
+-- expired). These keys are not in KEYS: the ledger is for a single Redis, not a cluster.
 
 local STEP = 4000 -- stay well below Lua's unpack() limit
-local overflow = ARGV[1] == '1'
+local flag, shared = string.match(ARGV[1], '^([01]) ?(.*)$')
+local overflow = flag == '1'
 local n = overflow and #KEYS / 2 or #KEYS
 local index = ARGV[2]
 local byte = string.byte
@@ -68,6 +74,23 @@ for k = 1, n do
       end
     end
     first = last + 1
+  end
+end
+
+if shared ~= '' then
+  local found = {} -- the boxes of one sale refer to one state: look it up once
+  for i = 1, fields do
+    local value = out[i]
+    if value and #value == 6 and byte(value, 1) == 16 then
+      local state = found[value]
+      if state == nil then
+        local s1, s2, s3, s4, s5 = byte(value, 2, 6)
+        state = redis.call('HGET', shared .. (((s1 * 256 + s2) * 256 + s3) * 256 + s4),
+                           string.char(s5))
+        found[value] = state
+      end
+      out[i] = state
+    end
   end
 end
 return out

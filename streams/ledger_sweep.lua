@@ -11,6 +11,9 @@
 --   "sale"   the sale index: a varint count, the codes (header varint 0: 9 bytes follow,
 --            else header - 1 bytes), then 2 bytes of day stamp, big-endian (none: no time);
 -- ARGV[3]: "1" to count only (dry run), "0" to remove.
+-- ARGV[4]: for "code", the key prefix of the shared states: an entry that refers to one (6
+--   bytes starting 0x10, see ledger_load.lua) is judged on that state's time, and removed
+--   when the state has expired. These keys are not in KEYS (a single Redis, not a cluster).
 -- An empty value in the bucket is a marker: the value lives in the overflow hash.
 -- Entries are only deleted (HDEL), so a listpack bucket stays listpack; an emptied bucket
 -- disappears. Expiries are left as they are.
@@ -22,6 +25,8 @@ local STEP = 4000 -- well below Lua's unpack() limit
 local cutoff = tonumber(ARGV[1])
 local mode = ARGV[2]
 local dry = ARGV[3] == '1'
+local shared = ARGV[4] or ''
+local shared_found = {}
 local DAY = 86400
 
 -- the unsigned varint at pos, and the position after it (nil when it runs off the end)
@@ -72,6 +77,19 @@ local function packed_time(value)
   return sale_time(value)
 end
 
+-- the shared state an entry refers to (false when it has expired), or nil for another entry
+local function referred(value)
+  if shared == '' or #value ~= 6 or string.byte(value, 1) ~= 16 then return nil end
+  local state = shared_found[value]
+  if state == nil then
+    local s1, s2, s3, s4, s5 = string.byte(value, 2, 6)
+    state = redis.call('HGET', shared .. (((s1 * 256 + s2) * 256 + s3) * 256 + s4),
+                       string.char(s5))
+    shared_found[value] = state
+  end
+  return state
+end
+
 local function usage(key)
   return tonumber(redis.call('MEMORY', 'USAGE', key, 'SAMPLES', '0')) or 0
 end
@@ -93,7 +111,15 @@ for k = 1, #KEYS, 2 do
       local value = flat[i + 1]
       local marker = value == ''
       if marker then value = redis.call('HGET', overflow, flat[i]) end
-      local moment = value and packed_time(value)
+      local moment
+      if value then
+        local state = referred(value)
+        if state == false then
+          moment = cutoff - 1 -- its shared state expired with the retention
+        else
+          moment = packed_time(state or value)
+        end
+      end
       seen = seen + 1
       if not moment then
         unreadable = unreadable + 1

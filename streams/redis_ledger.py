@@ -104,7 +104,11 @@ from streams.ledger import Announcement
 
 log = logging.getLogger(__name__)
 
-LAYOUT_VERSION = "1"
+LAYOUT_VERSION = "2"
+COMPATIBLE_LAYOUTS = ("1",)
+"""Layouts this tracewatch reads as its own and upgrades in place: layout 2 only adds shared
+states (:data:`KEY_SHARED`), which layout 1 never wrote; recording 2 keeps an older
+tracewatch from misreading their references."""
 
 # --------------------------------------------------------------------------- key layout
 # {prefix}: TRACEWATCH_KEY_PREFIX. {bucket}: a decimal bucket number. {slice}: the number of
@@ -122,6 +126,13 @@ Expires retention_days (and a day) after its last write; older states in it are 
 the sweep."""
 KEY_CODES_BIG = "{prefix}:cx:{bucket}"
 """Hash: code field → packed CodeState too long for the bucket. Expiry as the bucket's."""
+KEY_SHARED = "{prefix}:v:{bucket}"
+"""Hash: the low byte of a shared state's serial → the packed CodeState that several codes of
+the bucket hashes refer to (codec.shared_ref); {bucket} is the serial without that byte.
+Expires retention_days (and a day) after its last write."""
+KEY_SHARED_SERIAL = "{prefix}:vn"
+"""String: the shared-state serials given out so far (writers take SHARED_BLOCK at a time).
+Never expires."""
 KEY_MSGIDS = "{prefix}:m:{slice}:{bucket}"
 """Hash: 8-byte digest of a routed msgid → "". Expires a day after the next slice ends."""
 KEY_RECORDS = "{prefix}:r:{slice}:{bucket}"
@@ -155,6 +166,14 @@ DEFAULT_PERSON_TTL_DAYS = 400
 """Hoarding state is worth keeping as long as the longest hoarding window (400 days cover
 any override up to a year)."""
 MIN_INLINE_VALUE = 48
+SHARED_BLOCK = 1 << 16
+"""Shared-state serials a writer reserves with one INCRBY (a round trip per 65,536 shared
+states; a block is a whole number of shared buckets, so writers never share one)."""
+SHARED_BUCKET_BITS = 8
+"""A shared bucket holds the states of 256 consecutive serials (a listpack)."""
+SHARE_FROM_CODES = 2
+"""A run of codes with the same state is stored once when it has at least this many codes:
+two codes' 6-byte references and one shared entry already cost less than two states."""
 """Below this hash-max-listpack-value most code states would go to the overflow hashes."""
 
 _SCRIPTS = {
@@ -416,12 +435,16 @@ class _Map:
 
     bucket: str
     overflow: str
+    shared: str = ""
+    """Key prefix of the shared states its entries may refer to (codes only)."""
 
     @classmethod
-    def of(cls, template: str, overflow: str, prefix: str) -> _Map:
-        """The family whose keys are ``template`` and ``overflow`` with a bucket number."""
+    def of(cls, template: str, overflow: str, prefix: str, shared: str = "") -> _Map:
+        """The family whose keys are ``template`` and ``overflow`` with a bucket number (and
+        whose entries may refer to the shared states ``shared`` with one)."""
         return cls(template.format(prefix=prefix, bucket=""),
-                   overflow.format(prefix=prefix, bucket=""))
+                   overflow.format(prefix=prefix, bucket=""),
+                   shared.format(prefix=prefix, bucket=""))
 
 
 def _present(items: Sequence[str], values: Sequence[bytes | None]) -> dict[str, bytes]:
@@ -615,20 +638,24 @@ class _Writes:
 
     def run(self, table: str, overflow: str | None, ttl: int, buckets: Sequence[int],
             names: Sequence[bytes], values: Sequence[bytes | None],
-            inline: Sequence[bool] | None = None) -> None:
+            inline: Sequence[bool] | None = None, push_always: bool = False) -> None:
         """Write ``values[i]`` under ``names[i]`` in bucket ``buckets[i]`` of the family
         whose keys are ``table`` (and ``overflow``, None when it has none) with a bucket
         number; None deletes. Within a bucket, deletes run before sets; runs run in order.
 
         A bucket's expiry is pushed to ``ttl`` and :data:`EXPIRY_SPARE` by its first set of
-        the day. ``inline[i]``: the field is known to have no copy in the overflow hash (its
-        value was read back short), so the script need not look (default: none is)."""
+        the day (``push_always``: by every batch that sets in it). ``inline[i]``: the field is
+        known to have no copy in the overflow hash (its value was read back short), so the
+        script need not look (default: none is)."""
         if not names:
             return
         numbers: dict[int, int] = {}
         number = numbers.setdefault
         base = self.size
-        pushes = self.expiries.due(table, buckets, values, self.day)
+        if push_always:
+            pushes = [value is not None for value in values]
+        else:
+            pushes = self.expiries.due(table, buckets, values, self.day)
         known = [False] * len(names) if inline is None else inline
         self.entries += [
             (base + number(bucket, len(numbers))) * 8 + (0 if short else 4)
@@ -729,7 +756,10 @@ class RedisLedger:
         self.code_bits = int(layout["code_bits"])
         self.sale_bits = int(layout["sale_bits"])
         self.aux_bits = int(layout["aux_bits"])
-        self._codes = _Map.of(KEY_CODES, KEY_CODES_BIG, prefix)
+        self._codes = _Map.of(KEY_CODES, KEY_CODES_BIG, prefix, KEY_SHARED)
+        self._shared = KEY_SHARED.format(prefix=prefix, bucket="")
+        self._serial_key = KEY_SHARED_SERIAL.format(prefix=prefix)
+        self._serial_next = self._serial_end = 0
         self._sales = _Map.of(KEY_SALES, KEY_SALES_BIG, prefix)
         self._persons = _Map.of(KEY_PERSONS, KEY_PERSONS_BIG, prefix)
         seconds, micros = client.time()
@@ -768,6 +798,11 @@ class RedisLedger:
             pipe.hsetnx(key, name, value)
         pipe.hgetall(key)
         stored = {k.decode(): v.decode() for k, v in pipe.execute()[-1].items()}
+        if stored.get("layout") in COMPATIBLE_LAYOUTS:
+            log.info("%s: layout %s upgraded in place to %s", key, stored["layout"],
+                     LAYOUT_VERSION)
+            self.client.hset(key, "layout", LAYOUT_VERSION)
+            stored["layout"] = LAYOUT_VERSION
         if stored.get("layout") != LAYOUT_VERSION or stored.get("epoch") != str(codec.EPOCH):
             raise LedgerError(
                 f"{key} records layout {stored.get('layout')!r}, this tracewatch writes "
@@ -844,16 +879,21 @@ class RedisLedger:
                 if len(get(item, b"")) <= limit}
 
     def _send_load(self, keys: list[str], overflow: bool, numbers: list[int],
-                   fields: list[bytes], channel: _ScriptChannel | None = None) -> int:
+                   fields: list[bytes], channel: _ScriptChannel | None = None,
+                   shared: str = "") -> int:
         """Send the lookup of ``fields[i]`` in bucket hash ``keys[numbers[i]]`` as one script
         call (its reply, read by :meth:`_replies`, holds None where absent). With
         ``overflow``, ``keys`` ends with the buckets' overflow hashes, in the same order.
-        Returns the calls sent: 0 when there is nothing to look up. ``channel``: the
-        connection (the ledger's first by default)."""
+        ``shared``: the key prefix of the shared states that entries may refer to; the reply
+        holds the state referred to instead. Returns the calls sent: 0 when there is nothing
+        to look up. ``channel``: the connection (the ledger's first by default)."""
         if not fields:
             return 0
+        flags = b"1" if overflow else b"0"
+        if shared:
+            flags += b" " + shared.encode()
         (channel or self._channel).send(
-            self._load_script, keys, [b"1" if overflow else b"0", _index_bytes(numbers), *fields])
+            self._load_script, keys, [flags, _index_bytes(numbers), *fields])
         return 1
 
     def _replies(self, sent: int) -> list[list[bytes | None]]:
@@ -868,7 +908,7 @@ class RedisLedger:
         numbers, distinct = _numbered(buckets)
         keys = [table.bucket + str(bucket) for bucket in distinct]
         keys += [table.overflow + str(bucket) for bucket in distinct]
-        return self._send_load(keys, True, numbers, list(fields), channel)
+        return self._send_load(keys, True, numbers, list(fields), channel, table.shared)
 
     def _load_map(self, table: _Map, items: Sequence[str], buckets: Sequence[int],
                   fields: Sequence[bytes]) -> dict[str, bytes]:
@@ -1069,27 +1109,62 @@ class RedisLedger:
             except Exception:  # nothing depends on them
                 self._ahead.reset()
 
+    def _next_serial(self) -> int:
+        """A shared-state serial no writer has used, from a block this process reserved."""
+        if self._serial_next >= self._serial_end:
+            end = int(self.client.incrby(self._serial_key, SHARED_BLOCK))
+            if end > 1 << codec.SHARED_SERIAL_BITS:
+                raise LedgerError(f"{self._serial_key}: shared-state serials are used up; "
+                                  "start a new TRACEWATCH_KEY_PREFIX")
+            self._serial_next, self._serial_end = end - SHARED_BLOCK, end
+        serial = self._serial_next
+        self._serial_next += 1
+        return serial
+
     def store_codes(self, states: Mapping[str, CodeState | None]) -> None:
-        """Write states; None deletes the code."""
-        # A run of states alike (the boxes of one message, mostly) is packed once.
+        """Write states; None deletes the code.
+
+        A run of codes with alike states (the boxes of one message, mostly) is packed once,
+        and when it has :data:`SHARE_FROM_CODES` codes or more and fits a bucket, stored once
+        as a shared state that each code's entry refers to (module docstring)."""
         distinct: list[tuple[str, CodeState]] = []
-        repeats: list[tuple[str, str]] = []  # (code, the code whose bytes it repeats)
+        runs: dict[str, list[str]] = {}  # the first code of a run → the run's codes
+        run: list[str] = []
         previous: CodeState | None = None
-        previous_code = ""
         for code, state in states.items():
             if state is None:
                 continue
             if previous is not None and codec.packs_alike(state, previous):
-                repeats.append((code, previous_code))
+                run.append(code)
             else:
                 distinct.append((code, state))
-                previous, previous_code = state, code
+                run = runs[code] = [code]
+                previous = state
         packed = self._with_dictionary(distinct, codec.pack_code_state)
-        for code, first in repeats:
-            packed[code] = packed[first]
+        writes = self._writes()
+        limit = self.inline_limit
+        serials: list[int] = []
+        shared: list[bytes] = []
+        for first, run in runs.items():
+            if len(run) < SHARE_FROM_CODES:
+                continue
+            value = packed[first]
+            if len(value) > limit:
+                reference = value
+            else:
+                serial = self._next_serial()
+                serials.append(serial)
+                shared.append(value)
+                reference = codec.shared_ref(serial)
+            for code in run:
+                packed[code] = reference
+        if serials:
+            writes.run(self._shared, None, self.retention_seconds,
+                       [serial >> SHARED_BUCKET_BITS for serial in serials],
+                       [bytes((serial & 0xFF,)) for serial in serials], shared,
+                       push_always=True)
         codes = list(states)
         inline = self._inline_codes
-        writes = self._writes()
         writes.run(self._codes.bucket, self._codes.overflow, self.retention_seconds,
                    *_slots_of(codes, inline, codec.code_slot, self.code_bits),
                    [packed.get(code) for code in codes], [code in inline for code in codes])
@@ -1291,7 +1366,7 @@ class RedisLedger:
                 for bucket in range(start, min(start + batch, buckets)):
                     keys += (table.bucket + str(bucket), table.overflow + str(bucket))
                 answer = cast(list[int], self._sweep_script(
-                    keys=keys, args=[cutoff - codec.EPOCH, mode, int(dry_run)]))
+                    keys=keys, args=[cutoff - codec.EPOCH, mode, int(dry_run), table.shared]))
                 sums = [total_ + int(part) for total_, part in zip(sums, answer, strict=True)]
                 done += len(keys) // 2
                 if progress is not None:
@@ -1306,12 +1381,16 @@ class RedisLedger:
         """Codes held, Redis memory and bytes per code, from up to ``sample`` code buckets.
 
         ``codes`` is extrapolated from the sampled buckets' HLEN; ``bytes_per_code`` is their
-        ``MEMORY USAGE`` (bucket and overflow hash) over the codes they hold, and
-        ``encodings`` counts how the sampled buckets are encoded (listpack expected).
+        ``MEMORY USAGE`` (bucket and overflow hash), extrapolated to all buckets, plus that of
+        the shared states (extrapolated from up to ``sample`` of their buckets), over the
+        codes; ``shared_states`` is extrapolated likewise, and ``encodings`` counts how the
+        sampled code buckets are encoded (listpack expected).
         """
         total = 1 << self.code_bits
         step = max(1, total // max(1, sample))
         sampled = list(range(0, total, step))
+        shared_total = -(-int(self.client.get(self._serial_key) or 0) >> SHARED_BUCKET_BITS)
+        shared_sampled = list(range(0, shared_total, max(1, shared_total // max(1, sample))))
         pipe = self.client.pipeline(transaction=False)
         for bucket in sampled:
             key = self._codes.bucket + str(bucket)
@@ -1319,9 +1398,18 @@ class RedisLedger:
             pipe.memory_usage(key, samples=0)
             pipe.memory_usage(self._codes.overflow + str(bucket), samples=0)
             pipe.object("encoding", key)
+        for bucket in shared_sampled:
+            pipe.hlen(self._shared + str(bucket))
+            pipe.memory_usage(self._shared + str(bucket), samples=0)
         pipe.info("memory")
         answers = pipe.execute()
         info = answers.pop()
+        shared_answers = answers[4 * len(sampled):]
+        shared_states = sum(shared_answers[0::2])
+        shared_memory = sum(used or 0 for used in shared_answers[1::2])
+        if shared_sampled:
+            shared_states = shared_states * shared_total // len(shared_sampled)
+            shared_memory = shared_memory * shared_total // len(shared_sampled)
         held = memory = 0
         encodings: dict[str, int] = {}
         for index in range(len(sampled)):
@@ -1331,11 +1419,14 @@ class RedisLedger:
             if encoding is not None:
                 name = encoding.decode() if isinstance(encoding, bytes) else str(encoding)
                 encodings[name] = encodings.get(name, 0) + 1
+        codes = held * total // len(sampled)
         return {
-            "codes": held * total // len(sampled),
+            "codes": codes,
             "code_buckets": total,
             "sampled_buckets": len(sampled),
-            "bytes_per_code": memory / held if held else None,
+            "bytes_per_code": (memory * total / len(sampled) + shared_memory) / codes
+            if codes else None,
+            "shared_states": shared_states,
             "encodings": encodings,
             "used_memory": int(info["used_memory"]),
             "inline_limit": self.inline_limit,

@@ -287,6 +287,26 @@ def test_random_code_states_round_trip_exactly() -> None:
         assert unpack_code_state(packed, interner) == state
 
 
+def test_a_shared_state_reference_is_never_a_packed_state() -> None:
+    """The Redis ledger tells a code's reference to a shared state from its own packed state
+    by the first byte alone: no packed state may start with it, and reading one as a state
+    must fail rather than invent one."""
+    rng = random.Random(5)
+    interner = MemoryInterner()
+    states = [random_code_state(rng) for _ in range(3000)]
+    states += [CodeState(sales=(), first_drug=None, first_drug_ref=None, applied=(),
+                         flowback_seen=(), last_time=0),
+               typical_state(1), typical_state(2)]
+    assert all(pack_code_state(state, interner)[0] != codec.SHARED_REF for state in states)
+    for serial in (0, 1, 255, 256, 65_535, 1 << 32, (1 << codec.SHARED_SERIAL_BITS) - 1):
+        reference = codec.shared_ref(serial)
+        assert len(reference) == codec.SHARED_REF_SIZE
+        assert codec.shared_serial(reference) == serial
+        with pytest.raises(CodecError):
+            unpack_code_state(reference, interner)
+    assert codec.shared_serial(pack_code_state(typical_state(1), interner)) is None
+
+
 def test_packed_bytes_are_those_of_the_layout() -> None:
     """Speed-ups of the codec must not change a byte: the digest of many packed values and
     code slots, as the codec of layout 1 wrote them."""

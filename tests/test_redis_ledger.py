@@ -21,10 +21,10 @@ from detectors.codes import box_codes
 from detectors.hoarding import HoardingLink
 from detectors.messages import parse
 from detectors.model import CodeState, RuleConfig
-from streams.codec import INST, MemoryInterner, pack_code_state
+from streams.codec import INST, MemoryInterner, pack_code_state, shared_ref
 from streams.ledger import MemoryLedger, record_key, sale_key
 from streams.pipeline import Pipeline
-from streams.redis_ledger import LedgerError, RedisLedger
+from streams.redis_ledger import SHARED_BLOCK, LedgerError, RedisLedger
 from streams.reference import load_catalog
 from tests.test_codec import (
     code_state_variant,
@@ -198,6 +198,91 @@ def test_runs_of_alike_states_are_stored_for_every_code(make: Callable[..., Redi
                for n in range(100)}
     ledger.store_persons(persons)
     assert ledger.load_persons(set(persons)) == persons
+
+
+def test_the_boxes_of_one_sale_share_one_stored_state(
+    client: CountingRedis, prefix: str, make: Callable[..., RedisLedger]
+) -> None:
+    """A run of codes with alike states (the boxes one message sold) is stored once, each
+    code's entry a reference to it; a lone code, and a run whose state is too long for a
+    bucket, keep their own. Every code reads back as stored, here and in another process."""
+    ledger = make(buckets=4, retention_days=100)
+    boxes = MANY_CODES[:5]
+    states: dict[str, CodeState | None] = {
+        **dict.fromkeys(boxes, SMALL), C3: typical_state(2), C1: SOLD_TWICE, C2: SOLD_TWICE}
+    ledger.store_codes(states)
+
+    shared = f"{prefix}:v:0"
+    assert list(client.scan_iter(match=f"{prefix}:v:*")) == [shared.encode()]
+    assert client.hgetall(shared) == {b"\x00": pack_code_state(SMALL, ledger.interner)}
+    assert client.ttl(shared) > 100 * 86_400
+    assert int(client.get(f"{prefix}:vn") or 0) == SHARED_BLOCK
+
+    def entry(code: str) -> bytes | None:
+        bucket, field = ledger.code_slot(code)
+        return cast(bytes | None, client.hget(f"{prefix}:c:{bucket}", field))
+
+    assert {entry(box) for box in boxes} == {shared_ref(0)}
+    assert entry(C3) == pack_code_state(typical_state(2), ledger.interner)
+    assert entry(C1) == entry(C2) == b""  # long: each in the overflow hash
+    assert ledger.load_codes(set(states) | {C4}) == states
+    assert make(buckets=4).load_codes(set(states)) == states
+
+    # One box sold again and one deleted: the others still read the shared state.
+    ledger.store_codes({boxes[0]: SOLD_TWICE, boxes[1]: None})
+    expected = {**states, boxes[0]: SOLD_TWICE}
+    del expected[boxes[1]]
+    assert make(buckets=4).load_codes(set(states)) == expected
+
+    # A shared state past its expiry takes its boxes with it: they read as never seen.
+    client.delete(shared)
+    del expected[boxes[2]], expected[boxes[3]], expected[boxes[4]]
+    assert make(buckets=4).load_codes(set(states)) == expected
+
+
+def test_shared_serials_cost_one_round_trip_per_block(
+    client: CountingRedis, make: Callable[..., RedisLedger]
+) -> None:
+    ledger = make()
+    ledger.store_codes({C1: SMALL, C2: SMALL, C3: typical_state(2)})  # interns, reserves
+
+    def round_trips() -> int:
+        return client.round_trips + ledger.script_round_trips
+
+    before = round_trips()
+    ledger.store_codes(dict.fromkeys(MANY_CODES, typical_state(2)))
+    assert round_trips() - before == 1
+    other = make()  # a second writer reserves a block of its own
+    other.store_codes({C4: SMALL})  # caches the interned strings
+    before = client.round_trips + other.script_round_trips
+    other.store_codes(dict.fromkeys(MANY_CODES[:3], SMALL))
+    assert client.round_trips + other.script_round_trips - before == 2
+    assert int(client.get(f"{other.prefix}:vn") or 0) == 2 * SHARED_BLOCK
+    assert client.hget(f"{other.prefix}:c:{other.code_slot(MANY_CODES[0])[0]}",
+                       other.code_slot(MANY_CODES[0])[1]) == shared_ref(SHARED_BLOCK)
+    assert other.load_codes(set(MANY_CODES)) == {
+        **dict.fromkeys(MANY_CODES, typical_state(2)), **dict.fromkeys(MANY_CODES[:3], SMALL)}
+
+
+def test_stats_count_the_shared_states_memory(
+    client: CountingRedis, prefix: str, make: Callable[..., RedisLedger]
+) -> None:
+    ledger = make(buckets=4)
+    rng = random.Random(3)
+    batch: dict[str, CodeState | None] = {}
+    for n in range(300):
+        state = random_code_state(rng)
+        for _ in range(1 + n % 4):
+            batch[random_code(rng)] = state
+    ledger.store_codes(batch)
+    figures = ledger.stats()
+    memory = sum(int(client.memory_usage(key, samples=0) or 0)
+                 for family in ("c", "cx", "v")
+                 for key in client.scan_iter(match=f"{prefix}:{family}:*"))
+    shared = sum(client.hlen(key) for key in client.scan_iter(match=f"{prefix}:v:*"))
+    assert figures["codes"] == len(batch)
+    assert figures["shared_states"] == shared > 0
+    assert figures["bytes_per_code"] == pytest.approx(memory / len(batch))
 
 
 def test_a_cold_process_reads_what_another_wrote(make: Callable[..., RedisLedger]) -> None:
@@ -623,7 +708,7 @@ def test_writers_allocate_the_same_ids_concurrently(make: Callable[..., RedisLed
 def test_expiries(client: CountingRedis, prefix: str, make: Callable[..., RedisLedger]) -> None:
     ledger = make(retention_days=100, dedupe_days=10, person_ttl_days=40)
     ledger.inline_limit = 40
-    ledger.store_codes({C1: SMALL, C2: SOLD_TWICE})
+    ledger.store_codes({C1: SMALL, C2: SOLD_TWICE, C3: SMALL, C4: SMALL})  # C3, C4 share
     ledger.commit_routing({"EX-0001"}, {RK1}, set(), {SK1: MANY_CODES})
     ledger.store_persons({PK1: PERSON})
     ledger.link_hoarding({"0123456789abcdef": LINK})
@@ -635,13 +720,13 @@ def test_expiries(client: CountingRedis, prefix: str, make: Callable[..., RedisL
     for key, ttl in ttls.items():
         kinds.setdefault(key.split(":")[0], set()).add(ttl)
     # Bucket hashes get a day to spare: their expiry is pushed once a day, not every write.
-    for kind in ("c", "cx", "s", "sx"):
+    for kind in ("c", "cx", "v", "s", "sx"):
         assert kinds[kind] and all(101 * day - 5 <= t <= 101 * day for t in kinds[kind]), kind
     for kind in ("m", "r"):
         assert kinds[kind] and all(11 * day <= t <= 21 * day + 1 for t in kinds[kind]), kind
     assert kinds["p"] and all(41 * day - 5 <= t <= 41 * day for t in kinds["p"])
     assert kinds["hl"] and all(40 * day - 5 <= t <= 40 * day for t in kinds["hl"])
-    assert kinds["meta"] == {-1}
+    assert kinds["meta"] == kinds["vn"] == {-1}
     assert kinds["dict"] == {-1}  # dict:inst, dict:inst:rev, … never expire
 
 
@@ -815,6 +900,22 @@ def test_layout_is_recorded_and_kept(make: Callable[..., RedisLedger]) -> None:
         make(buckets=128)
     with pytest.raises(ValueError, match="power of two"):
         make(buckets=100)
+
+
+def test_a_layout_1_ledger_is_upgraded_in_place(
+    client: CountingRedis, prefix: str, make: Callable[..., RedisLedger]
+) -> None:
+    """Layout 2 only adds shared states: a layout 1 ledger is read as it is, and recorded as
+    layout 2 so that a tracewatch of layout 1 refuses what it could not read."""
+    make().store_codes({C1: SMALL})
+    meta = f"{prefix}:meta"
+    client.hset(meta, "layout", "1")
+    ledger = make()
+    assert client.hget(meta, "layout") == b"2"
+    assert ledger.load_codes({C1}) == {C1: SMALL}
+    client.hset(meta, "layout", "3")
+    with pytest.raises(LedgerError, match="records layout '3', this tracewatch writes layout '2'"):
+        make()
 
 
 def test_decoding_client_is_refused(redis_url: str, prefix: str) -> None:

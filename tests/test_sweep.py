@@ -132,6 +132,27 @@ def test_a_stale_code_written_again_survives(make: Callable[..., RedisLedger]) -
     assert ledger.load_codes({code(1), code(2)}) == {code(1): aged(0)}
 
 
+def test_codes_that_share_a_state_are_judged_by_it(
+    client: redis.Redis, prefix: str, make: Callable[..., RedisLedger]
+) -> None:
+    """The boxes of one sale refer to one shared state: they go when it is stale, stay when it
+    is fresh, and go when it has expired (their references would read as nothing)."""
+    ledger = make()
+    fresh = {code(n): aged(1) for n in range(1, 4)}
+    stale = {code(n): aged(300) for n in range(11, 15)}
+    ledger.store_codes({**fresh, **stale})
+    assert client.hlen(f"{prefix}:v:0") == 2
+
+    result = ledger.sweep(NOW)
+
+    assert (result.codes.entries, result.codes.removed) == (7, 4)
+    assert ledger.load_codes({*fresh, *stale}) == fresh
+    client.delete(f"{prefix}:v:0")
+    assert ledger.sweep(NOW, dry_run=True).codes.removed == 3
+    assert ledger.sweep(NOW).codes.removed == 3
+    assert ledger.sweep(NOW).codes.entries == 0
+
+
 def test_now_and_grace_move_the_cutoff(make: Callable[..., RedisLedger]) -> None:
     ledger = make()
     ledger.store_codes({code(1): aged(100.5)})
