@@ -17,6 +17,12 @@ to 10 boxes, drawn as ``tracewatch bench`` draws its whole-box sales (``SALE_SIZ
     .venv/bin/python scripts/ledger_bytes.py --codes 1000000
     .venv/bin/python scripts/ledger_bytes.py --codes 10000000 --naive-codes 200000
     .venv/bin/python scripts/ledger_bytes.py --codes 10000000 --sale-sizes bench
+    .venv/bin/python scripts/ledger_bytes.py --codes 10000000 --sale-sizes bench \
+        --serials-used 4294967296
+
+``--serials-used N`` starts the ledger as one that has already given out N shared-state
+serials: a reference takes as many bytes as its serial needs (4 bytes up to 2**24 serials,
+6 past 2**32), so a ledger that has run for a long time pays up to 2 bytes a code more.
 
 The last line is ``redis_bytes_per_code=N``.
 """
@@ -170,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sale-sizes", choices=("one", "bench"), default="one",
                         help="one box per sale (no shared states), or tracewatch bench's "
                              "whole-box sale sizes (1 to 10, mean 3.6)")
+    parser.add_argument("--serials-used", type=int, default=0,
+                        help="shared-state serials the ledger has given out before (their "
+                             "size is the size of the references)")
     parser.add_argument("--listpack-value", type=int, default=None,
                         help="CONFIG SET hash-max-listpack-value on the benchmark server")
     args = parser.parse_args(argv)
@@ -190,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
                 name = "one key per code, packed value" if packed else "one key per code, JSON"
                 results.append((name, args.naive_codes, per_code, rate))
 
+        if args.serials_used:
+            client.set("tw:vn", args.serials_used)
         ledger = RedisLedger(client, prefix="tw", expected_codes=args.codes)
         for warning in ledger.warnings:
             print("warning:", warning)

@@ -585,22 +585,25 @@ def pack_code_state(state: CodeState, interner: Interner) -> bytes:
 
 SHARED_REF = 0x10
 """First byte of a code's entry in the Redis ledger that refers to a state kept once for all
-the boxes one message sold (``streams.redis_ledger``: the entry is this byte and a 5-byte
+the boxes one message sold (``streams.redis_ledger``: the entry is this byte and the state's
 serial, :func:`shared_ref`). No packed CodeState starts with it: that header would say no
 sales and a first drug taken from the first sale (mode 1), which :func:`pack_code_state`
 never writes and :func:`unpack_code_state` refuses."""
 SHARED_REF_SIZE = 6
+"""The longest reference: the byte and a 5-byte serial."""
 SHARED_SERIAL_BITS = 40
 
 
 def shared_ref(serial: int) -> bytes:
-    """The entry of a code whose state is the shared state number ``serial``."""
-    return bytes((SHARED_REF,)) + serial.to_bytes(SHARED_REF_SIZE - 1, "big")
+    """The entry of a code whose state is the shared state number ``serial``: the byte and
+    the serial big-endian in as few bytes as it needs (1 to 5: a ledger that has given out
+    fewer than 2**24 serials refers with 4 bytes)."""
+    return bytes((SHARED_REF,)) + serial.to_bytes(max(1, (serial.bit_length() + 7) >> 3), "big")
 
 
 def shared_serial(entry: bytes) -> int | None:
     """The serial of a :func:`shared_ref` entry; None for a packed state."""
-    if len(entry) == SHARED_REF_SIZE and entry[0] == SHARED_REF:
+    if 2 <= len(entry) <= SHARED_REF_SIZE and entry[0] == SHARED_REF:
         return int.from_bytes(entry[1:], "big")
     return None
 

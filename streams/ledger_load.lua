@@ -10,10 +10,11 @@
 -- Returns the values of the fields in the order given (nil when absent).
 -- With overflow hashes, an empty value in the bucket is a marker: the value was too long for
 -- the bucket's compact (listpack) encoding and lives in the overflow hash.
--- With a shared-state prefix, a 6-byte value starting with byte 0x10 refers to a state kept
--- once for several codes: 5 bytes of serial, big-endian; its hash is the prefix and the top 4
--- bytes in decimal, its field the low byte. The answer holds that state (nil when it has
--- expired). These keys are not in KEYS: the ledger is for a single Redis, not a cluster.
+-- With a shared-state prefix, a value of 2 to 6 bytes starting with byte 0x10 refers to a
+-- state kept once for several codes: the rest is its serial, big-endian; its hash is the
+-- prefix and the serial without its low byte, in decimal, its field that low byte in decimal.
+-- The answer holds that state (nil when it has expired). These keys are not in KEYS: the
+-- ledger is for a single Redis, not a cluster.
 
 local STEP = 4000 -- stay well below Lua's unpack() limit
 local flag, shared = string.match(ARGV[1], '^([01]) ?(.*)$')
@@ -81,12 +82,12 @@ if shared ~= '' then
   local found = {} -- the boxes of one sale refer to one state: look it up once
   for i = 1, fields do
     local value = out[i]
-    if value and #value == 6 and byte(value, 1) == 16 then
+    if value and #value <= 6 and byte(value, 1) == 16 then
       local state = found[value]
       if state == nil then
-        local s1, s2, s3, s4, s5 = byte(value, 2, 6)
-        state = redis.call('HGET', shared .. (((s1 * 256 + s2) * 256 + s3) * 256 + s4),
-                           string.char(s5))
+        local size, high = #value, 0
+        for p = 2, size - 1 do high = high * 256 + byte(value, p) end
+        state = redis.call('HGET', shared .. high, byte(value, size))
         found[value] = state
       end
       out[i] = state

@@ -11,9 +11,10 @@
 --   "sale"   the sale index: a varint count, the codes (header varint 0: 9 bytes follow,
 --            else header - 1 bytes), then 2 bytes of day stamp, big-endian (none: no time);
 -- ARGV[3]: "1" to count only (dry run), "0" to remove.
--- ARGV[4]: for "code", the key prefix of the shared states: an entry that refers to one (6
---   bytes starting 0x10, see ledger_load.lua) is judged on that state's time, and removed
---   when the state has expired. These keys are not in KEYS (a single Redis, not a cluster).
+-- ARGV[4]: for "code", the key prefix of the shared states: an entry that refers to one (2
+--   to 6 bytes starting 0x10, see ledger_load.lua) is judged on that state's time, and
+--   removed when the state has expired. These keys are not in KEYS (a single Redis, not a
+--   cluster).
 -- An empty value in the bucket is a marker: the value lives in the overflow hash.
 -- Entries are only deleted (HDEL), so a listpack bucket stays listpack; an emptied bucket
 -- disappears. Expiries are left as they are.
@@ -79,12 +80,12 @@ end
 
 -- the shared state an entry refers to (false when it has expired), or nil for another entry
 local function referred(value)
-  if shared == '' or #value ~= 6 or string.byte(value, 1) ~= 16 then return nil end
+  if shared == '' or #value > 6 or string.byte(value, 1) ~= 16 then return nil end
   local state = shared_found[value]
   if state == nil then
-    local s1, s2, s3, s4, s5 = string.byte(value, 2, 6)
-    state = redis.call('HGET', shared .. (((s1 * 256 + s2) * 256 + s3) * 256 + s4),
-                       string.char(s5))
+    local size, high = #value, 0
+    for p = 2, size - 1 do high = high * 256 + string.byte(value, p) end
+    state = redis.call('HGET', shared .. high, string.byte(value, size))
     shared_found[value] = state
   end
   return state

@@ -18,6 +18,23 @@ cannot change without rebuilding the ledger. Measured with ``scripts/ledger_byte
 (47.7 of them the buckets themselves: 31 value, 7 field, 4 listpack entry, ~6 allocator and
 key overhead), against 181 for one key per code with the same packed value and 581 with JSON.
 
+Shared states. The boxes one message sells have the same state, evidence and all, and a sale
+lists 3 to 4 boxes on average (issue 5's workload). A run of at least two codes with alike
+states in one store (:data:`SHARE_FROM_CODES`; the boxes of one message, mostly) is packed
+once into a *shared bucket* ``{prefix}:v:{serial >> 8}`` under the low byte of a serial, and
+each code's entry is a reference: byte 0x10 (never the header of a packed state) and the
+serial in as few bytes as it needs (:func:`streams.codec.shared_ref`; 4 bytes in all until
+2**24 serials, 6 past 2**32). A writer reserves serials 65,536 at a time (``INCRBY`` of
+``{prefix}:vn``: one round trip per block), so a shared bucket is written by one writer
+within minutes and expires ``retention_days`` and a day after. The load and sweep scripts
+look references up (the keys are not declared, so the ledger wants one Redis, not a
+cluster); Python sees the state itself. A code sold again, returned or deleted gets an entry
+of its own and leaves the shared state to its boxes still standing, or to its expiry; a
+reference whose shared state has expired reads as absent, which the rules would make of a
+state that old anyway, and the sweep removes it. A run whose state is too long for a bucket,
+and a lone code, keep their own entries. Measured with ``scripts/ledger_bytes.py --codes
+10000000 --sale-sizes bench``: see BENCHMARKS.md "Eighteenth session".
+
 Redis keeps a hash in listpack form only while it has at most ``hash-max-listpack-entries``
 fields (default 512) and every field and value is at most ``hash-max-listpack-value`` bytes
 (default 64). The ledger reads both at start and warns when they are too small; it never
@@ -127,8 +144,9 @@ the sweep."""
 KEY_CODES_BIG = "{prefix}:cx:{bucket}"
 """Hash: code field → packed CodeState too long for the bucket. Expiry as the bucket's."""
 KEY_SHARED = "{prefix}:v:{bucket}"
-"""Hash: the low byte of a shared state's serial → the packed CodeState that several codes of
-the bucket hashes refer to (codec.shared_ref); {bucket} is the serial without that byte.
+"""Hash: the low byte of a shared state's serial, in decimal (a listpack keeps it as a small
+integer) → the packed CodeState that several codes of the bucket hashes refer to
+(codec.shared_ref); {bucket} is the serial without that byte.
 Expires retention_days (and a day) after its last write."""
 KEY_SHARED_SERIAL = "{prefix}:vn"
 """String: the shared-state serials given out so far (writers take SHARED_BLOCK at a time).
@@ -1161,7 +1179,7 @@ class RedisLedger:
         if serials:
             writes.run(self._shared, None, self.retention_seconds,
                        [serial >> SHARED_BUCKET_BITS for serial in serials],
-                       [bytes((serial & 0xFF,)) for serial in serials], shared,
+                       [b"%d" % (serial & 0xFF) for serial in serials], shared,
                        push_always=True)
         codes = list(states)
         inline = self._inline_codes
@@ -1377,6 +1395,23 @@ class RedisLedger:
 
     # ------------------------------------------------------------------ observability
 
+    def _shared_range(self) -> tuple[int, int]:
+        """(first, end) of the shared buckets that may exist, about: from the first block of
+        serials whose first bucket still exists to the last serial given out. The first
+        serial of a block is the first one its writer used, so that bucket exists until it
+        expires, and blocks expire about in the order they were reserved (a binary search
+        of ~log2(blocks) EXISTS calls)."""
+        end = -(-int(self.client.get(self._serial_key) or 0) >> SHARED_BUCKET_BITS)
+        per_block = SHARED_BLOCK >> SHARED_BUCKET_BITS
+        low, high = 0, -(-end // per_block)
+        while low < high:
+            middle = (low + high) // 2
+            if self.client.exists(self._shared + str(middle * per_block)):
+                high = middle
+            else:
+                low = middle + 1
+        return min(low * per_block, end), end
+
     def stats(self, sample: int = 256) -> dict[str, Any]:
         """Codes held, Redis memory and bytes per code, from up to ``sample`` code buckets.
 
@@ -1389,8 +1424,9 @@ class RedisLedger:
         total = 1 << self.code_bits
         step = max(1, total // max(1, sample))
         sampled = list(range(0, total, step))
-        shared_total = -(-int(self.client.get(self._serial_key) or 0) >> SHARED_BUCKET_BITS)
-        shared_sampled = list(range(0, shared_total, max(1, shared_total // max(1, sample))))
+        floor, top = self._shared_range()
+        shared_total = top - floor
+        shared_sampled = list(range(floor, top, max(1, shared_total // max(1, sample))))
         pipe = self.client.pipeline(transaction=False)
         for bucket in sampled:
             key = self._codes.bucket + str(bucket)

@@ -214,7 +214,7 @@ def test_the_boxes_of_one_sale_share_one_stored_state(
 
     shared = f"{prefix}:v:0"
     assert list(client.scan_iter(match=f"{prefix}:v:*")) == [shared.encode()]
-    assert client.hgetall(shared) == {b"\x00": pack_code_state(SMALL, ledger.interner)}
+    assert client.hgetall(shared) == {b"0": pack_code_state(SMALL, ledger.interner)}
     assert client.ttl(shared) > 100 * 86_400
     assert int(client.get(f"{prefix}:vn") or 0) == SHARED_BLOCK
 
@@ -264,9 +264,42 @@ def test_shared_serials_cost_one_round_trip_per_block(
         **dict.fromkeys(MANY_CODES, typical_state(2)), **dict.fromkeys(MANY_CODES[:3], SMALL)}
 
 
-def test_stats_count_the_shared_states_memory(
-    client: CountingRedis, prefix: str, make: Callable[..., RedisLedger]
+@pytest.mark.parametrize("first,sizes", [(0, {2}), (250, {2, 3}), ((1 << 24) - 2, {4, 5}),
+                                         ((1 << 32) - 2, {5, 6})],
+                         ids=["1-byte", "crossing-a-byte", "3-to-4-byte", "4-to-5-byte"])
+def test_references_of_every_length_read_back(
+    client: CountingRedis, prefix: str, make: Callable[..., RedisLedger], first: int,
+    sizes: set[int],
 ) -> None:
+    client.set(f"{prefix}:vn", first)  # serials given out before this writer
+    ledger = make(buckets=4)
+    runs = [typical_state(n) for n in range(1, 9)]
+    batch: dict[str, CodeState | None] = {
+        f"8385793{2 * n + box:013d}": state for n, state in enumerate(runs) for box in (0, 1)}
+    ledger.store_codes(batch)
+
+    serials = [first + n for n in range(len(runs))]
+    assert {len(shared_ref(serial)) for serial in serials} == sizes
+    entries = set()
+    for code in batch:
+        bucket, field = ledger.code_slot(code)
+        entries.add(client.hget(f"{prefix}:c:{bucket}", field))
+    assert entries == {shared_ref(serial) for serial in serials}
+    assert make(buckets=4).load_codes(set(batch)) == batch
+    assert ledger.sweep(dry_run=True).codes.removed == 0
+
+
+@pytest.mark.parametrize("serials_used", [0, 1 << 32, 3 * SHARED_BLOCK],
+                         ids=["new", "past-2**32", "early-blocks-expired"])
+def test_stats_count_the_shared_states_memory(
+    client: CountingRedis, prefix: str, make: Callable[..., RedisLedger], serials_used: int
+) -> None:
+    """Only the range of shared buckets that can still exist is sampled: after 2**32 serials,
+    or once the first blocks' buckets have expired, sampling from serial 0 would miss them."""
+    client.set(f"{prefix}:vn", serials_used)
+    if serials_used == 3 * SHARED_BLOCK:  # blocks 0 and 1 have expired, block 2 not yet
+        packed = pack_code_state(SMALL, MemoryInterner())
+        client.hset(f"{prefix}:v:{2 * SHARED_BLOCK >> 8}", "0", packed)
     ledger = make(buckets=4)
     rng = random.Random(3)
     batch: dict[str, CodeState | None] = {}
@@ -275,7 +308,7 @@ def test_stats_count_the_shared_states_memory(
         for _ in range(1 + n % 4):
             batch[random_code(rng)] = state
     ledger.store_codes(batch)
-    figures = ledger.stats()
+    figures = ledger.stats(sample=4096)  # every bucket: the figures are exact
     memory = sum(int(client.memory_usage(key, samples=0) or 0)
                  for family in ("c", "cx", "v")
                  for key in client.scan_iter(match=f"{prefix}:{family}:*"))
