@@ -52,6 +52,7 @@ CALLS = {
     ("load", "c"): "load codes", ("load", "p"): "load persons",
     ("load", "m"): "recall msgids", ("load", "r"): "recall records",
     ("load", "s"): "recall sales", ("store", "c"): "store codes",
+    ("store", "v"): "store codes",  # a store of codes writes its shared states first
     ("store", "p"): "store persons", ("store", "m"): "commit routing",
     ("store", "r"): "commit routing", ("store", "s"): "commit routing",
 }
