@@ -10,7 +10,8 @@ msgid (institution + 14-digit time + 5-digit sequence), a 10-character bchno and
 fingerprints the sale leaves.
 
 ``--sale-sizes one`` (the default) sells every code in a sale of its own, so no two codes
-share a state: the ledger's worst case. ``--sale-sizes bench`` sells the codes in sales of 1
+share a state: the ledger's worst case; ``--sale-sizes 3`` sells three boxes a sale; and
+``--sale-sizes bench`` sells the codes in sales of 1
 to 10 boxes, drawn as ``tracewatch bench`` draws its whole-box sales (``SALE_SIZES``: mean
 3.6, a fifth of them of one box); the boxes of one sale share one stored state.
 
@@ -163,6 +164,13 @@ def naive(client: redis.Redis, world: World, count: int, batch: int,
     return per_code, count / seconds
 
 
+def sale_sizes(text: str) -> str:
+    """The --sale-sizes argument: 'one', 'bench' or a positive number of boxes."""
+    if text in ("one", "bench") or (text.isdigit() and int(text) > 0):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r}: give 'one', 'bench' or a number of boxes")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--codes", type=int, default=1_000_000)
@@ -173,9 +181,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="codes loaded back (and checked) to measure load throughput")
     parser.add_argument("--institutions", type=int, default=20_000)
     parser.add_argument("--drugs", type=int, default=3_000)
-    parser.add_argument("--sale-sizes", choices=("one", "bench"), default="one",
-                        help="one box per sale (no shared states), or tracewatch bench's "
-                             "whole-box sale sizes (1 to 10, mean 3.6)")
+    parser.add_argument("--sale-sizes", type=sale_sizes, default="one",
+                        help="'one' box per sale (no shared states), N boxes per sale, or "
+                             "tracewatch 'bench''s whole-box sale sizes (1 to 10, mean 3.6)")
     parser.add_argument("--serials-used", type=int, default=0,
                         help="shared-state serials the ledger has given out before (their "
                              "size is the size of the references)")
@@ -183,8 +191,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="CONFIG SET hash-max-listpack-value on the benchmark server")
     args = parser.parse_args(argv)
 
-    world = World(args.institutions, args.drugs, products=2_000,
-                  sale_sizes=SALE_SIZES if args.sale_sizes == "bench" else (1,))
+    sizes = {"one": (1,), "bench": SALE_SIZES}.get(args.sale_sizes) or (int(args.sale_sizes),)
+    world = World(args.institutions, args.drugs, products=2_000, sale_sizes=sizes)
     with scratch_server() as (client, port):
         if args.listpack_value is not None:
             client.config_set("hash-max-listpack-value", args.listpack_value)

@@ -11,6 +11,7 @@ family of bucket hashes it touched (SLOWLOG: every script call over 0.5 ms is lo
 private server).
 
     .venv/bin/python scripts/stage_speed.py --messages 100000
+    .venv/bin/python scripts/stage_speed.py --messages 100000 --listpack-value 128
 
 No broker, so it isolates the worker's Python and its Redis calls from Kafka; numbers vary
 from run to run on a shared machine: compare trees by alternating runs.
@@ -92,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--expected-codes", type=int, default=0,
                         help="codes the ledger is sized for (default: the workload's, as the "
                              "bench does)")
+    parser.add_argument("--listpack-value", type=int, default=None,
+                        help="CONFIG SET hash-max-listpack-value on the private server (the "
+                             "stack's docker-compose.yml runs Redis with 128)")
     args = parser.parse_args(argv)
 
     print(f"building the workload: {args.messages:,} messages …", file=sys.stderr)
@@ -105,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     with scratch_server() as (client, _):
         client.config_set("slowlog-log-slower-than", SLOWLOG_US)
         client.config_set("slowlog-max-len", 1_000_000)
+        if args.listpack_value is not None:
+            client.config_set("hash-max-listpack-value", args.listpack_value)
         prefix = "tw"
         ledger = RedisLedger(client, prefix=prefix,
                              expected_codes=args.expected_codes or workload.codes)
@@ -163,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         for kind, (calls, spent) in sorted(times.items(), key=lambda item: -item[1][1]):
             print(f"{kind:<16} {int(calls):6} {spent * 1000 / batches:9.1f} "
                   f"{spent * 1000 / calls:8.1f}")
+        figures = ledger.stats()
+        print(f"\nledger: {figures['codes']:,} codes, {figures['shared_states']:,} shared "
+              f"states, {figures['bytes_per_code']:.1f} bytes per code (sampled, as the "
+              f"bench reports it; hash-max-listpack-value {ledger.inline_limit})")
     return 0
 
 

@@ -23,7 +23,9 @@ which. What makes a typical state small:
 
 The format has no version byte: the Redis ledger records its layout version in its meta key
 and refuses data of another one. (Within layout 1, first-drug mode 3 came later: versions
-before it refuse such a state with a CodecError rather than misread it.) The derived
+before it refuse such a state with a CodecError rather than misread it.) Layout 2 packs states
+the same way and adds the ledger's references to a state shared by the boxes of one sale
+(:func:`shared_ref`), entries that start with a byte no packed state starts with. The derived
 fingerprints rely on :func:`detectors.code_ledger.message_fingerprint` and
 ``record_fingerprint``; changing those means a new layout version.
 """

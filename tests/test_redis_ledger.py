@@ -985,6 +985,26 @@ def test_scripts_lost_by_redis_are_loaded_again(redis_server: Callable[..., Any]
     client.close()
 
 
+def test_the_deployed_listpack_value_keeps_two_sales_compact(
+    redis_server: Callable[..., Any]
+) -> None:
+    """docker-compose.yml runs Redis with hash-max-listpack-value 128: the ledger reads it, and
+    a code with three standing sales (68 bytes; the default 64 sends it to the overflow hash),
+    and the boxes of a sale whose state is that long, stay compact."""
+    client = redis.Redis.from_url(redis_server().url)
+    client.config_set("hash-max-listpack-value", 128)
+    ledger = RedisLedger(client, prefix="tw", buckets=1)
+    sold_thrice = replace(SMALL, sales=(*SMALL.sales, *typical_state(2).sales,
+                                        *typical_state(3).sales))
+    assert 64 < len(pack_code_state(sold_thrice, MemoryInterner())) <= 128 == ledger.inline_limit
+    ledger.store_codes({C1: sold_thrice, C2: SMALL, **dict.fromkeys(MANY_CODES[:3], sold_thrice)})
+    assert not list(client.scan_iter(match="tw:cx:*"))
+    assert client.object("encoding", "tw:c:0") == client.object("encoding", "tw:v:0") == b"listpack"
+    assert RedisLedger(client, prefix="tw", buckets=1).load_codes({C1, C2, *MANY_CODES}) == {
+        C1: sold_thrice, C2: SMALL, **dict.fromkeys(MANY_CODES[:3], sold_thrice)}
+    client.close()
+
+
 def test_a_throw_away_prefix_is_removed_whole(
     make: Callable[..., RedisLedger], client: CountingRedis, prefix: str, redis_url: str
 ) -> None:
