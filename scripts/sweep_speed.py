@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     world = World(20_000, 3_000, products=2_000)
     with scratch_server() as (client, _):
         ledger = RedisLedger(client, prefix="tw", expected_codes=args.codes)
-        for states in world.batches(0, args.codes, args.store_batch):
+        for states in world.batches(args.codes, args.store_batch):
             ledger.store_codes(states)
         retention = ledger.retention_seconds
         client.config_set("slowlog-log-slower-than", 0)  # every script call, with its time

@@ -184,6 +184,7 @@ DEFAULT_PERSON_TTL_DAYS = 400
 """Hoarding state is worth keeping as long as the longest hoarding window (400 days cover
 any override up to a year)."""
 MIN_INLINE_VALUE = 48
+"""Below this hash-max-listpack-value most code states would go to the overflow hashes."""
 SHARED_BLOCK = 1 << 16
 """Shared-state serials a writer reserves with one INCRBY (a round trip per 65,536 shared
 states; a block is a whole number of shared buckets, so writers never share one)."""
@@ -192,7 +193,6 @@ SHARED_BUCKET_BITS = 8
 SHARE_FROM_CODES = 2
 """A run of codes with the same state is stored once when it has at least this many codes:
 two codes' 6-byte references and one shared entry already cost less than two states."""
-"""Below this hash-max-listpack-value most code states would go to the overflow hashes."""
 
 _SCRIPTS = {
     "load": "ledger_load.lua",
@@ -214,7 +214,8 @@ time (scripts/sweep_speed.py)."""
 @dataclass(frozen=True, slots=True)
 class SweepCount:
     """What one sweep did to one family of bucket hashes: ``codes`` (code states),
-    ``persons`` (hoarding states) or ``sales`` (the sale index).
+    ``shared`` (states shared by the boxes of one sale), ``persons`` (hoarding states) or
+    ``sales`` (the sale index).
 
     ``buckets`` is the number of bucket keys of the family, ``present`` how many exist;
     ``entries`` counts their fields and ``removed`` those older than ``cutoff`` (business
@@ -250,11 +251,13 @@ class SweepResult:
     persons: SweepCount
     sales: SweepCount
     seconds: float
+    shared: SweepCount
+    """The states shared by the boxes of one sale (``family`` "shared")."""
 
     @property
     def families(self) -> tuple[SweepCount, ...]:
-        """The counts of code states, person states and the sale index."""
-        return (self.codes, self.persons, self.sales)
+        """The counts of code states, shared states, person states and the sale index."""
+        return (self.codes, self.shared, self.persons, self.sales)
 
     @property
     def removed(self) -> int:
@@ -1352,7 +1355,11 @@ class RedisLedger:
         listpack. ``dry_run`` counts without removing. ``progress(done, total)`` is called
         after each call with bucket counts. Safe to call again at any time; a second run
         removes nothing new. The router memory (msgids, record markers) and the hoarding links
-        expire as whole keys and need no sweep.
+        expire as whole keys and need no sweep. A code whose entry refers to a shared state
+        is judged by that state's time (and removed when the state has expired); the shared
+        states themselves are swept after the codes, by the same cutoff, over the shared
+        buckets that may still exist. Those expire a retention after they were written, so
+        their sweep matters for a replay of a log much older than the clock.
 
         From a periodic timer, once a day is plenty: ``ledger.sweep(now)`` with ``now`` the
         latest business time the worker has processed (or None for the clock). With the
@@ -1367,21 +1374,25 @@ class RedisLedger:
         started = time.perf_counter()
         moment = self.business_now() if now is None else now
         grace = grace_days * DAY_SECONDS
+        # Shared states after the codes: a code is judged by its shared state's time, so
+        # codes and the stale states they refer to go in the same run. (Shared states are
+        # packed code states with no overflow hash: their "overflow" keys never exist.)
+        shared = _Map(self._shared, self._shared.replace(":v:", ":vx:"))
         families = (
-            ("codes", "code", self._codes, self.code_bits, self.retention_seconds),
-            ("persons", "person", self._persons, self.aux_bits, self.person_seconds),
-            ("sales", "sale", self._sales, self.sale_bits, self.retention_seconds),
+            ("codes", "code", self._codes, (0, 1 << self.code_bits), self.retention_seconds),
+            ("shared", "code", shared, self._shared_range(), self.retention_seconds),
+            ("persons", "person", self._persons, (0, 1 << self.aux_bits), self.person_seconds),
+            ("sales", "sale", self._sales, (0, 1 << self.sale_bits), self.retention_seconds),
         )
-        total = sum(1 << bits for _, _, _, bits, _ in families)
+        total = sum(end - first for _, _, _, (first, end), _ in families)
         done = 0
         counts: list[SweepCount] = []
-        for family, mode, table, bits, keep in families:
+        for family, mode, table, (first, end), keep in families:
             cutoff = moment - keep - grace
             sums = [0] * 6
-            buckets = 1 << bits
-            for start in range(0, buckets, batch):
+            for start in range(first, end, batch):
                 keys: list[str] = []
-                for bucket in range(start, min(start + batch, buckets)):
+                for bucket in range(start, min(start + batch, end)):
                     keys += (table.bucket + str(bucket), table.overflow + str(bucket))
                 answer = cast(list[int], self._sweep_script(
                     keys=keys, args=[cutoff - codec.EPOCH, mode, int(dry_run), table.shared]))
@@ -1389,9 +1400,9 @@ class RedisLedger:
                 done += len(keys) // 2
                 if progress is not None:
                     progress(done, total)
-            counts.append(SweepCount(family, cutoff, buckets, *sums))
-        return SweepResult(moment, dry_run, counts[0], counts[1], counts[2],
-                           time.perf_counter() - started)
+            counts.append(SweepCount(family, cutoff, end - first, *sums))
+        return SweepResult(moment, dry_run, counts[0], counts[2], counts[3],
+                           time.perf_counter() - started, counts[1])
 
     # ------------------------------------------------------------------ observability
 

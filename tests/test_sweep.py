@@ -136,16 +136,22 @@ def test_codes_that_share_a_state_are_judged_by_it(
     client: redis.Redis, prefix: str, make: Callable[..., RedisLedger]
 ) -> None:
     """The boxes of one sale refer to one shared state: they go when it is stale, stay when it
-    is fresh, and go when it has expired (their references would read as nothing)."""
+    is fresh, and go when it has expired (their references would read as nothing). A stale
+    shared state goes too, in the same run (a replayed old log leaves such states behind)."""
     ledger = make()
     fresh = {code(n): aged(1) for n in range(1, 4)}
     stale = {code(n): aged(300) for n in range(11, 15)}
     ledger.store_codes({**fresh, **stale})
     assert client.hlen(f"{prefix}:v:0") == 2
+    assert ledger.sweep(NOW, dry_run=True).shared.removed == 1
 
     result = ledger.sweep(NOW)
 
     assert (result.codes.entries, result.codes.removed) == (7, 4)
+    assert (result.shared.buckets, result.shared.present, result.shared.entries,
+            result.shared.removed) == (256, 1, 2, 1)
+    assert result.shared.bytes_before > result.shared.bytes_after > 0
+    assert client.hlen(f"{prefix}:v:0") == 1
     assert ledger.load_codes({*fresh, *stale}) == fresh
     client.delete(f"{prefix}:v:0")
     assert ledger.sweep(NOW, dry_run=True).codes.removed == 3
@@ -245,7 +251,7 @@ def test_progress_is_reported_per_batch(make: Callable[..., RedisLedger]) -> Non
     result = ledger.sweep(NOW, batch=3, progress=lambda done, total: calls.append((done, total)))
     assert calls == [(3, 9), (4, 9), (5, 9), (8, 9), (9, 9)]
     assert [(c.family, c.buckets, c.present) for c in result.families] == [
-        ("codes", 4, 0), ("persons", 1, 0), ("sales", 4, 0)]
+        ("codes", 4, 0), ("shared", 0, 0), ("persons", 1, 0), ("sales", 4, 0)]
     with pytest.raises(ValueError, match="batch"):
         ledger.sweep(NOW, batch=0)
 
@@ -280,6 +286,7 @@ def test_cli_sweeps_end_to_end(
     done = capsys.readouterr().err
     assert f"codes: {len(FRESH) + len(STALE)} entries in" in done
     assert f"{len(STALE)} older than 2026-08-14 12:00:00 removed (" in done
+    assert "shared: 0 entries in 0 of 0 buckets; 0 older than" in done  # no box shares
     assert "persons: 2 entries in 1 of 1 buckets; 1 older than" in done
     assert "sales: 1 entries in 1 of 4 buckets; 1 older than" in done
     assert ledger.sale_codes({"sale"}) == {}
