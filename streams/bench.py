@@ -670,6 +670,7 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
             latency = Latency()
             soak: list[tuple[float, float, int]] = []
             soak_batches: list[tuple[float, float, float]] = []
+            soak_ledger: tuple[float, int] | None = None
             soak_rate = 0.0
             bytes_per_code, tracked = 0.0, 0
             try:
@@ -721,6 +722,8 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
                     worker.wait_assigned(args.timeout)
                     soak, soak_batches = _soak(worker, bootstrap, topics[-1], args.seed,
                                                soak_rate, args.soak, workdir / "soak.jsonl")
+                    # The workload's states at millions of codes: a ledger's real size.
+                    soak_ledger = worker.bytes_per_code()
             except BenchError as error:
                 print(f"tracewatch bench: {error}", file=sys.stderr)
                 return 2
@@ -729,7 +732,7 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
                     worker.stop()
         print(_report(rounds_run, latency, soak, bytes_per_code, tracked, messages,
                       workload.codes, workload.expected_alerts, args, soak_batches,
-                      soak_rate))
+                      soak_rate, soak_ledger))
     return 0
 
 
@@ -793,7 +796,7 @@ def _report(rounds: Sequence[Sequence[Throughput]], latency: Latency,
             soak: Sequence[tuple[float, float, int]], bytes_per_code: float, tracked: int,
             messages: int, codes: int, planted: int, args: argparse.Namespace,
             soak_batches: Sequence[tuple[float, float, float]] = (),
-            soak_rate: float = 0.0) -> str:
+            soak_rate: float = 0.0, soak_ledger: tuple[float, int] | None = None) -> str:
     names = [r.name for r in rounds[0]]
     medians = [median_run(_runs_of(rounds, name)) for name in names]
     mine = medians[0].codes_per_s
@@ -822,6 +825,9 @@ def _report(rounds: Sequence[Sequence[Throughput]], latency: Latency,
                      f"{max(s[2] for s in soak)}, last {soak[-1][2]} records; mean lag "
                      f"{statistics.mean(s[2] for s in soak):.0f}; "
                      f"{_batch_trend(soak_batches)}")
+        if soak_ledger is not None:
+            lines.append(f"soak's Redis: {soak_ledger[0]:.1f} bytes per tracked code "
+                         f"({soak_ledger[1]:,} codes, sampled at the end)")
     lines.append(
         f"codes_per_s={mine:.0f} vs_quixstreams={_median_ratio(rounds, 'quixstreams')} "
         f"vs_naive_faust={_median_ratio(rounds, 'naive-faust')} "

@@ -3,7 +3,8 @@
 -- KEYS: n bucket hashes and, when ARGV[1] is '1', their n overflow hashes after them, in the
 -- same order (KEYS[n + k] is the overflow hash of KEYS[k]).
 -- ARGV[1]: '1' when the keys have overflow hashes, else '0'; then, for code buckets, a space
--- and the key prefix of the shared states (the serial's top 4 bytes, in decimal, end a key).
+-- and the key prefix of the shared states (a serial without its low byte, in decimal, ends
+-- the key).
 -- ARGV[2]: for each field, the number (from 0) of its bucket hash among the n, as 4 bytes
 -- little-endian.
 -- ARGV[3], ...: the fields, in that order.

@@ -65,6 +65,8 @@ def test_bench_runs_every_contender_and_prints_the_summary(redis_url: str,
     soak = re.search(r"^soak \d+ s at 40 messages/s \(\d+% of the throughput\): worker RSS "
                      r"\d+ → \d+ MB .*; lag max \d+, last 0 records;", table, re.MULTILINE)
     assert soak, table
+    assert re.search(r"^soak's Redis: \d+\.\d bytes per tracked code \([1-9][\d,]* codes, "
+                     r"sampled at the end\)$", table, re.MULTILINE), table
 
 
 def test_the_soak_gets_a_ledger_of_its_own_sized_for_its_codes(tmp_path: Path) -> None:
@@ -189,10 +191,13 @@ def test_rounds_give_each_contender_its_median_run_and_the_median_of_their_ratio
     # at 27 codes/s: 2.7 messages/s).
     soak = [(10.0, 100.0, 5), (300.0, 110.0, 0), (600.0, 112.0, 0)]
     with_soak = _report(rounds, Latency(samples_ms=[5.0]), soak, 60.0, 1000, 10, 100, 1, args,
-                        soak_rate=0.675).splitlines()
-    assert with_soak[-2].startswith("soak 600 s at 1 messages/s (25% of the throughput): "
+                        soak_rate=0.675, soak_ledger=(30.46, 12_345_678)).splitlines()
+    # The soak's ledger holds millions of codes: its bytes per code are the ledger's real size.
+    assert with_soak[-2] == ("soak's Redis: 30.5 bytes per tracked code (12,345,678 codes, "
+                             "sampled at the end)")
+    assert with_soak[-3].startswith("soak 600 s at 1 messages/s (25% of the throughput): "
                                     "worker RSS 100 → 112 MB (min 100, max 112; second half "
-                                    "+2 MB, +0.4 MB/min); lag max 5, last 0 records"), with_soak[-2]
+                                    "+2 MB, +0.4 MB/min); lag max 5, last 0 records"), with_soak[-3]
     one_round = _report(rounds[:1], Latency(), [], 60.0, 1000, 10, 100, 1, args)
     assert "rounds" not in one_round
     assert one_round.splitlines()[-1].startswith("codes_per_s=30 vs_quixstreams=3.00 ")
