@@ -11,9 +11,9 @@ fingerprints the sale leaves.
 
 ``--sale-sizes one`` (the default) sells every code in a sale of its own, so no two codes
 share a state: the ledger's worst case; ``--sale-sizes 3`` sells three boxes a sale; and
-``--sale-sizes bench`` sells the codes in sales of 1
-to 10 boxes, drawn as ``tracewatch bench`` draws its whole-box sales (``SALE_SIZES``: mean
-3.6, a fifth of them of one box); the boxes of one sale share one stored state.
+``--sale-sizes bench`` sells the codes in sales of 1 to 10 boxes, drawn as ``tracewatch
+bench`` draws its whole-box sales (``SALE_SIZES``: mean 3.6, a fifth of them of one box). The
+boxes of one sale share one stored state.
 
     .venv/bin/python scripts/ledger_bytes.py --codes 1000000
     .venv/bin/python scripts/ledger_bytes.py --codes 10000000 --naive-codes 200000
