@@ -248,11 +248,11 @@ class SweepResult:
     now: int
     dry_run: bool
     codes: SweepCount
+    shared: SweepCount
+    """The states shared by the boxes of one sale (``family`` "shared")."""
     persons: SweepCount
     sales: SweepCount
     seconds: float
-    shared: SweepCount
-    """The states shared by the boxes of one sale (``family`` "shared")."""
 
     @property
     def families(self) -> tuple[SweepCount, ...]:
@@ -1401,8 +1401,9 @@ class RedisLedger:
                 if progress is not None:
                     progress(done, total)
             counts.append(SweepCount(family, cutoff, end - first, *sums))
-        return SweepResult(moment, dry_run, counts[0], counts[2], counts[3],
-                           time.perf_counter() - started, counts[1])
+        codes, shared_states, persons, sales = counts  # in the order of ``families``
+        return SweepResult(moment, dry_run, codes, shared_states, persons, sales,
+                           time.perf_counter() - started)
 
     # ------------------------------------------------------------------ observability
 
