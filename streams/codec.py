@@ -19,13 +19,16 @@ which. What makes a typical state small:
   box (1 unit) costs nothing;
 * a ``msgid`` that starts with the institution code is stored without it, and a rest of the
   NHSA form ``YYYYmmddHHMMSS`` + sequence digits as its distance from the sale time plus the
-  sequence number; other text (``fixmedins_bchno``) keeps a trailing digit run as a number.
+  sequence number; a record number (``fixmedins_bchno``) of a prefix, a date and a sequence
+  as the date's distance in days from the sale (nothing: the same day) plus the sequence,
+  other text keeps a trailing digit run as a number.
 
 The format has no version byte: the Redis ledger records its layout version in its meta key
 and refuses data of another one. (Within layout 1, first-drug mode 3 came later: versions
 before it refuse such a state with a CodecError rather than misread it.) Layout 2 packs states
 the same way and adds the ledger's references to a state shared by the boxes of one sale
-(:func:`shared_ref`), entries that start with a byte no packed state starts with. The derived
+(:func:`shared_ref`), entries that start with a byte no packed state starts with. Layout 3
+adds the dated form of record numbers (:func:`_put_record`). The derived
 fingerprints rely on :func:`detectors.code_ledger.message_fingerprint` and
 ``record_fingerprint``; changing those means a new layout version.
 """
@@ -171,6 +174,51 @@ def _put_text(out: bytearray, text: str) -> None:
         out += raw
 
 
+def _put_record(out: bytearray, text: str, moment: int) -> None:
+    """A record number (``fixmedins_bchno``) of a sale or purchase at ``moment``.
+
+    Hospital and pharmacy systems number records as a prefix, the day's date and a sequence
+    (``XS20261102`` + ``00014375``). When the trailing digit run starts with a valid
+    ``YYYYmmdd`` followed by 1 to 19 more digits, the date is stored as its distance in days
+    from ``moment``'s (nothing when it is that day) and the rest as a number: 5 to 6 bytes
+    where :func:`_put_text` took 11. The form is :func:`_put_text`'s digit-run header with no
+    digits (which that function never writes), then one varint of the sequence, its digit
+    count and whether a day distance follows. Anything else is :func:`_put_text`'s.
+    """
+    head = text.rstrip(_DIGITS)
+    start = len(head)
+    after = len(text) - start - 8  # digits after the date
+    if 1 <= after <= _MAX_TAIL_DIGITS:
+        year = _number(text, start, start + 4)
+        month, day = _number(text, start + 4, start + 6), _number(text, start + 6, start + 8)
+        if _DATED_FIRST_YEAR <= year and 1 <= month <= 12 and 1 <= day <= _days_in(year, month):
+            offset = _civil_days(year, month, day) - moment // 86_400
+            raw = head.encode("utf-8", "surrogatepass")
+            _uvarint(out, len(raw) * 40 + 1)
+            out += raw
+            _uvarint(out, (_number(text, start + 8, len(text)) * 20 + after) * 2 + (offset != 0))
+            if offset:
+                _svarint(out, offset)
+            return
+    _put_text(out, text)
+
+
+_DATED_FIRST_YEAR = 1971  # gmtime formats every year from here to 9999 in four digits
+_DAY_TEXTS: dict[int, str] = {}
+
+
+def _dated_record(head: str, packed: int, moment: int, offset: int) -> str:
+    """The record number :func:`_put_record` stored dated, given the sale's ``moment``."""
+    day = moment // 86_400 + offset
+    date = _DAY_TEXTS.get(day)
+    if date is None:
+        date = time.strftime("%Y%m%d", time.gmtime(day * 86_400))
+        if len(_DAY_TEXTS) < 4096:
+            _DAY_TEXTS[day] = date
+    packed >>= 1
+    return head + date + decimal_text(packed // 20).zfill(packed % 20)
+
+
 def _put_time(out: bytearray, seconds: int) -> bool:
     """4-byte time since EPOCH; returns False (and writes a zigzag varint) when out of range."""
     offset = seconds - EPOCH
@@ -303,6 +351,19 @@ class _Reader:
         head = self.take(size).decode("utf-8", "surrogatepass")
         return head + decimal_text(self.uvarint()).zfill(digits)
 
+    def record(self) -> tuple[str, int, int]:
+        """A record number as (text, -1, 0), or dated (head, packed, day offset): see
+        :func:`_put_record`; :func:`_dated_record` finishes it once the time is read."""
+        header = self.uvarint()
+        if not header & 1:
+            return self.take(header >> 1).decode("utf-8", "surrogatepass"), -1, 0
+        size, digits = divmod(header >> 1, 20)
+        head = self.take(size).decode("utf-8", "surrogatepass")
+        if digits:
+            return head + decimal_text(self.uvarint()).zfill(digits), -1, 0
+        packed = self.uvarint()
+        return head, packed, self.svarint() if packed & 1 else 0
+
     def moment(self, fixed: bool) -> int:
         if fixed:
             return EPOCH + int.from_bytes(self.take(4), "big")
@@ -376,7 +437,7 @@ def _put_origin(
     _uvarint(out, interner.to_id(INST, institution))
     if not flags & _ADMVS_OWN:
         _uvarint(out, interner.to_id(ADMVS, admvs))
-    _put_text(out, bchno)
+    _put_record(out, bchno, moment)
     _svarint(out, base - moment)
     if stamp is None:
         _put_text(out, rest)
@@ -397,8 +458,10 @@ def _read_origin(
         admvs = institution[1:7]
     else:
         admvs = interner.to_text(ADMVS, reader.uvarint())
-    bchno = reader.text()
+    bchno, dated, offset = reader.record()
     moment = base - reader.svarint()
+    if dated >= 0:
+        bchno = _dated_record(bchno, dated, moment, offset)
     if flags & _MSG_STAMP:
         stamped = time.strftime("%Y%m%d%H%M%S", time.gmtime(moment + reader.svarint()))
         packed = reader.uvarint()
@@ -494,8 +557,10 @@ def _read_sale(reader: _Reader, base: int, interner: Interner) -> SaleRecord:
         admvs = institution[1:7]
     else:
         admvs = interner.to_text(ADMVS, uvarint())
-    bchno = reader.text()
+    bchno, dated, offset = reader.record()
     moment = base - reader.svarint()
+    if dated >= 0:
+        bchno = _dated_record(bchno, dated, moment, offset)
     if flags & _MSG_STAMP:
         stamped = time.strftime("%Y%m%d%H%M%S", time.gmtime(moment + reader.svarint()))
         packed = uvarint()

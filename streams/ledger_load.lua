@@ -14,12 +14,15 @@
 -- With a shared-state prefix, a value of 2 to 6 bytes starting with byte 0x10 refers to a
 -- state kept once for several codes: the rest is its serial, big-endian; its hash is the
 -- prefix and the serial without its low byte, in decimal, its field that low byte in decimal.
--- The answer holds that state (nil when it has expired). These keys are not in KEYS: the
--- ledger is for a single Redis, not a cluster.
+-- The answer holds that state (nil when it has expired); an empty state is a marker, as in
+-- the buckets: the state lives in the shared bucket's overflow hash, whose key has ':vx:'
+-- for the prefix's last ':v:'. These keys are not in KEYS: the ledger is for a single Redis,
+-- not a cluster.
 
 local STEP = 4000 -- stay well below Lua's unpack() limit
 local flag, shared = string.match(ARGV[1], '^([01]) ?(.*)$')
 local overflow = flag == '1'
+local shared_big = string.sub(shared, 1, -3) .. 'vx:'
 local n = overflow and #KEYS / 2 or #KEYS
 local index = ARGV[2]
 local byte = string.byte
@@ -89,6 +92,7 @@ if shared ~= '' then
         local size, high = #value, 0
         for p = 2, size - 1 do high = high * 256 + byte(value, p) end
         state = redis.call('HGET', shared .. high, byte(value, size))
+        if state == '' then state = redis.call('HGET', shared_big .. high, byte(value, size)) end
         found[value] = state
       end
       out[i] = state

@@ -13,8 +13,9 @@
 -- ARGV[3]: "1" to count only (dry run), "0" to remove.
 -- ARGV[4]: for "code", the key prefix of the shared states: an entry that refers to one (2
 --   to 6 bytes starting 0x10, see ledger_load.lua) is judged on that state's time, and
---   removed when the state has expired. These keys are not in KEYS (a single Redis, not a
---   cluster).
+--   removed when the state has expired; an empty state is a marker for the shared bucket's
+--   overflow hash (the prefix with ':vx:' for its last ':v:'). These keys are not in KEYS (a
+--   single Redis, not a cluster).
 -- An empty value in the bucket is a marker: the value lives in the overflow hash.
 -- Entries are only deleted (HDEL), so a listpack bucket stays listpack; an emptied bucket
 -- disappears. Expiries are left as they are.
@@ -27,6 +28,7 @@ local cutoff = tonumber(ARGV[1])
 local mode = ARGV[2]
 local dry = ARGV[3] == '1'
 local shared = ARGV[4] or ''
+local shared_big = string.sub(shared, 1, -3) .. 'vx:'
 local shared_found = {}
 local DAY = 86400
 
@@ -86,6 +88,7 @@ local function referred(value)
     local size, high = #value, 0
     for p = 2, size - 1 do high = high * 256 + string.byte(value, p) end
     state = redis.call('HGET', shared .. high, string.byte(value, size))
+    if state == '' then state = redis.call('HGET', shared_big .. high, string.byte(value, size)) end
     shared_found[value] = state
   end
   return state

@@ -31,9 +31,12 @@ look references up (the keys are not declared, so the ledger wants one Redis, no
 cluster); Python sees the state itself. A code sold again, returned or deleted gets an entry
 of its own and leaves the shared state to its boxes still standing, or to its expiry; a
 reference whose shared state has expired reads as absent, which the rules would make of a
-state that old anyway, and the sweep removes it. A run whose state is too long for a bucket,
-and a lone code, keep their own entries. Measured with ``scripts/ledger_bytes.py --codes
-10000000 --sale-sizes bench``: see BENCHMARKS.md "Eighteenth session".
+state that old anyway, and the sweep removes it. A lone code keeps its own entry. A shared
+state too long for its bucket (a box sold, returned and sold again carries the fingerprints
+of all three messages) goes to the shared bucket's overflow hash ``{prefix}:vx:…``, with an
+empty marker in the bucket, as a code's does (layout 3; layout 2 kept such runs' states in
+each code's entry). Measured with ``scripts/ledger_bytes.py --codes 10000000 --sale-sizes
+bench``: see BENCHMARKS.md "Eighteenth session" and "Nineteenth session".
 
 Redis keeps a hash in listpack form only while it has at most ``hash-max-listpack-entries``
 fields (default 512) and every field and value is at most ``hash-max-listpack-value`` bytes
@@ -121,11 +124,12 @@ from streams.ledger import Announcement
 
 log = logging.getLogger(__name__)
 
-LAYOUT_VERSION = "2"
-COMPATIBLE_LAYOUTS = ("1",)
-"""Layouts this tracewatch reads as its own and upgrades in place: layout 2 only adds shared
-states (:data:`KEY_SHARED`), which layout 1 never wrote; recording 2 keeps an older
-tracewatch from misreading their references."""
+LAYOUT_VERSION = "3"
+COMPATIBLE_LAYOUTS = ("1", "2")
+"""Layouts this tracewatch reads as its own and upgrades in place: layout 2 only added shared
+states (:data:`KEY_SHARED`), which layout 1 never wrote, and layout 3 only adds dated record
+numbers to packed states (:func:`streams.codec._put_record`); recording the new number keeps
+an older tracewatch from misreading what it cannot read."""
 
 # --------------------------------------------------------------------------- key layout
 # {prefix}: TRACEWATCH_KEY_PREFIX. {bucket}: a decimal bucket number. {slice}: the number of
@@ -146,8 +150,12 @@ KEY_CODES_BIG = "{prefix}:cx:{bucket}"
 KEY_SHARED = "{prefix}:v:{bucket}"
 """Hash: the low byte of a shared state's serial, in decimal (a listpack keeps it as a small
 integer) → the packed CodeState that several codes of the bucket hashes refer to
-(codec.shared_ref); {bucket} is the serial without that byte.
+(codec.shared_ref), or "" when in the overflow; {bucket} is the serial without that byte.
 Expires retention_days (and a day) after its last write."""
+KEY_SHARED_BIG = "{prefix}:vx:{bucket}"
+"""Hash: serial's low byte → shared CodeState too long for the shared bucket (a box sold,
+returned and sold again, say). Expiry as the bucket's. The scripts name it from the shared
+bucket's key (":v:" becomes ":vx:")."""
 KEY_SHARED_SERIAL = "{prefix}:vn"
 """String: the shared-state serials given out so far (writers take SHARED_BLOCK at a time).
 Never expires."""
@@ -779,6 +787,7 @@ class RedisLedger:
         self.aux_bits = int(layout["aux_bits"])
         self._codes = _Map.of(KEY_CODES, KEY_CODES_BIG, prefix, KEY_SHARED)
         self._shared = KEY_SHARED.format(prefix=prefix, bucket="")
+        self._shared_big = KEY_SHARED_BIG.format(prefix=prefix, bucket="")
         self._serial_key = KEY_SHARED_SERIAL.format(prefix=prefix)
         self._serial_next = self._serial_end = 0
         self._sales = _Map.of(KEY_SALES, KEY_SALES_BIG, prefix)
@@ -1146,8 +1155,9 @@ class RedisLedger:
         """Write states; None deletes the code.
 
         A run of codes with alike states (the boxes of one message, mostly) is packed once,
-        and when it has :data:`SHARE_FROM_CODES` codes or more and fits a bucket, stored once
-        as a shared state that each code's entry refers to (module docstring)."""
+        and when it has :data:`SHARE_FROM_CODES` codes or more, stored once as a shared state
+        that each code's entry refers to (module docstring); a state too long for a shared
+        bucket goes to its overflow hash, as a code's does."""
         distinct: list[tuple[str, CodeState]] = []
         runs: dict[str, list[str]] = {}  # the first code of a run → the run's codes
         run: list[str] = []
@@ -1163,27 +1173,22 @@ class RedisLedger:
                 previous = state
         packed = self._with_dictionary(distinct, codec.pack_code_state)
         writes = self._writes()
-        limit = self.inline_limit
         serials: list[int] = []
         shared: list[bytes] = []
         for first, run in runs.items():
             if len(run) < SHARE_FROM_CODES:
                 continue
-            value = packed[first]
-            if len(value) > limit:
-                reference = value
-            else:
-                serial = self._next_serial()
-                serials.append(serial)
-                shared.append(value)
-                reference = codec.shared_ref(serial)
+            serial = self._next_serial()
+            serials.append(serial)
+            shared.append(packed[first])
+            reference = codec.shared_ref(serial)
             for code in run:
                 packed[code] = reference
-        if serials:
-            writes.run(self._shared, None, self.retention_seconds,
+        if serials:  # new serials: no overflow copy to look for
+            writes.run(self._shared, self._shared_big, self.retention_seconds,
                        [serial >> SHARED_BUCKET_BITS for serial in serials],
                        [b"%d" % (serial & 0xFF) for serial in serials], shared,
-                       push_always=True)
+                       [True] * len(serials), push_always=True)
         codes = list(states)
         inline = self._inline_codes
         writes.run(self._codes.bucket, self._codes.overflow, self.retention_seconds,
@@ -1375,9 +1380,8 @@ class RedisLedger:
         moment = self.business_now() if now is None else now
         grace = grace_days * DAY_SECONDS
         # Shared states after the codes: a code is judged by its shared state's time, so
-        # codes and the stale states they refer to go in the same run. (Shared states are
-        # packed code states with no overflow hash: their "overflow" keys never exist.)
-        shared = _Map(self._shared, self._shared.replace(":v:", ":vx:"))
+        # codes and the stale states they refer to go in the same run.
+        shared = _Map(self._shared, self._shared_big)
         families = (
             ("codes", "code", self._codes, (0, 1 << self.code_bits), self.retention_seconds),
             ("shared", "code", shared, self._shared_range(), self.retention_seconds),
@@ -1449,12 +1453,13 @@ class RedisLedger:
         for bucket in shared_sampled:
             pipe.hlen(self._shared + str(bucket))
             pipe.memory_usage(self._shared + str(bucket), samples=0)
+            pipe.memory_usage(self._shared_big + str(bucket), samples=0)
         pipe.info("memory")
         answers = pipe.execute()
         info = answers.pop()
         shared_answers = answers[4 * len(sampled):]
-        shared_states = sum(shared_answers[0::2])
-        shared_memory = sum(used or 0 for used in shared_answers[1::2])
+        shared_states = sum(shared_answers[0::3])
+        shared_memory = sum(used or 0 for used in shared_answers[1::3] + shared_answers[2::3])
         if shared_sampled:
             shared_states = shared_states * shared_total // len(shared_sampled)
             shared_memory = shared_memory * shared_total // len(shared_sampled)

@@ -90,6 +90,7 @@ C1, C2, C3, C4 = ("83857930123456780001", "83857930123456780002",
                   "(01)06901234567892(21)ABC123", "ENTERPRISE-CODE-0001")
 SMALL = typical_state(1)
 SOLD_TWICE = replace(SMALL, sales=SMALL.sales + typical_state(2).sales * 4)  # > 64 bytes
+SOLD_TWICE_LATER = replace(SOLD_TWICE, last_time=SOLD_TWICE.last_time + 60)  # not alike it
 RK1, RK2, RK3 = (record_key("P51010400011", "3505", "S1"), record_key("P51010400011", "3506", "R1"),
                  record_key("H51010700002", "3505", "S9"))
 SK1, SK2, SK3 = (sale_key("P51010400011", "S1"), sale_key("H51010700002", "S9"),
@@ -204,18 +205,20 @@ def test_the_boxes_of_one_sale_share_one_stored_state(
     client: CountingRedis, prefix: str, make: Callable[..., RedisLedger]
 ) -> None:
     """A run of codes with alike states (the boxes one message sold) is stored once, each
-    code's entry a reference to it; a lone code, and a run whose state is too long for a
-    bucket, keep their own. Every code reads back as stored, here and in another process."""
+    code's entry a reference to it, and a state too long for the shared bucket in its
+    overflow hash; a lone code keeps its own. Every code reads back as stored, here and in
+    another process."""
     ledger = make(buckets=4, retention_days=100)
     boxes = MANY_CODES[:5]
     states: dict[str, CodeState | None] = {
         **dict.fromkeys(boxes, SMALL), C3: typical_state(2), C1: SOLD_TWICE, C2: SOLD_TWICE}
     ledger.store_codes(states)
 
-    shared = f"{prefix}:v:0"
+    shared, shared_big = f"{prefix}:v:0", f"{prefix}:vx:0"
     assert list(client.scan_iter(match=f"{prefix}:v:*")) == [shared.encode()]
-    assert client.hgetall(shared) == {b"0": pack_code_state(SMALL, ledger.interner)}
-    assert client.ttl(shared) > 100 * 86_400
+    assert client.hgetall(shared) == {b"0": pack_code_state(SMALL, ledger.interner), b"1": b""}
+    assert client.hgetall(shared_big) == {b"1": pack_code_state(SOLD_TWICE, ledger.interner)}
+    assert client.ttl(shared) > 100 * 86_400 and client.ttl(shared_big) > 100 * 86_400
     assert int(client.get(f"{prefix}:vn") or 0) == SHARED_BLOCK
 
     def entry(code: str) -> bytes | None:
@@ -224,7 +227,7 @@ def test_the_boxes_of_one_sale_share_one_stored_state(
 
     assert {entry(box) for box in boxes} == {shared_ref(0)}
     assert entry(C3) == pack_code_state(typical_state(2), ledger.interner)
-    assert entry(C1) == entry(C2) == b""  # long: each in the overflow hash
+    assert entry(C1) == entry(C2) == shared_ref(1)  # long: in the shared overflow hash
     assert ledger.load_codes(set(states) | {C4}) == states
     assert make(buckets=4).load_codes(set(states)) == states
 
@@ -235,8 +238,9 @@ def test_the_boxes_of_one_sale_share_one_stored_state(
     assert make(buckets=4).load_codes(set(states)) == expected
 
     # A shared state past its expiry takes its boxes with it: they read as never seen.
-    client.delete(shared)
-    del expected[boxes[2]], expected[boxes[3]], expected[boxes[4]]
+    client.delete(shared, shared_big)
+    for code in (*boxes[2:], C1, C2):
+        del expected[code]
     assert make(buckets=4).load_codes(set(states)) == expected
 
 
@@ -310,7 +314,7 @@ def test_stats_count_the_shared_states_memory(
     ledger.store_codes(batch)
     figures = ledger.stats(sample=4096)  # every bucket: the figures are exact
     memory = sum(int(client.memory_usage(key, samples=0) or 0)
-                 for family in ("c", "cx", "v")
+                 for family in ("c", "cx", "v", "vx")
                  for key in client.scan_iter(match=f"{prefix}:{family}:*"))
     shared = sum(client.hlen(key) for key in client.scan_iter(match=f"{prefix}:v:*"))
     assert figures["codes"] == len(batch)
@@ -803,7 +807,7 @@ def test_a_bucket_expiry_is_pushed_by_its_first_write_of_the_day(
     make(buckets=1, retention_days=100).store_codes({C2: SMALL, C3: SMALL, C4: None})
     assert client.ttl(bucket) > 100 * 86_400
     ledger.inline_limit = 40
-    ledger.store_codes({C1: SOLD_TWICE, C2: SOLD_TWICE})
+    ledger.store_codes({C1: SOLD_TWICE, C2: SOLD_TWICE_LATER})
     assert client.ttl(f"{prefix}:cx:0") > 100 * 86_400
 
 
@@ -884,7 +888,7 @@ def test_one_batch_moves_values_between_bucket_and_overflow(
         codes[1]: long,  # short → long
         codes[2]: None,  # long deleted: both go
         codes[3]: None,
-        codes[5]: long,  # new, long
+        codes[5]: SOLD_TWICE_LATER,  # new, long (not alike codes[1]'s: not shared)
         codes[6]: SMALL,
         codes[7]: None,  # absent, deleted
     }
@@ -935,19 +939,21 @@ def test_layout_is_recorded_and_kept(make: Callable[..., RedisLedger]) -> None:
         make(buckets=100)
 
 
-def test_a_layout_1_ledger_is_upgraded_in_place(
-    client: CountingRedis, prefix: str, make: Callable[..., RedisLedger]
+@pytest.mark.parametrize("older", ["1", "2"])
+def test_an_older_layout_is_upgraded_in_place(
+    client: CountingRedis, prefix: str, make: Callable[..., RedisLedger], older: str
 ) -> None:
-    """Layout 2 only adds shared states: a layout 1 ledger is read as it is, and recorded as
-    layout 2 so that a tracewatch of layout 1 refuses what it could not read."""
+    """Layouts 2 and 3 only add forms older ones never wrote (shared states, dated record
+    numbers): an older ledger is read as it is, and recorded as layout 3 so that an older
+    tracewatch refuses what it could not read."""
     make().store_codes({C1: SMALL})
     meta = f"{prefix}:meta"
-    client.hset(meta, "layout", "1")
+    client.hset(meta, "layout", older)
     ledger = make()
-    assert client.hget(meta, "layout") == b"2"
+    assert client.hget(meta, "layout") == b"3"
     assert ledger.load_codes({C1}) == {C1: SMALL}
-    client.hset(meta, "layout", "3")
-    with pytest.raises(LedgerError, match="records layout '3', this tracewatch writes layout '2'"):
+    client.hset(meta, "layout", "4")
+    with pytest.raises(LedgerError, match="records layout '4', this tracewatch writes layout '3'"):
         make()
 
 

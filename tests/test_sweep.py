@@ -120,6 +120,27 @@ def test_dry_run_counts_and_removes_nothing(
     assert (real.codes.removed, real.persons.removed) == (len(STALE), 1)
 
 
+def test_codes_that_share_a_long_state_are_judged_by_it(
+    client: redis.Redis, prefix: str, make: Callable[..., RedisLedger]
+) -> None:
+    """A shared state too long for its bucket lives in the bucket's overflow hash: its boxes
+    are judged by it, and a stale one leaves both hashes."""
+    ledger = make()
+    ledger.inline_limit = 8  # every state is long
+    fresh = {code(n): aged(1) for n in range(1, 4)}
+    stale = {code(n): aged(300) for n in range(11, 15)}
+    ledger.store_codes({**fresh, **stale})
+    assert client.hgetall(f"{prefix}:v:0") == {b"0": b"", b"1": b""}
+    assert client.hlen(f"{prefix}:vx:0") == 2
+
+    result = ledger.sweep(NOW)
+
+    assert (result.codes.entries, result.codes.removed) == (7, 4)
+    assert (result.shared.entries, result.shared.removed) == (2, 1)
+    assert client.hkeys(f"{prefix}:v:0") == client.hkeys(f"{prefix}:vx:0") == [b"0"]
+    assert ledger.load_codes({*fresh, *stale}) == fresh
+
+
 def test_a_stale_code_written_again_survives(make: Callable[..., RedisLedger]) -> None:
     ledger = make()
     ledger.store_codes({code(1): aged(500), code(2): aged(500)})
