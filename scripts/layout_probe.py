@@ -13,8 +13,8 @@ without building either ledger:
   second table, bucketed by serial (256 messages to a bucket), holds each message's packed
   sale once (the same packed bytes, standing in for a sale plus a count of its boxes).
 
-Fields are the ledger's own (``codec.code_slots`` with the bucket count the ledger would choose
-for ``--codes``); every bucket key has an expiry, as the ledger's do. Messages list a fixed
+Fields are a new ledger's (``codec.packed_code_slots`` with the bucket count the ledger would
+choose for ``--codes``); every bucket key has an expiry, as the ledger's do. Messages list a fixed
 number of codes each, for each ``--per-message`` value (the bench workload's mean is 3.25).
 
     .venv/bin/python scripts/layout_probe.py --codes 10000000
@@ -70,7 +70,7 @@ def code_entries(world: World, codes: int, bits: int,
     """The code table's writes, a chunk of codes at a time grouped by bucket."""
     for start in range(0, codes, CHUNK):
         indices = range(start, min(codes, start + CHUNK))
-        buckets, fields = codec.code_slots((world.code(i) for i in indices), bits)
+        buckets, fields = codec.packed_code_slots((world.code(i) for i in indices), bits)
         grouped: dict[int, dict[bytes, bytes]] = {}
         for i, bucket, field in zip(indices, buckets, fields, strict=True):
             grouped.setdefault(bucket, {})[field] = value_of(i)

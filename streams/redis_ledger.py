@@ -9,7 +9,10 @@ key templates are the ``KEY_*`` constants below, and nothing else is written.
 Per-code state lives in *bucket hashes* small enough for Redis's compact ``listpack``
 encoding, where one entry costs its bytes plus about 4 (one key per code costs ~100 bytes
 of overhead alone). A 20-digit code picks one of ``2**code_bits`` buckets and keeps the
-remaining bits as a 7-byte field (:func:`streams.codec.code_slot`); the value is the state
+remaining bits as a 7-byte field (:func:`streams.codec.code_slot`); another code goes to the
+bucket of its hash under its own bytes, and on a prefix created by layout 3 (the meta's
+``code_fields``) with a trailing digit run as a number (``ZY01000000001234`` in 10 bytes, not
+17; a GS1 identity's serial likewise). The value is the state
 packed by :mod:`streams.codec` (~31 bytes for a code with one whole-box sale). The bucket
 count is chosen for 128 to 256 codes per bucket at the expected number of codes (65,536
 buckets, ~150 codes each, for the default 10 million) and recorded in ``{prefix}:meta``; it
@@ -131,12 +134,25 @@ states (:data:`KEY_SHARED`), which layout 1 never wrote, and layout 3 only adds 
 numbers to packed states (:func:`streams.codec._put_record`); recording the new number keeps
 an older tracewatch from misreading what it cannot read."""
 
+CODE_FIELDS_PACKED = "packed"
+"""The meta's ``code_fields`` of a prefix created by layout 3: codes that end in digits have
+packed fields (:func:`streams.codec.code_slot`). A prefix of an older layout has none and
+keeps its fields as they were written."""
+
+_META_SCRIPT = """
+local fresh = redis.call('EXISTS', KEYS[1]) == 0
+for i = 2, #ARGV, 2 do redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if fresh then redis.call('HSET', KEYS[1], 'code_fields', ARGV[1]) end
+return redis.call('HGETALL', KEYS[1])
+"""
+
 # --------------------------------------------------------------------------- key layout
 # {prefix}: TRACEWATCH_KEY_PREFIX. {bucket}: a decimal bucket number. {slice}: the number of
 # the dedupe_days-long period of wall-clock time since 1970 (Redis's clock).
 
 KEY_META = "{prefix}:meta"
-"""Hash: layout version and bucket counts of this prefix. Never expires."""
+"""Hash: layout version, bucket counts and the form of code fields (``code_fields``:
+:data:`CODE_FIELDS_PACKED`, or absent) of this prefix. Never expires."""
 KEY_DICT = "{prefix}:dict:{table}"
 """Hash: interned text → id, for table inst, drug or admvs. Never expires."""
 KEY_DICT_REV = "{prefix}:dict:{table}:rev"
@@ -785,6 +801,11 @@ class RedisLedger:
         self.code_bits = int(layout["code_bits"])
         self.sale_bits = int(layout["sale_bits"])
         self.aux_bits = int(layout["aux_bits"])
+        self.packed_fields = layout.get("code_fields") == CODE_FIELDS_PACKED
+        self._code_slot: Callable[[str, int], Slot] = (
+            codec.packed_code_slot if self.packed_fields else codec.code_slot)
+        self._code_slots: SlotsOf = (
+            codec.packed_code_slots if self.packed_fields else codec.code_slots)
         self._codes = _Map.of(KEY_CODES, KEY_CODES_BIG, prefix, KEY_SHARED)
         self._shared = KEY_SHARED.format(prefix=prefix, bucket="")
         self._shared_big = KEY_SHARED_BIG.format(prefix=prefix, bucket="")
@@ -823,11 +844,11 @@ class RedisLedger:
             "aux_bits": str(max(0, code_bits - ROUTER_BUCKET_SHIFT)),
             "epoch": str(codec.EPOCH),
         }
-        pipe = self.client.pipeline(transaction=True)
-        for name, value in wanted.items():
-            pipe.hsetnx(key, name, value)
-        pipe.hgetall(key)
-        stored = {k.decode(): v.decode() for k, v in pipe.execute()[-1].items()}
+        # One script, so that only the writer that creates the prefix records packed code
+        # fields: an older ledger keeps the fields it was written with.
+        answer = self.client.eval(_META_SCRIPT, 1, key, CODE_FIELDS_PACKED,
+                                  *(item for pair in wanted.items() for item in pair))
+        stored = {answer[i].decode(): answer[i + 1].decode() for i in range(0, len(answer), 2)}
         if stored.get("layout") in COMPATIBLE_LAYOUTS:
             log.info("%s: layout %s upgraded in place to %s", key, stored["layout"],
                      LAYOUT_VERSION)
@@ -1025,7 +1046,7 @@ class RedisLedger:
 
     def code_slot(self, code: str) -> tuple[int, bytes]:
         """(bucket, field) of a code."""
-        return codec.code_slot(code, self.code_bits)
+        return self._code_slot(code, self.code_bits)
 
     def load_codes(self, codes: Collection[str]) -> dict[str, CodeState]:
         """States of the given codes that exist; absent codes are left out."""
@@ -1051,7 +1072,7 @@ class RedisLedger:
         """The table of a family that loads can be sent ahead for, its slot function and
         bucket bits."""
         if family == KEY_CODES:
-            return self._codes, codec.code_slots, self.code_bits
+            return self._codes, self._code_slots, self.code_bits
         return self._persons, _digest_slots, self.aux_bits
 
     def _load_family(self, family: str, wanted: list[str],
@@ -1192,7 +1213,7 @@ class RedisLedger:
         codes = list(states)
         inline = self._inline_codes
         writes.run(self._codes.bucket, self._codes.overflow, self.retention_seconds,
-                   *_slots_of(codes, inline, codec.code_slot, self.code_bits),
+                   *_slots_of(codes, inline, self._code_slot, self.code_bits),
                    [packed.get(code) for code in codes], [code in inline for code in codes])
         self._write(writes)
 

@@ -190,6 +190,10 @@ def random_code(rng: random.Random) -> str:
         lambda: "Z" * rng.randrange(1, 101),
         lambda: "(01)06901234567892(21)" + "S" * 30,
         lambda: "药品追溯码" + str(rng.randrange(100)),
+        lambda: f"(01){rng.randrange(10**14):014d}(21){chr(65 + rng.randrange(26))}"
+                f"{rng.randrange(10**9):0{rng.randrange(1, 12)}d}",
+        lambda: f"ZY{rng.randrange(100):02d}{rng.randrange(10**rng.randrange(1, 30)):012d}",
+        lambda: str(rng.randrange(10**rng.randrange(1, 40))).zfill(rng.randrange(1, 40)),
     ])()
 
 
@@ -329,7 +333,7 @@ def test_a_shared_state_reference_is_never_a_packed_state() -> None:
 
 def test_packed_bytes_are_those_of_the_layout() -> None:
     """Speed-ups of the codec must not change a byte: the digest of many packed values and
-    code slots, as the codec of layout 3 writes them."""
+    code slots (both forms of fields), as the codec of layout 3 writes them."""
     rng = random.Random(77)
     interner = MemoryInterner()
     digest = hashlib.sha256()
@@ -344,10 +348,11 @@ def test_packed_bytes_are_those_of_the_layout() -> None:
     digest.update(pack_codes(codes, 1234))
     for bits in (4, 16):
         for code in codes:
-            bucket, field = code_slot(code, bits)
-            digest.update(bucket.to_bytes(4, "big") + field)
+            for packed in (False, True):
+                bucket, field = code_slot(code, bits, packed)
+                digest.update(bucket.to_bytes(4, "big") + field)
     assert digest.hexdigest() == (
-        "1ac5dfa235e046de14f8b58c9af7d5b915ff6476ef9958d901374d386b47d7d5")
+        "b8eb16ea9edcbf939d444ff6763d8bfc071c7e2cea275d542bb652fe62380d70")
 
 
 @pytest.mark.parametrize(("record", "days_after", "size"), [
@@ -531,13 +536,17 @@ def test_person_state_is_small() -> None:
 # --------------------------------------------------------------------------- code slots
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["fields", "packed-fields"])
 @pytest.mark.parametrize("bits", [0, 4, 11, 12, 16, 18, 24])
-def test_code_slots_are_distinct_and_invertible(bits: int) -> None:
+def test_code_slots_are_distinct_and_invertible(bits: int, packed: bool) -> None:
     rng = random.Random(bits)
     codes = {random_code(rng) for _ in range(3000)}
     codes |= {"00000000000000000000", "99999999999999999999", "83857930123456780001"}
     codes |= {f"8385793{serial:013d}" for serial in range(500)}
-    slots = {code: code_slot(code, bits) for code in codes}
+    # Digit runs that differ only in their zeros, and one longer than a number holds.
+    codes |= {"A1", "A01", "A001", "A10", "1", "01", "001", "0", "00", "ZY01" + "9" * 25}
+    codes |= {"(01)06901234567892(21)" + serial for serial in ("7", "07", "A7", "A07", "70")}
+    slots = {code: code_slot(code, bits, packed) for code in codes}
     assert len(set(slots.values())) == len(codes)
     for code, (bucket, field) in slots.items():
         assert 0 <= bucket < 1 << bits
@@ -552,6 +561,25 @@ def test_code_slots_of_a_batch_are_each_code_slot(bits: int) -> None:
     buckets, fields = code_slots(codes, bits)
     assert list(zip(buckets, fields, strict=True)) == [code_slot(code, bits) for code in codes]
     assert code_slots([], bits) == ([], [])
+    packed = list(zip(*codec.packed_code_slots(codes, bits), strict=True))
+    assert packed == [codec.packed_code_slot(code, bits) for code in codes]
+    assert packed == [code_slot(code, bits, True) for code in codes]
+
+
+def test_packed_fields_keep_trailing_digits_as_a_number() -> None:
+    """The field sizes a ledger with packed fields pays: codes of the bench's three forms."""
+    sizes = {
+        code: (len(code_slot(code, 16)[1]), len(code_slot(code, 16, True)[1]))
+        for code in ("83857930123456780001", "(01)06901234567892(21)A000123456",
+                     "ZY01000000001234", "(01)06901234567892(21)LOT-X", "ENT-A")
+    }
+    assert sizes == {
+        "83857930123456780001": (7, 7),  # a number already
+        "(01)06901234567892(21)A000123456": (17, 12),
+        "ZY01000000001234": (17, 10),
+        "(01)06901234567892(21)LOT-X": (12, 12),  # no trailing digits: the same form
+        "ENT-A": (6, 6),
+    }
 
 
 def test_code20_field_is_seven_bytes_for_usual_bucket_counts() -> None:

@@ -21,7 +21,14 @@ from detectors.codes import box_codes
 from detectors.hoarding import HoardingLink
 from detectors.messages import parse
 from detectors.model import CodeState, RuleConfig
-from streams.codec import INST, MemoryInterner, pack_code_state, shared_ref
+from streams.codec import (
+    INST,
+    MemoryInterner,
+    code_of_slot,
+    code_slot,
+    pack_code_state,
+    shared_ref,
+)
 from streams.ledger import MemoryLedger, record_key, sale_key
 from streams.pipeline import Pipeline
 from streams.redis_ledger import SHARED_BLOCK, LedgerError, RedisLedger
@@ -945,16 +952,36 @@ def test_an_older_layout_is_upgraded_in_place(
 ) -> None:
     """Layouts 2 and 3 only add forms older ones never wrote (shared states, dated record
     numbers): an older ledger is read as it is, and recorded as layout 3 so that an older
-    tracewatch refuses what it could not read."""
-    make().store_codes({C1: SMALL})
+    tracewatch refuses what it could not read. Packed code fields are for new prefixes only:
+    an older ledger keeps the fields its codes were written under."""
     meta = f"{prefix}:meta"
+    assert make().packed_fields and client.hget(meta, "code_fields") == b"packed"
+    client.hdel(meta, "code_fields")  # the meta as an older tracewatch wrote it
     client.hset(meta, "layout", older)
+    written = make()
+    assert not written.packed_fields and client.hget(meta, "layout") == b"3"
+    written.store_codes({C1: SMALL, C3: SOLD_TWICE, C4: SOLD_TWICE_LATER})
     ledger = make()
-    assert client.hget(meta, "layout") == b"3"
-    assert ledger.load_codes({C1}) == {C1: SMALL}
+    assert not ledger.packed_fields and client.hget(meta, "code_fields") is None
+    assert ledger.code_slot(C4)[1] == b"\x80" + C4.encode()  # not packed
+    assert ledger.load_codes({C1, C3, C4}) == {C1: SMALL, C3: SOLD_TWICE, C4: SOLD_TWICE_LATER}
     client.hset(meta, "layout", "4")
     with pytest.raises(LedgerError, match="records layout '4', this tracewatch writes layout '3'"):
         make()
+
+
+def test_a_new_ledger_keeps_trailing_digits_of_codes_as_numbers(
+    client: CountingRedis, prefix: str, make: Callable[..., RedisLedger]
+) -> None:
+    """A new prefix packs the fields of codes that end in digits (4 to 7 bytes fewer)."""
+    ledger = make()
+    ledger.store_codes({C3: SMALL, C4: SOLD_TWICE})
+    for code, tag in ((C3, 0x83), (C4, 0x84)):
+        bucket, field = ledger.code_slot(code)
+        assert field[0] == tag and len(field) < len(code_slot(code, ledger.code_bits)[1])
+        assert code_of_slot(bucket, field, ledger.code_bits) == code
+        assert client.hexists(f"{prefix}:c:{bucket}", field)
+    assert make().load_codes({C3, C4}) == {C3: SMALL, C4: SOLD_TWICE}
 
 
 def test_decoding_client_is_refused(redis_url: str, prefix: str) -> None:
