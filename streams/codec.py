@@ -657,20 +657,34 @@ serial, :func:`shared_ref`). No packed CodeState starts with it: that header wou
 sales and a first drug taken from the first sale (mode 1), which :func:`pack_code_state`
 never writes and :func:`unpack_code_state` refuses."""
 SHARED_REF_SIZE = 6
-"""The longest reference: the byte and a 5-byte serial."""
+"""The longest reference in binary: the byte and a 5-byte serial."""
 SHARED_SERIAL_BITS = 40
+SHARED_DECIMAL_BELOW = 1 << 31
+"""Serials below this are referred to in decimal, as their negative (``-123456``): a listpack
+keeps an entry that reads as an integer as that integer, 5 bytes of listpack below 2**23
+serials and 6 below 2**31, where the binary form takes 6 and 7 (layout 3; layout 2 wrote only
+the binary form, which stays readable)."""
+SHARED_DECIMAL_SIZE = 12
+"""References in decimal are at most this long. No packed CodeState this short starts with
+``-`` (0x2D): that header says five sales, and a packed state with five takes 33 bytes or
+more (each sale at least 6, :func:`_pack_sale`)."""
 
 
 def shared_ref(serial: int) -> bytes:
-    """The entry of a code whose state is the shared state number ``serial``: the byte and
-    the serial big-endian in as few bytes as it needs (1 to 5: a ledger that has given out
-    fewer than 2**24 serials refers with 4 bytes)."""
+    """The entry of a code whose state is the shared state number ``serial``: below
+    :data:`SHARED_DECIMAL_BELOW`, ``-`` and the serial in decimal; past it :data:`SHARED_REF`
+    and the serial big-endian in as few bytes as it needs (4 or 5)."""
+    if serial < SHARED_DECIMAL_BELOW:
+        return b"-%d" % serial
     return bytes((SHARED_REF,)) + serial.to_bytes(max(1, (serial.bit_length() + 7) >> 3), "big")
 
 
 def shared_serial(entry: bytes) -> int | None:
-    """The serial of a :func:`shared_ref` entry; None for a packed state."""
-    if 2 <= len(entry) <= SHARED_REF_SIZE and entry[0] == SHARED_REF:
+    """The serial of a reference (either form, :func:`shared_ref`); None for a packed state."""
+    size = len(entry)
+    if 2 <= size <= SHARED_DECIMAL_SIZE and entry[0] == 0x2D:
+        return int(entry[1:])
+    if 2 <= size <= SHARED_REF_SIZE and entry[0] == SHARED_REF:
         return int.from_bytes(entry[1:], "big")
     return None
 

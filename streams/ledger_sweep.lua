@@ -12,7 +12,8 @@
 --            else header - 1 bytes), then 2 bytes of day stamp, big-endian (none: no time);
 -- ARGV[3]: "1" to count only (dry run), "0" to remove.
 -- ARGV[4]: for "code", the key prefix of the shared states: an entry that refers to one (2
---   to 6 bytes starting 0x10, see ledger_load.lua) is judged on that state's time, and
+--   to 12 bytes starting '-', or 2 to 6 starting 0x10: see ledger_load.lua) is judged on
+--   that state's time, and
 --   removed when the state has expired; an empty state is a marker for the shared bucket's
 --   overflow hash (the prefix with ':vx:' for its last ':v:'). These keys are not in KEYS (a
 --   single Redis, not a cluster).
@@ -82,13 +83,22 @@ end
 
 -- the shared state an entry refers to (false when it has expired), or nil for another entry
 local function referred(value)
-  if shared == '' or #value > 6 or string.byte(value, 1) ~= 16 then return nil end
+  local size = #value
+  if shared == '' or size < 2 or size > 12 then return nil end
+  local first, high, low = string.byte(value, 1), 0, 0
+  if first == 45 then
+    local serial = tonumber(string.sub(value, 2))
+    high, low = math.floor(serial / 256), serial % 256
+  elseif first == 16 and size <= 6 then
+    for p = 2, size - 1 do high = high * 256 + string.byte(value, p) end
+    low = string.byte(value, size)
+  else
+    return nil
+  end
   local state = shared_found[value]
   if state == nil then
-    local size, high = #value, 0
-    for p = 2, size - 1 do high = high * 256 + string.byte(value, p) end
-    state = redis.call('HGET', shared .. high, string.byte(value, size))
-    if state == '' then state = redis.call('HGET', shared_big .. high, string.byte(value, size)) end
+    state = redis.call('HGET', shared .. high, low)
+    if state == '' then state = redis.call('HGET', shared_big .. high, low) end
     shared_found[value] = state
   end
   return state

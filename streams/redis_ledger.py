@@ -25,13 +25,15 @@ Shared states. The boxes one message sells have the same state, evidence and all
 lists 3 to 4 boxes on average (issue 5's workload). A run of at least two codes with alike
 states in one store (:data:`SHARE_FROM_CODES`; the boxes of one message, mostly) is packed
 once into a *shared bucket* ``{prefix}:v:{serial >> 8}`` under the low byte of a serial, and
-each code's entry is a reference: byte 0x10 (never the header of a packed state) and the
-serial in as few bytes as it needs (:func:`streams.codec.shared_ref`; 4 bytes in all until
-2**24 serials, 6 past 2**32). A writer reserves serials 65,536 at a time (``INCRBY`` of
-``{prefix}:vn``: one round trip per block), so a shared bucket is written by one writer
-within minutes and expires ``retention_days`` and a day after. The load and sweep scripts
-look references up (the keys are not declared, so the ledger wants one Redis, not a
-cluster); Python sees the state itself. A code sold again, returned or deleted gets an entry
+each code's entry is a reference (:func:`streams.codec.shared_ref`): ``-`` and the serial in
+decimal, which a listpack keeps as an integer (5 bytes of listpack until 2**23 serials, 6
+until 2**31; no short packed state starts with ``-``), or past 2**31 byte 0x10 (never the
+header of a packed state) and the serial in binary, as layout 2 wrote them all (a byte more
+below 2**31). A writer reserves serials 65,536 at a time (``INCRBY`` of ``{prefix}:vn``: one
+round trip per block), so a shared bucket is written by one writer within minutes and
+expires ``retention_days`` and a day after. The load and sweep scripts look references up
+(the keys are not declared, so the ledger wants one Redis, not a cluster); Python sees the
+state itself. A code sold again, returned or deleted gets an entry
 of its own and leaves the shared state to its boxes still standing, or to its expiry; a
 reference whose shared state has expired reads as absent, which the rules would make of a
 state that old anyway, and the sweep removes it. A lone code keeps its own entry. A shared

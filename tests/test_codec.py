@@ -322,9 +322,24 @@ def test_a_shared_state_reference_is_never_a_packed_state() -> None:
                          flowback_seen=(), last_time=0),
                typical_state(1), typical_state(2)]
     assert all(pack_code_state(state, interner)[0] != codec.SHARED_REF for state in states)
-    for serial in (0, 1, 255, 256, 65_535, 1 << 32, (1 << codec.SHARED_SERIAL_BITS) - 1):
+    short = [packed for packed in map(lambda state: pack_code_state(state, interner), states)
+             if len(packed) <= codec.SHARED_DECIMAL_SIZE]
+    assert short and all(packed[:1] != b"-" for packed in short)
+    # The shortest state whose header byte is "-": five sales of nothing, a first drug.
+    bare = SaleRecord("", "", "", "", codec.EPOCH, None, None, False, 1.0, 0.0)
+    five = CodeState(sales=(bare,) * 5, first_drug="X", first_drug_ref=None,
+                     applied=tuple(codec._sale_prints((bare,) * 5)), flowback_seen=(),
+                     last_time=codec.EPOCH)
+    packed_five = pack_code_state(five, interner)
+    assert packed_five[:1] == b"-" and len(packed_five) >= 33 > codec.SHARED_DECIMAL_SIZE
+    for serial in (0, 1, 9, 10, 255, 256, 65_535, (1 << 23) - 1, (1 << 31) - 1, 1 << 31,
+                   1 << 32, (1 << codec.SHARED_SERIAL_BITS) - 1):
         reference = codec.shared_ref(serial)
-        assert len(reference) == 1 + max(1, -(-serial.bit_length() // 8)) <= codec.SHARED_REF_SIZE
+        if serial < 1 << 31:
+            assert reference == b"-" + str(serial).encode()
+            assert len(reference) <= codec.SHARED_DECIMAL_SIZE
+        else:
+            assert len(reference) == 1 + -(-serial.bit_length() // 8) <= codec.SHARED_REF_SIZE
         assert codec.shared_serial(reference) == serial
         with pytest.raises(CodecError):
             unpack_code_state(reference, interner)

@@ -41,6 +41,7 @@ from tests.test_codec import (
     random_person_state,
     typical_state,
 )
+from tests.test_sweep import binary_references
 
 pytestmark = pytest.mark.integration
 
@@ -275,9 +276,11 @@ def test_shared_serials_cost_one_round_trip_per_block(
         **dict.fromkeys(MANY_CODES, typical_state(2)), **dict.fromkeys(MANY_CODES[:3], SMALL)}
 
 
-@pytest.mark.parametrize("first,sizes", [(0, {2}), (250, {2, 3}), ((1 << 24) - 2, {4, 5}),
+@pytest.mark.parametrize("first,sizes", [(0, {2}), (5, {2, 3}), (250, {4}),
+                                         ((1 << 24) - 2, {9}), ((1 << 31) - 2, {11, 5}),
                                          ((1 << 32) - 2, {5, 6})],
-                         ids=["1-byte", "crossing-a-byte", "3-to-4-byte", "4-to-5-byte"])
+                         ids=["1-digit", "crossing-a-digit", "3-digit", "8-digit",
+                              "decimal-to-binary", "4-to-5-byte"])
 def test_references_of_every_length_read_back(
     client: CountingRedis, prefix: str, make: Callable[..., RedisLedger], first: int,
     sizes: set[int],
@@ -296,6 +299,23 @@ def test_references_of_every_length_read_back(
         bucket, field = ledger.code_slot(code)
         entries.add(client.hget(f"{prefix}:c:{bucket}", field))
     assert entries == {shared_ref(serial) for serial in serials}
+    assert make(buckets=4).load_codes(set(batch)) == batch
+    assert ledger.sweep(dry_run=True).codes.removed == 0
+
+
+def test_binary_references_of_layout_2_read_back(
+    client: CountingRedis, prefix: str, make: Callable[..., RedisLedger]
+) -> None:
+    """A ledger upgraded from layout 2 holds references in binary (0x10 and the serial) for
+    serials that layout 3 writes in decimal: both read as the shared state."""
+    ledger = make(buckets=4)
+    batch: dict[str, CodeState | None] = {f"8385793{n:013d}": typical_state(n // 2 + 1)
+                                          for n in range(600)}  # serials 0 to 299
+    ledger.store_codes(batch)
+    binary_references(client, prefix, ledger, list(batch)[::3])
+    entries = {client.hget(f"{prefix}:c:{bucket}", field)
+               for bucket, field in map(ledger.code_slot, batch)}
+    assert {entry[:1] for entry in entries if entry} == {b"-", b"\x10"}
     assert make(buckets=4).load_codes(set(batch)) == batch
     assert ledger.sweep(dry_run=True).codes.removed == 0
 

@@ -5,7 +5,7 @@ Skipped when Redis does not answer, unless CI is set."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 
 import pytest
@@ -15,7 +15,7 @@ from detectors.hoarding import PersonState, Purchase
 from detectors.messages import parse_time
 from detectors.model import DAY_SECONDS, CodeState
 from streams.cli import main
-from streams.codec import pack_codes
+from streams.codec import SHARED_REF, pack_codes, shared_serial
 from streams.redis_ledger import RedisLedger, _digest_slot
 from tests.test_codec import typical_state
 
@@ -153,16 +153,32 @@ def test_a_stale_code_written_again_survives(make: Callable[..., RedisLedger]) -
     assert ledger.load_codes({code(1), code(2)}) == {code(1): aged(0)}
 
 
+def binary_references(client: redis.Redis, prefix: str, ledger: RedisLedger,
+                      codes: Iterable[str]) -> None:
+    """Rewrite the codes' references in layout 2's binary form (0x10 and the serial)."""
+    for box in codes:
+        bucket, field = ledger.code_slot(box)
+        serial = shared_serial(client.hget(f"{prefix}:c:{bucket}", field) or b"")
+        assert serial is not None
+        client.hset(f"{prefix}:c:{bucket}", field,
+                    bytes((SHARED_REF,)) + serial.to_bytes(max(1, -(-serial.bit_length() // 8)),
+                                                           "big"))
+
+
+@pytest.mark.parametrize("form", ["decimal", "binary"])
 def test_codes_that_share_a_state_are_judged_by_it(
-    client: redis.Redis, prefix: str, make: Callable[..., RedisLedger]
+    client: redis.Redis, prefix: str, make: Callable[..., RedisLedger], form: str
 ) -> None:
     """The boxes of one sale refer to one shared state: they go when it is stale, stay when it
     is fresh, and go when it has expired (their references would read as nothing). A stale
-    shared state goes too, in the same run (a replayed old log leaves such states behind)."""
+    shared state goes too, in the same run (a replayed old log leaves such states behind).
+    References of either form (layout 3 writes decimal ones, layout 2 wrote binary) alike."""
     ledger = make()
     fresh = {code(n): aged(1) for n in range(1, 4)}
     stale = {code(n): aged(300) for n in range(11, 15)}
     ledger.store_codes({**fresh, **stale})
+    if form == "binary":
+        binary_references(client, prefix, ledger, [*fresh, *stale])
     assert client.hlen(f"{prefix}:v:0") == 2
     assert ledger.sweep(NOW, dry_run=True).shared.removed == 1
 
