@@ -28,7 +28,8 @@ and refuses data of another one. (Within layout 1, first-drug mode 3 came later:
 before it refuse such a state with a CodecError rather than misread it.) Layout 2 packs states
 the same way and adds the ledger's references to a state shared by the boxes of one sale
 (:func:`shared_ref`), entries that start with a byte no packed state starts with. Layout 3
-adds the dated form of record numbers (:func:`_put_record`). The derived
+adds the dated form of record numbers (:func:`_put_record`), references in decimal, and, for
+prefixes it creates, packed code fields (:func:`code_slot`). The derived
 fingerprints rely on :func:`detectors.code_ledger.message_fingerprint` and
 ``record_fingerprint``; changing those means a new layout version.
 """

@@ -41,7 +41,7 @@ state too long for its bucket (a box sold, returned and sold again carries the f
 of all three messages) goes to the shared bucket's overflow hash ``{prefix}:vx:…``, with an
 empty marker in the bucket, as a code's does (layout 3; layout 2 kept such runs' states in
 each code's entry). Measured with ``scripts/ledger_bytes.py --codes 10000000 --sale-sizes
-bench``: see BENCHMARKS.md "Eighteenth session" and "Nineteenth session".
+bench``: see BENCHMARKS.md "Eighteenth session" and "Twentieth session".
 
 Redis keeps a hash in listpack form only while it has at most ``hash-max-listpack-entries``
 fields (default 512) and every field and value is at most ``hash-max-listpack-value`` bytes
@@ -133,8 +133,10 @@ LAYOUT_VERSION = "3"
 COMPATIBLE_LAYOUTS = ("1", "2")
 """Layouts this tracewatch reads as its own and upgrades in place: layout 2 only added shared
 states (:data:`KEY_SHARED`), which layout 1 never wrote, and layout 3 only adds dated record
-numbers to packed states (:func:`streams.codec._put_record`); recording the new number keeps
-an older tracewatch from misreading what it cannot read."""
+numbers to packed states (:func:`streams.codec._put_record`), references in decimal, the
+shared overflow hashes (:data:`KEY_SHARED_BIG`) and, on prefixes it creates, packed code
+fields (:data:`CODE_FIELDS_PACKED`); recording the new number keeps an older tracewatch from
+misreading what it cannot read."""
 
 CODE_FIELDS_PACKED = "packed"
 """The meta's ``code_fields`` of a prefix created by layout 3: codes that end in digits have
