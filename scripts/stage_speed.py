@@ -40,7 +40,7 @@ from redis_scratch import redis_cpu, scratch_server
 from detectors.messages import parse
 from streams import bench_workload
 from streams.pipeline import Pipeline
-from streams.redis_ledger import RedisLedger
+from streams.redis_ledger import RedisLedger, script_sources
 from streams.reference import rule_config
 from streams.settings import load_settings
 
@@ -62,9 +62,8 @@ STAGES = ("parse", "confirm", "route", "codes", "persons", "write", "gc")
 
 def script_names() -> dict[str, str]:
     """SHA1 of each ledger script → its short name."""
-    folder = Path(__file__).resolve().parents[1] / "streams"
-    return {hashlib.sha1(path.read_bytes()).hexdigest(): path.stem.removeprefix("ledger_")
-            for path in folder.glob("ledger_*.lua")}
+    return {hashlib.sha1(source.encode()).hexdigest(): name
+            for name, source in script_sources().items()}
 
 
 def script_times(client: redis.Redis, prefix: str) -> dict[str, list[float]]:

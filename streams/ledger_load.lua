@@ -11,20 +11,15 @@
 -- Returns the values of the fields in the order given (nil when absent).
 -- With overflow hashes, an empty value in the bucket is a marker: the value was too long for
 -- the bucket's compact (listpack) encoding and lives in the overflow hash.
--- With a shared-state prefix, a value of 2 to 12 bytes starting with '-' refers to a state
--- kept once for several codes: the rest is its serial in decimal (Redis keeps such a value as
--- an integer); so does one of 2 to 6 bytes starting with byte 0x10, the rest the serial
--- big-endian (serials past 2**31, and layout 2's). The state's hash is the prefix and the
--- serial without its low byte, in decimal, its field that low byte in decimal.
--- The answer holds that state (nil when it has expired); an empty state is a marker, as in
--- the buckets: the state lives in the shared bucket's overflow hash, whose key has ':vx:'
--- for the prefix's last ':v:'. These keys are not in KEYS: the ledger is for a single Redis,
--- not a cluster.
+-- With a shared-state prefix, a value that refers to a state kept once for several codes
+-- (shared_slot and shared_state, ledger_reference.lua, which comes before this file) is
+-- looked up: the state's hash is the prefix and the serial without its low byte, in decimal,
+-- its field that low byte in decimal. The answer holds that state (nil when it has expired).
+-- These keys are not in KEYS: the ledger is for a single Redis, not a cluster.
 
 local STEP = 4000 -- stay well below Lua's unpack() limit
 local flag, shared = string.match(ARGV[1], '^([01]) ?(.*)$')
 local overflow = flag == '1'
-local shared_big = string.sub(shared, 1, -3) .. 'vx:'
 local n = overflow and #KEYS / 2 or #KEYS
 local index = ARGV[2]
 local byte = string.byte
@@ -84,21 +79,6 @@ for k = 1, n do
   end
 end
 
--- the shared bucket number and field of a reference, or nil for another value
-local function reference(value)
-  local size = #value
-  if size < 2 or size > 12 then return nil end
-  local first = byte(value, 1)
-  if first == 45 then
-    local serial = tonumber(string.sub(value, 2))
-    return math.floor(serial / 256), serial % 256
-  end
-  if first ~= 16 or size > 6 then return nil end
-  local high = 0
-  for p = 2, size - 1 do high = high * 256 + byte(value, p) end
-  return high, byte(value, size)
-end
-
 if shared ~= '' then
   local found = {} -- the boxes of one sale refer to one state: look it up once
   for i = 1, fields do
@@ -106,13 +86,13 @@ if shared ~= '' then
     local high, low
     if value then
       local first = byte(value, 1)
-      if first == 45 or first == 16 then high, low = reference(value) end
+      -- a call only for values that may be references: most are states
+      if first == 45 or first == 16 then high, low = shared_slot(value) end
     end
     if high then
       local state = found[value]
       if state == nil then
-        state = redis.call('HGET', shared .. high, low)
-        if state == '' then state = redis.call('HGET', shared_big .. high, low) end
+        state = shared_state(shared, high, low)
         found[value] = state
       end
       out[i] = state

@@ -11,12 +11,10 @@
 --   "sale"   the sale index: a varint count, the codes (header varint 0: 9 bytes follow,
 --            else header - 1 bytes), then 2 bytes of day stamp, big-endian (none: no time);
 -- ARGV[3]: "1" to count only (dry run), "0" to remove.
--- ARGV[4]: for "code", the key prefix of the shared states: an entry that refers to one (2
---   to 12 bytes starting '-', or 2 to 6 starting 0x10: see ledger_load.lua) is judged on
---   that state's time, and
---   removed when the state has expired; an empty state is a marker for the shared bucket's
---   overflow hash (the prefix with ':vx:' for its last ':v:'). These keys are not in KEYS (a
---   single Redis, not a cluster).
+-- ARGV[4]: for "code", the key prefix of the shared states: an entry that refers to one
+--   (shared_slot and shared_state, ledger_reference.lua, which comes before this file) is
+--   judged on that state's time, and removed when the state has expired. These keys are not
+--   in KEYS (a single Redis, not a cluster).
 -- An empty value in the bucket is a marker: the value lives in the overflow hash.
 -- Entries are only deleted (HDEL), so a listpack bucket stays listpack; an emptied bucket
 -- disappears. Expiries are left as they are.
@@ -29,7 +27,6 @@ local cutoff = tonumber(ARGV[1])
 local mode = ARGV[2]
 local dry = ARGV[3] == '1'
 local shared = ARGV[4] or ''
-local shared_big = string.sub(shared, 1, -3) .. 'vx:'
 local shared_found = {}
 local DAY = 86400
 
@@ -83,22 +80,12 @@ end
 
 -- the shared state an entry refers to (false when it has expired), or nil for another entry
 local function referred(value)
-  local size = #value
-  if shared == '' or size < 2 or size > 12 then return nil end
-  local first, high, low = string.byte(value, 1), 0, 0
-  if first == 45 then
-    local serial = tonumber(string.sub(value, 2))
-    high, low = math.floor(serial / 256), serial % 256
-  elseif first == 16 and size <= 6 then
-    for p = 2, size - 1 do high = high * 256 + string.byte(value, p) end
-    low = string.byte(value, size)
-  else
-    return nil
-  end
+  if shared == '' then return nil end
+  local high, low = shared_slot(value)
+  if not high then return nil end
   local state = shared_found[value]
   if state == nil then
-    state = redis.call('HGET', shared .. high, low)
-    if state == '' then state = redis.call('HGET', shared_big .. high, low) end
+    state = shared_state(shared, high, low)
     shared_found[value] = state
   end
   return state

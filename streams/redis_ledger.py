@@ -223,11 +223,20 @@ SHARE_FROM_CODES = 2
 two codes' 6-byte references and one shared entry already cost less than two states."""
 
 _SCRIPTS = {
-    "load": "ledger_load.lua",
-    "store": "ledger_store.lua",
-    "intern": "ledger_intern.lua",
-    "sweep": "ledger_sweep.lua",
+    "load": ("ledger_reference.lua", "ledger_load.lua"),
+    "store": ("ledger_store.lua",),
+    "intern": ("ledger_intern.lua",),
+    "sweep": ("ledger_reference.lua", "ledger_sweep.lua"),
 }
+"""Each script and the files it is made of, in order (both scripts that follow references
+to shared states take ``shared_slot`` from the first)."""
+
+
+def script_sources() -> dict[str, str]:
+    """Each ledger script's name → its Lua source, as Redis is given it."""
+    root = resources.files("streams")
+    return {name: "".join(root.joinpath(path).read_text() for path in paths)
+            for name, paths in _SCRIPTS.items()}
 
 T = TypeVar("T")
 
@@ -775,9 +784,8 @@ class RedisLedger:
         self.person_seconds = person_ttl_days * DAY_SECONDS
         self.warnings: list[str] = []
 
-        root = resources.files("streams")
-        scripts = {name: client.register_script(root.joinpath(path).read_text())
-                   for name, path in _SCRIPTS.items()}
+        scripts = {name: client.register_script(source)
+                   for name, source in script_sources().items()}
         for script in scripts.values():
             client.script_load(script.script)  # no NOSCRIPT retry inside a batch
         self._load_script = scripts["load"]
