@@ -677,6 +677,12 @@ def shared_ref(serial: int) -> bytes:
     and the serial big-endian in as few bytes as it needs (4 or 5)."""
     if serial < SHARED_DECIMAL_BELOW:
         return b"-%d" % serial
+    return binary_shared_ref(serial)
+
+
+def binary_shared_ref(serial: int) -> bytes:
+    """A reference in binary: :data:`SHARED_REF` and the serial big-endian in as few bytes as
+    it needs (layout 2 wrote every reference so)."""
     return bytes((SHARED_REF,)) + serial.to_bytes(max(1, (serial.bit_length() + 7) >> 3), "big")
 
 

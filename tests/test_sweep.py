@@ -15,7 +15,7 @@ from detectors.hoarding import PersonState, Purchase
 from detectors.messages import parse_time
 from detectors.model import DAY_SECONDS, CodeState
 from streams.cli import main
-from streams.codec import SHARED_REF, pack_codes, shared_serial
+from streams.codec import binary_shared_ref, pack_codes, shared_serial
 from streams.redis_ledger import RedisLedger, _digest_slot
 from tests.test_codec import typical_state
 
@@ -160,9 +160,7 @@ def binary_references(client: redis.Redis, prefix: str, ledger: RedisLedger,
         bucket, field = ledger.code_slot(box)
         serial = shared_serial(client.hget(f"{prefix}:c:{bucket}", field) or b"")
         assert serial is not None
-        client.hset(f"{prefix}:c:{bucket}", field,
-                    bytes((SHARED_REF,)) + serial.to_bytes(max(1, -(-serial.bit_length() // 8)),
-                                                           "big"))
+        client.hset(f"{prefix}:c:{bucket}", field, binary_shared_ref(serial))
 
 
 @pytest.mark.parametrize("form", ["decimal", "binary"])
