@@ -14,7 +14,8 @@ which. What makes a typical state small:
 * ``psn_hash`` (16 hex digits) is 8 raw bytes, a fingerprint (12 hex digits) 6 raw bytes;
 * fingerprints that can be recomputed from a standing sale (the ``msgid`` and record
   fingerprints in ``applied``, the sale behind ``first_drug_ref``) are stored as a reference
-  to that sale, or as one flag when ``applied`` is exactly the sales' own fingerprints;
+  to that sale, or as one flag when ``applied`` is exactly the sales' own fingerprints; a
+  ``first_drug_ref`` that is in ``applied`` as its index there;
 * money is whole fen (×100) and units hundredths when that is exact, else a float64; a whole
   box (1 unit) costs nothing;
 * a ``msgid`` that starts with the institution code is stored without it, and a rest of the
@@ -29,7 +30,10 @@ before it refuse such a state with a CodecError rather than misread it.) Layout 
 the same way and adds the ledger's references to a state shared by the boxes of one sale
 (:func:`shared_ref`), entries that start with a byte no packed state starts with. Layout 3
 adds the dated form of record numbers (:func:`_put_record`), references in decimal, and, for
-prefixes it creates, packed code fields (:func:`code_slot`). The derived
+prefixes it creates, packed code fields (:func:`code_slot`). Layout 4 adds an explicit first
+drug that is the standing first sale's drug, or whose reference is one of ``applied``
+(``_FD_DRUG_OF_SALE``, ``_FD_REF_APPLIED``: a box sold, returned and sold again, 71 → 64
+bytes), and, for prefixes it creates, narrow code fields (:func:`narrow_code_slot`). The derived
 fingerprints rely on :func:`detectors.code_ledger.message_fingerprint` and
 ``record_fingerprint``; changing those means a new layout version.
 """
@@ -501,6 +505,13 @@ _TIME_VARINT = 1 << 7  # last_time does not fit 4 bytes
 # Sub-flags of an explicit first drug.
 _FD_DRUG = 1
 _FD_REF = 2
+# Layout 4: a first drug that is the standing first sale's drug, and a first drug reference
+# that is one of ``applied`` (a box sold, returned and sold again keeps the first sale's
+# record fingerprint in both), as that sale or that index rather than an interned id or a
+# 7-byte fingerprint. This keeps the commonest resold box's state within 64 bytes, inside a
+# listpack (Redis's default ``hash-max-listpack-value``) rather than an overflow hash.
+_FD_DRUG_OF_SALE = 4
+_FD_REF_APPLIED = 8
 
 
 def _sale_prints(sales: Sequence[SaleRecord]) -> list[str]:
@@ -635,12 +646,24 @@ def pack_code_state(state: CodeState, interner: Interner) -> bytes:
                 mode = _FIRST_FROM_SALE
         header |= mode << _FIRST_SHIFT
         if mode == _FIRST_EXPLICIT:
-            out.append((_FD_DRUG if first_drug is not None else 0)
-                       | (_FD_REF if first_ref is not None else 0))
+            present = 0
             if first_drug is not None:
-                _uvarint(out, interner.to_id(DRUG, first_drug))
+                drug_of_sale = bool(sales) and first_drug == sales[0].med_list_codg
+                present |= _FD_DRUG_OF_SALE if drug_of_sale else _FD_DRUG
+            ref_index = -1
             if first_ref is not None:
+                for index, value in enumerate(applied):
+                    if value == first_ref:
+                        ref_index = index
+                        break
+                present |= _FD_REF if ref_index < 0 else _FD_REF_APPLIED
+            out.append(present)
+            if present & _FD_DRUG and first_drug is not None:
+                _uvarint(out, interner.to_id(DRUG, first_drug))
+            if present & _FD_REF and first_ref is not None:
                 _put_print(out, first_ref)
+            elif ref_index >= 0:
+                _uvarint(out, ref_index)
 
     if state.flowback_seen:
         header |= _FLOWBACK
@@ -790,8 +813,17 @@ def unpack_code_state(data: bytes, interner: Interner) -> CodeState:
         present = reader.byte()
         if present & _FD_DRUG:
             first_drug = interner.to_text(DRUG, reader.uvarint())
+        elif present & _FD_DRUG_OF_SALE:
+            if not sales:
+                raise CodecError("first drug refers to a sale that is not there")
+            first_drug = sales[0].med_list_codg
         if present & _FD_REF:
             first_ref = reader.fingerprint()
+        elif present & _FD_REF_APPLIED:
+            index = reader.uvarint()
+            if index >= len(applied):
+                raise CodecError(f"first drug reference {index} beyond the applied list")
+            first_ref = applied[index]
 
     flowback: tuple[str, ...] = ()
     if header & _FLOWBACK:
@@ -906,6 +938,18 @@ _FIELD_GS1_PACKED = 0x83  # this byte + GTIN in 6 bytes + the serial as _put_tex
 _FIELD_TEXT_PACKED = 0x84  # this byte + the code as _put_text writes it
 _FIELD_TEXT_MAX = 40  # longer codes are stored under a digest (fields stay small)
 _GS1_SERIAL_MAX = 20
+# Narrow fields (a ledger that records code_fields=narrow, layout 4): a 码上放心 code starts
+# with 8 (DOMAIN.md), so its other 19 digits are a number below 10**19, mixed by a bijection
+# modulo 10**19; its top part chooses the bucket (divided by _narrow_span_of: the low bits
+# would keep a serial's own powers of two, 10**19 being a multiple of 2**19) and the rest is
+# the field, with no flag bit:
+# a 20-digit field is told from the others by its length alone (narrow_field_size), and a
+# field of another form that would have that length gets _FIELD_PADDED before it.
+_NARROW_FIRST = 8 * 10**19
+_NARROW_SPAN = 10**19
+_NARROW_MIX = 6_180_339_887_498_948_483  # about 10**19 / golden ratio, prime to 10
+_NARROW_UNMIX = pow(_NARROW_MIX, -1, _NARROW_SPAN)
+_FIELD_PADDED = 0x85  # this byte + a field of another form as code_slot(packed) makes it
 
 
 def _is_code20(code: str) -> bool:
@@ -994,11 +1038,70 @@ def packed_code_slot(code: str, bucket_bits: int) -> tuple[int, bytes]:
     return code_slot(code, bucket_bits, True)
 
 
-def code_of_slot(bucket: int, field: bytes, bucket_bits: int) -> str | None:
-    """The code of a (bucket, field) pair, in either form of fields; None for a long code
-    stored under its digest."""
+def _narrow_span_of(bucket_bits: int) -> int:
+    """How many mixed numbers one bucket holds: 10**19 over the buckets, rounded up."""
+    return (_NARROW_SPAN + (1 << bucket_bits) - 1) >> bucket_bits
+
+
+def narrow_field_size(bucket_bits: int) -> int:
+    """Bytes of the narrow field of a 20-digit code that starts with 8: what of its other
+    19 digits the bucket does not hold (6 bytes for 2**16 to 2**23 buckets)."""
+    return ((_narrow_span_of(bucket_bits) - 1).bit_length() + 7) // 8
+
+
+def narrow_code_slot(code: str, bucket_bits: int) -> tuple[int, bytes]:
+    """(bucket, field) of a code in narrow fields: a 20-digit code that starts with 8 in
+    :func:`narrow_field_size` bytes, a byte less than :func:`code_slot` at 10 million codes;
+    any other code as :func:`code_slot` with packed fields places it, behind
+    ``_FIELD_PADDED`` when its field would have the narrow field's length."""
+    if len(code) == 20 and code[0] == "8" and code.isascii() and code.isdigit():
+        bucket, rest = divmod((int(code) - _NARROW_FIRST) * _NARROW_MIX % _NARROW_SPAN,
+                              _narrow_span_of(bucket_bits))
+        return bucket, rest.to_bytes(narrow_field_size(bucket_bits), "big")
+    bucket, field = code_slot(code, bucket_bits, True)
+    if len(field) == narrow_field_size(bucket_bits):
+        field = bytes((_FIELD_PADDED,)) + field
+    return bucket, field
+
+
+def narrow_code_slots(codes: Iterable[str], bucket_bits: int,
+                      ) -> tuple[list[int], list[bytes]]:
+    """The buckets and the fields of many codes: ``narrow_code_slot`` of each, in order."""
+    buckets: list[int] = []
+    fields: list[bytes] = []
+    span = _narrow_span_of(bucket_bits)
+    size = narrow_field_size(bucket_bits)
+    for code in codes:
+        if len(code) == 20 and code[0] == "8" and code.isascii() and code.isdigit():
+            bucket, rest = divmod((int(code) - _NARROW_FIRST) * _NARROW_MIX % _NARROW_SPAN,
+                                  span)
+            buckets.append(bucket)
+            fields.append(rest.to_bytes(size, "big"))
+        else:
+            bucket, field = narrow_code_slot(code, bucket_bits)
+            buckets.append(bucket)
+            fields.append(field)
+    return buckets, fields
+
+
+def code_of_slot(bucket: int, field: bytes, bucket_bits: int,
+                 narrow: bool = False) -> str | None:
+    """The code of a (bucket, field) pair, in any form of fields (``narrow`` when the
+    ledger's are); None for a long code stored under its digest."""
     if not field:
         raise CodecError("empty code field")
+    if narrow:
+        if len(field) == narrow_field_size(bucket_bits):
+            span = _narrow_span_of(bucket_bits)
+            rest = int.from_bytes(field, "big")
+            mixed = bucket * span + rest
+            if rest >= span or mixed >= _NARROW_SPAN:
+                raise CodecError("narrow code field out of range")
+            return decimal_text(mixed * _NARROW_UNMIX % _NARROW_SPAN + _NARROW_FIRST)
+        if field[0] == _FIELD_PADDED:
+            field = field[1:]
+            if not field:
+                raise CodecError("empty padded code field")
     tag = field[0]
     if tag < 0x80:
         rest_bits = _CODE20_BITS - bucket_bits

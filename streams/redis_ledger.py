@@ -9,10 +9,12 @@ key templates are the ``KEY_*`` constants below, and nothing else is written.
 Per-code state lives in *bucket hashes* small enough for Redis's compact ``listpack``
 encoding, where one entry costs its bytes plus about 4 (one key per code costs ~100 bytes
 of overhead alone). A 20-digit code picks one of ``2**code_bits`` buckets and keeps the
-remaining bits as a 7-byte field (:func:`streams.codec.code_slot`); another code goes to the
-bucket of its hash under its own bytes, and on a prefix created by layout 3 (the meta's
-``code_fields``) with a trailing digit run as a number (``ZY01000000001234`` in 10 bytes, not
-17; a GS1 identity's serial likewise). The value is the state
+remaining bits as a 7-byte field (:func:`streams.codec.code_slot`), 6 bytes on a prefix
+created by layout 4 when it starts with 8, as they do (the meta's ``code_fields``,
+:func:`streams.codec.narrow_code_slot`); another code goes to the bucket of its hash under
+its own bytes, and on a prefix created by layout 3 or later with a trailing digit run as a
+number (``ZY01000000001234`` in 10 bytes, not 17; a GS1 identity's serial likewise). The
+value is the state
 packed by :mod:`streams.codec` (~31 bytes for a code with one whole-box sale). The bucket
 count is chosen for 128 to 256 codes per bucket at the expected number of codes (65,536
 buckets, ~150 codes each, for the default 10 million) and recorded in ``{prefix}:meta``; it
@@ -129,19 +131,24 @@ from streams.ledger import Announcement
 
 log = logging.getLogger(__name__)
 
-LAYOUT_VERSION = "3"
-COMPATIBLE_LAYOUTS = ("1", "2")
+LAYOUT_VERSION = "4"
+COMPATIBLE_LAYOUTS = ("1", "2", "3")
 """Layouts this tracewatch reads as its own and upgrades in place: layout 2 only added shared
-states (:data:`KEY_SHARED`), which layout 1 never wrote, and layout 3 only adds dated record
-numbers to packed states (:func:`streams.codec._put_record`), references in decimal, the
-shared overflow hashes (:data:`KEY_SHARED_BIG`) and, on prefixes it creates, packed code
-fields (:data:`CODE_FIELDS_PACKED`); recording the new number keeps an older tracewatch from
+states (:data:`KEY_SHARED`), which layout 1 never wrote; layout 3 added dated record numbers
+to packed states (:func:`streams.codec._put_record`), references in decimal, the shared
+overflow hashes (:data:`KEY_SHARED_BIG`) and, on prefixes it created, packed code fields
+(:data:`CODE_FIELDS_PACKED`); layout 4 adds shorter first-drug references to packed states
+(``streams.codec._FD_REF_APPLIED``) and, on prefixes it creates, narrow code fields
+(:data:`CODE_FIELDS_NARROW`). Recording the new number keeps an older tracewatch from
 misreading what it cannot read."""
 
 CODE_FIELDS_PACKED = "packed"
 """The meta's ``code_fields`` of a prefix created by layout 3: codes that end in digits have
 packed fields (:func:`streams.codec.code_slot`). A prefix of an older layout has none and
 keeps its fields as they were written."""
+CODE_FIELDS_NARROW = "narrow"
+"""The meta's ``code_fields`` of a prefix created by layout 4: packed fields, and a 20-digit
+code that starts with 8 in a byte less (:func:`streams.codec.narrow_code_slot`)."""
 
 _META_SCRIPT = """
 local fresh = redis.call('EXISTS', KEYS[1]) == 0
@@ -156,7 +163,8 @@ return redis.call('HGETALL', KEYS[1])
 
 KEY_META = "{prefix}:meta"
 """Hash: layout version, bucket counts and the form of code fields (``code_fields``:
-:data:`CODE_FIELDS_PACKED`, or absent) of this prefix. Never expires."""
+:data:`CODE_FIELDS_NARROW`, :data:`CODE_FIELDS_PACKED`, or absent) of this prefix. Never
+expires."""
 KEY_DICT = "{prefix}:dict:{table}"
 """Hash: interned text → id, for table inst, drug or admvs. Never expires."""
 KEY_DICT_REV = "{prefix}:dict:{table}:rev"
@@ -813,11 +821,15 @@ class RedisLedger:
         self.code_bits = int(layout["code_bits"])
         self.sale_bits = int(layout["sale_bits"])
         self.aux_bits = int(layout["aux_bits"])
-        self.packed_fields = layout.get("code_fields") == CODE_FIELDS_PACKED
+        self.code_fields = layout.get("code_fields", "")
+        self.packed_fields = self.code_fields in (CODE_FIELDS_PACKED, CODE_FIELDS_NARROW)
+        self.narrow_fields = self.code_fields == CODE_FIELDS_NARROW
         self._code_slot: Callable[[str, int], Slot] = (
-            codec.packed_code_slot if self.packed_fields else codec.code_slot)
+            codec.narrow_code_slot if self.narrow_fields
+            else codec.packed_code_slot if self.packed_fields else codec.code_slot)
         self._code_slots: SlotsOf = (
-            codec.packed_code_slots if self.packed_fields else codec.code_slots)
+            codec.narrow_code_slots if self.narrow_fields
+            else codec.packed_code_slots if self.packed_fields else codec.code_slots)
         self._codes = _Map.of(KEY_CODES, KEY_CODES_BIG, prefix, KEY_SHARED)
         self._shared = KEY_SHARED.format(prefix=prefix, bucket="")
         self._shared_big = KEY_SHARED_BIG.format(prefix=prefix, bucket="")
@@ -856,9 +868,9 @@ class RedisLedger:
             "aux_bits": str(max(0, code_bits - ROUTER_BUCKET_SHIFT)),
             "epoch": str(codec.EPOCH),
         }
-        # One script, so that only the writer that creates the prefix records packed code
+        # One script, so that only the writer that creates the prefix records narrow code
         # fields: an older ledger keeps the fields it was written with.
-        answer = self.client.eval(_META_SCRIPT, 1, key, CODE_FIELDS_PACKED,
+        answer = self.client.eval(_META_SCRIPT, 1, key, CODE_FIELDS_NARROW,
                                   *(item for pair in wanted.items() for item in pair))
         stored = {answer[i].decode(): answer[i + 1].decode() for i in range(0, len(answer), 2)}
         if stored.get("layout") in COMPATIBLE_LAYOUTS:

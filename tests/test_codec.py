@@ -168,6 +168,10 @@ def random_code_state(rng: random.Random) -> CodeState:
         lambda: (sales[0].med_list_codg, fingerprint(sales[0].fixmedins_code, sales[0].bchno))
         if sales else (None, None),
         lambda: (rng.choice(DRUGS), _print(rng)),
+        # A box sold again keeps its first sale's drug and record fingerprint (layout 4).
+        lambda: (sales[0].med_list_codg if sales else rng.choice(DRUGS),
+                 rng.choice(applied) if applied else None),
+        lambda: (rng.choice(DRUGS), applied[-1] if applied else _print(rng)),
         lambda: (rng.choice(DRUGS), None),
         lambda: (None, _print(rng)),
         lambda: (None, None),
@@ -348,7 +352,7 @@ def test_a_shared_state_reference_is_never_a_packed_state() -> None:
 
 def test_packed_bytes_are_those_of_the_layout() -> None:
     """Speed-ups of the codec must not change a byte: the digest of many packed values and
-    code slots (both forms of fields), as the codec of layout 3 writes them."""
+    code slots (all three forms of fields), as the codec of layout 4 writes them."""
     rng = random.Random(77)
     interner = MemoryInterner()
     digest = hashlib.sha256()
@@ -366,8 +370,10 @@ def test_packed_bytes_are_those_of_the_layout() -> None:
             for packed in (False, True):
                 bucket, field = code_slot(code, bits, packed)
                 digest.update(bucket.to_bytes(4, "big") + field)
+            bucket, field = codec.narrow_code_slot(code, bits)
+            digest.update(bucket.to_bytes(4, "big") + field)
     assert digest.hexdigest() == (
-        "b8eb16ea9edcbf939d444ff6763d8bfc071c7e2cea275d542bb652fe62380d70")
+        "879eb2f76f8d75e5f48b6c9c4185e18dd965292820e41a674529edbda8ee0a08")
 
 
 @pytest.mark.parametrize(("record", "days_after", "size"), [
@@ -536,6 +542,57 @@ def test_states_the_code_ledger_builds_refer_to_their_first_sale() -> None:
     assert unpack_code_state(pack_code_state(legacy, interner), interner) == legacy
 
 
+def test_a_box_sold_returned_and_sold_again_stays_within_a_listpack_value() -> None:
+    """Its state keeps the fingerprints of all three messages and the first sale's drug and
+    record fingerprint; layout 4 writes those as the standing sale's drug and an index into
+    ``applied``, which keeps the state within Redis's default 64-byte listpack value (it took
+    71 bytes, and an overflow hash's ~230)."""
+    ledger = MemoryLedger()
+    pipeline = Pipeline(ledger, factory.CONFIG)
+    boxes = [factory.code(n) for n in range(1, 4)]
+    messages = [
+        factory.sale(boxes, bchno="XS2026110100000001",
+                     msgid="P5101040001120261101090000000001"),
+        factory.ret(boxes, returns="XS2026110100000001", bchno="XT2026110100000002",
+                    msgid="P5101040001120261101100000000002"),
+        factory.sale(boxes, when="2026-11-01 11:00:00", bchno="XS2026110100000003",
+                     msgid="P5101040001120261101110000000003"),
+    ]
+    for n, message in enumerate(messages):
+        pipeline.process([(n, parse(message, factory.PSN_KEY))])
+    interner = MemoryInterner()
+    for box in boxes:
+        state = ledger.codes[box]
+        assert len(state.sales) == 1 and len(state.applied) == 6
+        assert state.first_drug_ref == state.applied[1] != record_fingerprint(
+            state.sales[0].fixmedins_code, "3505", state.sales[0].bchno)
+        packed = pack_code_state(state, interner)
+        assert packed[0] >> 4 & 0b11 == 2  # an explicit first drug
+        assert packed[-2:] == bytes([codec._FD_DRUG_OF_SALE | codec._FD_REF_APPLIED, 1])
+        assert len(packed) <= 64
+        assert unpack_code_state(packed, interner) == state
+
+
+def test_an_explicit_first_drug_refers_only_to_what_is_there() -> None:
+    interner = MemoryInterner()
+    state = replace(typical_state(1), first_drug_ref="0123456789ab",
+                    applied=("0123456789ab", *typical_state(1).applied))
+    packed = pack_code_state(state, interner)
+    assert packed[-2:] == bytes([codec._FD_DRUG_OF_SALE | codec._FD_REF_APPLIED, 0])
+    assert unpack_code_state(packed, interner) == state
+    with pytest.raises(CodecError, match="beyond the applied list"):
+        unpack_code_state(packed[:-1] + bytes([3]), interner)
+    no_sales = replace(state, sales=(), first_drug="X", last_time=state.last_time)
+    packed = pack_code_state(no_sales, interner)
+    assert unpack_code_state(packed, interner) == no_sales
+    first_drug_byte = packed.rindex(bytes([codec._FD_DRUG | codec._FD_REF_APPLIED]))
+    forged = bytearray(packed)
+    forged[first_drug_byte] = codec._FD_DRUG_OF_SALE | codec._FD_REF_APPLIED
+    del forged[first_drug_byte + 1]  # the drug's id
+    with pytest.raises(CodecError, match="sale that is not there"):
+        unpack_code_state(bytes(forged), interner)
+
+
 def test_person_state_is_small() -> None:
     interner = MemoryInterner()
     sale = typical_state().sales[0]
@@ -551,22 +608,35 @@ def test_person_state_is_small() -> None:
 # --------------------------------------------------------------------------- code slots
 
 
-@pytest.mark.parametrize("packed", [False, True], ids=["fields", "packed-fields"])
+@pytest.mark.parametrize("form", ["fields", "packed-fields", "narrow-fields"])
 @pytest.mark.parametrize("bits", [0, 4, 11, 12, 16, 18, 24])
-def test_code_slots_are_distinct_and_invertible(bits: int, packed: bool) -> None:
+def test_code_slots_are_distinct_and_invertible(bits: int, form: str) -> None:
     rng = random.Random(bits)
     codes = {random_code(rng) for _ in range(3000)}
-    codes |= {"00000000000000000000", "99999999999999999999", "83857930123456780001"}
+    codes |= {"00000000000000000000", "99999999999999999999", "83857930123456780001",
+              "80000000000000000000", "89999999999999999999", "79999999999999999999"}
     codes |= {f"8385793{serial:013d}" for serial in range(500)}
     # Digit runs that differ only in their zeros, and one longer than a number holds.
     codes |= {"A1", "A01", "A001", "A10", "1", "01", "001", "0", "00", "ZY01" + "9" * 25}
     codes |= {"(01)06901234567892(21)" + serial for serial in ("7", "07", "A7", "A07", "70")}
-    slots = {code: code_slot(code, bits, packed) for code in codes}
+    # Codes whose field in another form has the narrow field's length (6 or 7 bytes).
+    codes |= {"ENT-A", "ENT-AB", "ENT-ABC", "ZY" + "1" * 9, "0" * 19}
+    narrow = form == "narrow-fields"
+    slots = {code: codec.narrow_code_slot(code, bits) if narrow
+             else code_slot(code, bits, form == "packed-fields") for code in codes}
     assert len(set(slots.values())) == len(codes)
     for code, (bucket, field) in slots.items():
         assert 0 <= bucket < 1 << bits
-        back = code_of_slot(bucket, field, bits)
+        back = code_of_slot(bucket, field, bits, narrow)
         assert back == code or (back is None and len(code.encode()) > 40)
+    if narrow:
+        size = codec.narrow_field_size(bits)
+        code20 = [code for code in codes if len(code) == 20 and code.isdigit()]
+        assert all((len(slots[code][1]) == size) == code.startswith("8") for code in code20)
+        # A narrow field may start with any byte: its length alone tells it.
+        padded = [field for _, field in slots.values()
+                  if len(field) != size and field[0] == codec._FIELD_PADDED]
+        assert padded and all(len(field) == size + 1 for field in padded)
 
 
 @pytest.mark.parametrize("bits", [0, 4, 12, 16, 24])
@@ -579,6 +649,8 @@ def test_code_slots_of_a_batch_are_each_code_slot(bits: int) -> None:
     packed = list(zip(*codec.packed_code_slots(codes, bits), strict=True))
     assert packed == [codec.packed_code_slot(code, bits) for code in codes]
     assert packed == [code_slot(code, bits, True) for code in codes]
+    narrow = list(zip(*codec.narrow_code_slots(codes, bits), strict=True))
+    assert narrow == [codec.narrow_code_slot(code, bits) for code in codes]
 
 
 def test_packed_fields_keep_trailing_digits_as_a_number() -> None:
@@ -602,12 +674,37 @@ def test_code20_field_is_seven_bytes_for_usual_bucket_counts() -> None:
         assert len(code_slot("83857930123456780001", bits)[1]) == 7
 
 
-def test_neighbouring_serials_spread_over_buckets() -> None:
+def test_narrow_fields_are_a_byte_shorter_from_65536_buckets() -> None:
+    """A ledger sized for 10 million codes has 65,536 buckets: 6 bytes, not 7, a 码上放心
+    code; the other forms as packed fields have them, a byte more where that would be 6."""
+    code = "83857930123456780001"
+    assert [len(codec.narrow_code_slot(code, bits)[1]) for bits in (11, 15, 16, 18, 23, 24)] \
+        == [7, 7, 6, 6, 6, 5]
+    assert codec.narrow_code_slot("ZY01000000001234", 16) == code_slot("ZY01000000001234", 16,
+                                                                       True)
+    bucket, field = code_slot("ENT-A", 16, True)
+    assert codec.narrow_code_slot("ENT-A", 16) == (bucket, bytes([0x85]) + field)
+
+
+@pytest.mark.parametrize("pattern", [
+    "8385793{serial:09d}0000",  # neighbouring serials, one product, check digits alike
+    "8385793{serial:09d}{check:04d}",
+    "8{serial:015d}0000",
+    "812345678{serial:07d}0000",
+    "8{product:06d}{serial:09d}{check:04d}",
+])
+@pytest.mark.parametrize("form", ["fields", "narrow-fields"])
+def test_neighbouring_serials_spread_over_buckets(pattern: str, form: str) -> None:
     bits = 10
+    rng = random.Random(3)
+    slot = codec.narrow_code_slot if form == "narrow-fields" else code_slot
     counts = [0] * (1 << bits)
     for serial in range(100_000):
-        counts[code_slot(f"8385793{serial:013d}", bits)[0]] += 1
+        code = pattern.format(serial=serial, check=rng.randrange(10_000),
+                              product=rng.randrange(1_000_000))
+        counts[slot(code, bits)[0]] += 1
     assert max(counts) <= 2 * 100_000 // (1 << bits)
+    assert min(counts) >= 100_000 // (1 << bits) // 2
 
 
 def _stamp_by_datetime(rest: str) -> tuple[int, int, int] | None:

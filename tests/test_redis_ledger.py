@@ -26,6 +26,7 @@ from streams.codec import (
     MemoryInterner,
     code_of_slot,
     code_slot,
+    narrow_field_size,
     pack_code_state,
     shared_ref,
 )
@@ -966,42 +967,54 @@ def test_layout_is_recorded_and_kept(make: Callable[..., RedisLedger]) -> None:
         make(buckets=100)
 
 
-@pytest.mark.parametrize("older", ["1", "2"])
+@pytest.mark.parametrize(("older", "fields"), [("1", None), ("2", None), ("3", b"packed")])
 def test_an_older_layout_is_upgraded_in_place(
-    client: CountingRedis, prefix: str, make: Callable[..., RedisLedger], older: str
+    client: CountingRedis, prefix: str, make: Callable[..., RedisLedger], older: str,
+    fields: bytes | None,
 ) -> None:
-    """Layouts 2 and 3 only add forms older ones never wrote (shared states, dated record
-    numbers): an older ledger is read as it is, and recorded as layout 3 so that an older
-    tracewatch refuses what it could not read. Packed code fields are for new prefixes only:
-    an older ledger keeps the fields its codes were written under."""
+    """Layouts 2 to 4 only add forms older ones never wrote (shared states, dated record
+    numbers, first drugs by index): an older ledger is read as it is, and recorded as layout
+    4 so that an older tracewatch refuses what it could not read. Packed and narrow code
+    fields are for new prefixes only: an older ledger keeps the fields its codes were written
+    under."""
     meta = f"{prefix}:meta"
-    assert make().packed_fields and client.hget(meta, "code_fields") == b"packed"
+    assert make().narrow_fields and client.hget(meta, "code_fields") == b"narrow"
     client.hdel(meta, "code_fields")  # the meta as an older tracewatch wrote it
+    if fields is not None:
+        client.hset(meta, "code_fields", fields)
     client.hset(meta, "layout", older)
     written = make()
-    assert not written.packed_fields and client.hget(meta, "layout") == b"3"
+    assert not written.narrow_fields and client.hget(meta, "layout") == b"4"
     written.store_codes({C1: SMALL, C3: SOLD_TWICE, C4: SOLD_TWICE_LATER})
     ledger = make()
-    assert not ledger.packed_fields and client.hget(meta, "code_fields") is None
-    assert ledger.code_slot(C4)[1] == b"\x80" + C4.encode()  # not packed
+    assert not ledger.narrow_fields and client.hget(meta, "code_fields") == fields
+    assert ledger.packed_fields == (fields is not None)
+    assert ledger.code_slot(C1) == code_slot(C1, ledger.code_bits)  # 7 bytes, not narrow
+    if fields is None:
+        assert ledger.code_slot(C4)[1] == b"\x80" + C4.encode()  # not packed
     assert ledger.load_codes({C1, C3, C4}) == {C1: SMALL, C3: SOLD_TWICE, C4: SOLD_TWICE_LATER}
-    client.hset(meta, "layout", "4")
-    with pytest.raises(LedgerError, match="records layout '4', this tracewatch writes layout '3'"):
+    client.hset(meta, "layout", "5")
+    with pytest.raises(LedgerError, match="records layout '5', this tracewatch writes layout '4'"):
         make()
 
 
 def test_a_new_ledger_keeps_trailing_digits_of_codes_as_numbers(
     client: CountingRedis, prefix: str, make: Callable[..., RedisLedger]
 ) -> None:
-    """A new prefix packs the fields of codes that end in digits (4 to 7 bytes fewer)."""
+    """A new prefix packs the fields of codes that end in digits (4 to 7 bytes fewer), and
+    keeps a 20-digit code in a narrow field (a byte fewer from 65,536 buckets)."""
     ledger = make()
-    ledger.store_codes({C3: SMALL, C4: SOLD_TWICE})
+    ledger.store_codes({C1: SMALL, C3: SMALL, C4: SOLD_TWICE})
     for code, tag in ((C3, 0x83), (C4, 0x84)):
         bucket, field = ledger.code_slot(code)
         assert field[0] == tag and len(field) < len(code_slot(code, ledger.code_bits)[1])
-        assert code_of_slot(bucket, field, ledger.code_bits) == code
+        assert code_of_slot(bucket, field, ledger.code_bits, True) == code
         assert client.hexists(f"{prefix}:c:{bucket}", field)
-    assert make().load_codes({C3, C4}) == {C3: SMALL, C4: SOLD_TWICE}
+    bucket, field = ledger.code_slot(C1)
+    assert len(field) == narrow_field_size(ledger.code_bits)
+    assert code_of_slot(bucket, field, ledger.code_bits, True) == C1
+    assert client.hexists(f"{prefix}:c:{bucket}", field)
+    assert make().load_codes({C1, C3, C4}) == {C1: SMALL, C3: SMALL, C4: SOLD_TWICE}
 
 
 def test_decoding_client_is_refused(redis_url: str, prefix: str) -> None:
