@@ -12,6 +12,8 @@ private server).
 
     .venv/bin/python scripts/stage_speed.py --messages 100000
     .venv/bin/python scripts/stage_speed.py --messages 100000 --listpack-value 128
+    .venv/bin/python scripts/stage_speed.py --messages 100000 --breakdown
+    .venv/bin/python scripts/stage_speed.py --messages 3400000 --steady --breakdown
 
 No broker, so it isolates the worker's Python and its Redis calls from Kafka; numbers vary
 from run to run on a shared machine: compare trees by alternating runs.
@@ -23,10 +25,12 @@ import argparse
 import dataclasses
 import gc
 import hashlib
+import itertools
 import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +42,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from redis_scratch import redis_cpu, scratch_server
 
 from detectors.messages import parse
-from streams import bench_workload
+from streams import bench, bench_workload
 from streams.pipeline import Pipeline
 from streams.redis_ledger import RedisLedger, script_sources
 from streams.reference import rule_config
 from streams.settings import load_settings
 
+#: The workload whose catalog a --steady run uses: the soak's worker has the throughput
+#: round's (tracewatch bench --messages 30000 in the soaks of BENCHMARKS.md).
+STEADY_CATALOG_MESSAGES = 30_000
 #: Script calls at least this long are logged (inner commands of a script take microseconds).
 SLOWLOG_US = 500
 #: What a script call with this key family first (streams.redis_ledger KEY_*: the second part
@@ -58,6 +65,13 @@ CALLS = {
     ("store", "r"): "commit routing", ("store", "s"): "commit routing",
 }
 STAGES = ("parse", "confirm", "route", "codes", "persons", "write", "gc")
+
+
+def batched(lines: Iterable[bytes], size: int) -> Iterator[list[bytes]]:
+    """Lists of ``size`` lines (the last one shorter)."""
+    iterator = iter(lines)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
 
 
 def script_names() -> dict[str, str]:
@@ -92,13 +106,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--expected-codes", type=int, default=0,
                         help="codes the ledger is sized for (default: the workload's, as the "
                              "bench does)")
+    parser.add_argument("--steady", action="store_true",
+                        help="the soak's traffic instead (tracewatch bench --soak): the "
+                             "workload running on for --messages, generated as it goes, on a "
+                             "ledger sized as the soak's; to fill a ledger with millions of "
+                             "the bench's codes without the broker")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also print the Redis memory of every key family (MEMORY USAGE "
+                             "of all keys: code buckets c, their overflow cx, shared states v "
+                             "and vx, ...) per code held")
     parser.add_argument("--listpack-value", type=int, default=None,
                         help="CONFIG SET hash-max-listpack-value on the private server (the "
                              "stack's docker-compose.yml runs Redis with 128)")
     args = parser.parse_args(argv)
 
     print(f"building the workload: {args.messages:,} messages …", file=sys.stderr)
-    workload = bench_workload.generate(args.messages, args.seed)
+    workload = bench_workload.generate(
+        min(args.messages, STEADY_CATALOG_MESSAGES) if args.steady else args.messages, args.seed)
+    lines: Iterable[bytes] = workload.lines
+    expected = args.expected_codes or workload.codes
+    if args.steady:  # as tracewatch bench sizes and fills the soak's ledger
+        lines = bench.steady_messages(args.messages, args.seed + 2)
+        expected = args.expected_codes or args.messages * workload.codes // len(workload.lines)
     settings = load_settings({})
     with tempfile.TemporaryDirectory() as folder:
         catalog = bench_workload.write_catalog(workload.catalog, Path(folder) / "catalog.csv")
@@ -111,8 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.listpack_value is not None:
             client.config_set("hash-max-listpack-value", args.listpack_value)
         prefix = "tw"
-        ledger = RedisLedger(client, prefix=prefix,
-                             expected_codes=args.expected_codes or workload.codes)
+        ledger = RedisLedger(client, prefix=prefix, expected_codes=expected)
         pipeline = Pipeline(ledger, config)
         client.slowlog_reset()
         cpu_before = redis_cpu(client)
@@ -122,10 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         gc.freeze()
         gc.disable()  # the worker collects between batches only (streams.worker.CycleCollector)
         started = time.perf_counter()
-        for first in range(0, len(workload.lines), args.batch):
+        for batch in batched(lines, args.batch):
             tick = time.perf_counter()
             messages = [(number, parse(orjson.loads(line), psn_key))
-                        for number, line in enumerate(workload.lines[first:first + args.batch])]
+                        for number, line in enumerate(batch)]
             seconds["parse"] += (now := time.perf_counter()) - tick
             ledger.confirm_writes()
             seconds["confirm"] += (tick := time.perf_counter()) - now
@@ -172,7 +200,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nledger: {figures['codes']:,} codes, {figures['shared_states']:,} shared "
               f"states, {figures['bytes_per_code']:.1f} bytes per code (sampled, as the "
               f"bench reports it; hash-max-listpack-value {ledger.inline_limit})")
+        if args.breakdown:
+            print_breakdown(client, prefix)
     return 0
+
+
+def print_breakdown(client: redis.Redis, prefix: str) -> None:
+    """Keys, hash entries and MEMORY USAGE of each key family, per code in the code buckets."""
+    families: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+        family = key.decode().split(":")[1]
+        figures = families[family]
+        figures[0] += 1
+        figures[1] += client.hlen(key) if client.type(key) == b"hash" else 0
+        figures[2] += client.memory_usage(key, samples=0) or 0
+    codes = families["c"][1]  # entries of the code buckets: every code held
+    print(f"\n{'family':<7} {'keys':>7} {'entries':>9} {'bytes':>12} {'per code':>9}")
+    for family, (keys, entries, used) in sorted(families.items(), key=lambda item: -item[1][2]):
+        print(f"{family:<7} {keys:7,} {entries:9,} {used:12,} {used / max(1, codes):9.2f}")
 
 
 if __name__ == "__main__":
