@@ -950,6 +950,8 @@ _NARROW_SPAN = 10**19
 _NARROW_MIX = 6_180_339_887_498_948_483  # about 10**19 / golden ratio, prime to 10
 _NARROW_UNMIX = pow(_NARROW_MIX, -1, _NARROW_SPAN)
 _FIELD_PADDED = 0x85  # this byte + a field of another form as code_slot(packed) makes it
+# No field of any form starts with byte 0xFF (a 20-digit field's first byte is at most 0x8A):
+# the Redis ledger names the pieces of long values with it (streams/ledger_overflow.lua).
 
 
 def _is_code20(code: str) -> bool:

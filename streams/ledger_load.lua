@@ -9,8 +9,9 @@
 -- little-endian.
 -- ARGV[3], ...: the fields, in that order.
 -- Returns the values of the fields in the order given (nil when absent).
--- With overflow hashes, an empty value in the bucket is a marker: the value was too long for
--- the bucket's compact (listpack) encoding and lives in the overflow hash.
+-- With overflow hashes, a value of at most one byte in the bucket is a marker: the value was
+-- too long for the bucket's compact (listpack) encoding and lives in the overflow hash
+-- (is_marker and overflow_value, ledger_overflow.lua, which comes first).
 -- With a shared-state prefix, a value that refers to a state kept once for several codes
 -- (shared_slot and shared_state, ledger_reference.lua, which comes before this file) is
 -- looked up: the state's hash is the prefix and the serial without its low byte, in decimal,
@@ -60,18 +61,10 @@ for k = 1, n do
       for j = 1, #values do out[where[s + j - 1]] = values[j] end
     end
     if overflow then
-      local big, bigat
       for p = first, last do
-        if out[where[p]] == '' then
-          if not big then big, bigat = {}, {} end
-          big[#big + 1] = names[p]
-          bigat[#bigat + 1] = where[p]
-        end
-      end
-      if big then
-        for s = 1, #big, STEP do
-          local values = redis.call('HMGET', KEYS[n + k], unpack(big, s, math.min(s + STEP - 1, #big)))
-          for j = 1, #values do out[bigat[s + j - 1]] = values[j] end
+        local value = out[where[p]]
+        if value and #value <= 1 and is_marker(value) then
+          out[where[p]] = overflow_value(KEYS[n + k], names[p], value)
         end
       end
     end

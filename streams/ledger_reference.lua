@@ -1,5 +1,6 @@
 -- Following a code's entry that refers to a shared state. RedisLedger puts this file before
--- ledger_load.lua and ledger_sweep.lua, which both follow references.
+-- ledger_load.lua and ledger_sweep.lua, which both follow references, after
+-- ledger_overflow.lua.
 -- A value of 2 to 12 bytes starting with '-' is a reference: the rest is the serial in
 -- decimal (Redis keeps such a value as an integer); so is one of 2 to 6 bytes starting with
 -- byte 0x10, the rest the serial big-endian (serials past 2**31, and layout 2's). No packed
@@ -22,12 +23,12 @@ local function shared_slot(value)
 end
 
 -- The shared state at (high, low) under the shared buckets' key prefix: false when it has
--- expired. An empty state is a marker, as in the code buckets: the state lives in the shared
--- bucket's overflow hash, whose key has ':vx:' for the prefix's last ':v:'.
+-- expired. A marker, as in the code buckets (is_marker, ledger_overflow.lua), says the state
+-- lives in the shared bucket's overflow hash, whose key has ':vx:' for the prefix's last ':v:'.
 local function shared_state(shared, high, low)
   local state = redis.call('HGET', shared .. high, low)
-  if state == '' then
-    state = redis.call('HGET', string.sub(shared, 1, -3) .. 'vx:' .. high, low)
+  if state and is_marker(state) then
+    state = overflow_value(string.sub(shared, 1, -3) .. 'vx:' .. high, tostring(low), state)
   end
   return state
 end

@@ -1,17 +1,19 @@
 -- tracewatch ledger: write the fields of many bucket hashes in one call (one round trip).
 --
--- ARGV[1]: "LIMIT" and, per run of bucket hashes, " N F TTL": N hashes, F 1 when they have
--- overflow hashes (else 0), TTL their expiry in seconds.
--- KEYS: per run, its N bucket hashes, then, when F is 1, their N overflow hashes in the same
--- order.
+-- ARGV[1]: "LIMIT" and, per run of bucket hashes, " N F TTL": N hashes, F 2 when they have
+-- overflow hashes that take long values in pieces, 1 when whole, 0 without overflow hashes,
+-- TTL their expiry in seconds.
+-- KEYS: per run, its N bucket hashes, then, when F is 1 or 2, their N overflow hashes in the
+-- same order.
 -- ARGV[2]: per write, 4 bytes little-endian: 8 * (number of its bucket hash, from 0, counting
 -- the bucket hashes of all runs) + 4 when the field may have a copy in the overflow hash
 -- + 2 when the bucket's expiry is to be pushed + 1 for a set (0 for a delete).
 -- ARGV[3], ...: per write, its field and its value (empty for a delete).
--- A value longer than LIMIT in a bucket with an overflow hash goes there, and the bucket gets
--- an empty marker under the field. Per bucket, deletes run before sets; a field set in the
--- bucket or deleted loses its overflow copy (looked for only when a write of the bucket says
--- there may be one). A bucket gets its expiry pushed to TTL when a write of it asks (the
+-- A value longer than LIMIT in a bucket with an overflow hash goes there (in pieces or whole),
+-- and the bucket gets a marker under the field (ledger_overflow.lua, which comes before this
+-- file). Per bucket, deletes run before sets; a field set or deleted loses what the overflow
+-- hash held of its value (looked for, by its marker, only when the write says there may be
+-- some). A bucket gets its expiry pushed to TTL when a write of it asks (the
 -- caller asks once a day per bucket, not on every write: each EXPIRE is a call of its own);
 -- an overflow hash written to always does. Returns the number of bucket hashes.
 
@@ -41,7 +43,7 @@ for i = 1, writes do
   count[b] = (count[b] or 0) + 1
 end
 local buckets = 0
-for n in string.gmatch(runs, ' (%d+) [01] %d+') do buckets = buckets + tonumber(n) end
+for n in string.gmatch(runs, ' (%d+) [012] %d+') do buckets = buckets + tonumber(n) end
 local start, next_at, order = {}, {}, {}
 local at = 1
 for b = 1, buckets do
@@ -56,60 +58,75 @@ for i = 1, writes do
   next_at[b] = next_at[b] + 1
 end
 
-local function write(key, big, ttl, first, last)
+-- The overflow names of the values under names (those of them the writes say may have a
+-- copy there) as the bucket's markers say, read before the bucket is written.
+local function stale_pieces(key, names)
+  local stale = {}
+  for first = 1, #names, STEP do
+    local olds = redis.call('HMGET', key, unpack(names, first, math.min(first + STEP - 1, #names)))
+    for j = 1, #olds do
+      local old = olds[j]
+      if old and is_marker(old) then
+        for _, name in ipairs(piece_names(names[first + j - 1], old)) do
+          stale[#stale + 1] = name
+        end
+      end
+    end
+  end
+  return stale
+end
+
+local function write(key, big, whole, ttl, first, last)
   if first == last then -- the common case: one write to the bucket
     local i = order[first]
     local e = entry[i]
     local name, value = ARGV[2 * i + 1], ARGV[2 * i + 2]
-    local copy = big and e % 8 >= 4
+    if big and e % 8 >= 4 then
+      local stale = stale_pieces(key, {name})
+      if #stale > 0 then redis.call('HDEL', big, unpack(stale)) end
+    end
     if e % 2 == 0 then
       redis.call('HDEL', key, name)
-      if copy and redis.call('EXISTS', big) == 1 then redis.call('HDEL', big, name) end
     elseif big and #value > limit then
-      redis.call('HSET', key, name, '')
-      redis.call('HSET', big, name, value)
+      local marker, flat = pieces_of(name, value, limit, whole)
+      redis.call('HSET', key, name, marker)
+      redis.call('HSET', big, unpack(flat))
       redis.call('EXPIRE', big, ttl)
       if e % 4 >= 2 then redis.call('EXPIRE', key, ttl) end
     else
       redis.call('HSET', key, name, value)
-      if copy and redis.call('EXISTS', big) == 1 then redis.call('HDEL', big, name) end
       if e % 4 >= 2 then redis.call('EXPIRE', key, ttl) end
     end
     return
   end
-  local d, s, o = {}, {}, {}
-  local copies, refresh = false, false
+  local d, s, o, m, copied = {}, {}, {}, {}, {}
+  local refresh = false
   for j = first, last do
     local i = order[j]
     local e = entry[i]
     local name, value = ARGV[2 * i + 1], ARGV[2 * i + 2]
-    if e % 8 >= 4 then copies = true end
+    if big and e % 8 >= 4 then copied[#copied + 1] = name end
     if e % 4 >= 2 then refresh = true end
     if e % 2 == 0 then
       d[#d + 1] = name
     elseif big and #value > limit then
-      o[#o + 1] = name
-      o[#o + 1] = value
+      local marker, flat = pieces_of(name, value, limit, whole)
+      m[#m + 1] = name
+      m[#m + 1] = marker
+      for p = 1, #flat do o[#o + 1] = flat[p] end
     else
       s[#s + 1] = name
       s[#s + 1] = value
     end
   end
+  if #copied > 0 then
+    local stale = stale_pieces(key, copied)
+    if #stale > 0 then call_range('HDEL', big, stale, 1, #stale) end
+  end
   if #d > 0 then call_range('HDEL', key, d, 1, #d) end
   if #s > 0 then call_range('HSET', key, s, 1, #s) end
-  if big and copies and (#d > 0 or #s > 0) and redis.call('EXISTS', big) == 1 then
-    local names = {}
-    for i = 1, #d do names[#names + 1] = d[i] end
-    for i = 1, #s, 2 do names[#names + 1] = s[i] end
-    call_range('HDEL', big, names, 1, #names)
-  end
   if #o > 0 then
-    local markers = {}
-    for i = 1, #o, 2 do
-      markers[#markers + 1] = o[i]
-      markers[#markers + 1] = ''
-    end
-    call_range('HSET', key, markers, 1, #markers)
+    call_range('HSET', key, m, 1, #m)
     call_range('HSET', big, o, 1, #o)
     redis.call('EXPIRE', big, ttl)
   end
@@ -117,16 +134,17 @@ local function write(key, big, ttl, first, last)
 end
 
 local b, k = 0, 0
-for n, flag, ttl in string.gmatch(runs, ' (%d+) ([01]) (%d+)') do
+for n, flag, ttl in string.gmatch(runs, ' (%d+) ([012]) (%d+)') do
   n = tonumber(n)
+  local big = flag ~= '0'
   for j = 1, n do
     local c = count[b + j]
     if c then
       local first = start[b + j]
-      write(KEYS[k + j], flag == '1' and KEYS[k + n + j] or nil, ttl, first, first + c - 1)
+      write(KEYS[k + j], big and KEYS[k + n + j] or nil, flag == '1', ttl, first, first + c - 1)
     end
   end
   b = b + n
-  k = k + (flag == '1' and 2 or 1) * n
+  k = k + (big and 2 or 1) * n
 end
 return buckets

@@ -15,7 +15,8 @@
 --   (shared_slot and shared_state, ledger_reference.lua, which comes before this file) is
 --   judged on that state's time, and removed when the state has expired. These keys are not
 --   in KEYS (a single Redis, not a cluster).
--- An empty value in the bucket is a marker: the value lives in the overflow hash.
+-- A marker in the bucket (is_marker, ledger_overflow.lua, which comes first) says the value
+-- lives in the overflow hash, in pieces or whole.
 -- Entries are only deleted (HDEL), so a listpack bucket stays listpack; an emptied bucket
 -- disappears. Expiries are left as they are.
 -- Returns {buckets that exist, entries seen, entries older than the cutoff, entries without a
@@ -110,8 +111,8 @@ for k = 1, #KEYS, 2 do
     local names, overs = {}, {}
     for i = 1, #flat, 2 do
       local value = flat[i + 1]
-      local marker = value == ''
-      if marker then value = redis.call('HGET', overflow, flat[i]) end
+      local marker = #value <= 1 and is_marker(value) and value
+      if marker then value = overflow_value(overflow, flat[i], marker) end
       local moment
       if value then
         local state = referred(value)
@@ -126,7 +127,9 @@ for k = 1, #KEYS, 2 do
         unreadable = unreadable + 1
       elseif moment < cutoff then
         names[#names + 1] = flat[i]
-        if marker then overs[#overs + 1] = flat[i] end
+        if marker then
+          for _, name in ipairs(piece_names(flat[i], marker)) do overs[#overs + 1] = name end
+        end
       end
     end
     if #names > 0 then

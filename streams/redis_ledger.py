@@ -49,9 +49,15 @@ Redis keeps a hash in listpack form only while it has at most ``hash-max-listpac
 fields (default 512) and every field and value is at most ``hash-max-listpack-value`` bytes
 (default 64). The ledger reads both at start and warns when they are too small; it never
 changes them. A value longer than ``hash-max-listpack-value`` (a code with several standing
-sales, a big sale) goes to the bucket's *overflow hash* and the bucket keeps an empty marker,
-so one long value never converts its whole bucket. Raising ``hash-max-listpack-value`` to
-128 (``CONFIG SET`` or redis.conf) keeps codes with two or three sales inline.
+sales, a big sale) goes to the bucket's *overflow hash* and the bucket keeps a marker, so one
+long value never converts its whole bucket. Since layout 4 the value goes there in pieces of
+at most ``hash-max-listpack-value`` bytes, so that the overflow hash is a listpack too (an
+entry of the hash-table encoding costs ~150 bytes beside its value), and the marker is the
+number of pieces, one byte (streams/ledger_overflow.lua); layout 3 and before kept it whole
+under an empty marker, which is still read, and is still how a person's state overflows
+(a person bucket's overflow hash holds too many for a listpack). Raising
+``hash-max-listpack-value`` to 128 (``CONFIG SET`` or redis.conf) keeps codes with two or
+three sales inline.
 
 Retention. Bucket keys expire ``retention_days`` and a day after their last write: a writer
 pushes a bucket's expiry with its first write of the day to it (an EXPIRE per write was a
@@ -138,7 +144,8 @@ states (:data:`KEY_SHARED`), which layout 1 never wrote; layout 3 added dated re
 to packed states (:func:`streams.codec._put_record`), references in decimal, the shared
 overflow hashes (:data:`KEY_SHARED_BIG`) and, on prefixes it created, packed code fields
 (:data:`CODE_FIELDS_PACKED`); layout 4 adds shorter first-drug references to packed states
-(``streams.codec._FD_REF_APPLIED``) and, on prefixes it creates, narrow code fields
+(``streams.codec._FD_REF_APPLIED``), long values in pieces in the overflow hashes
+(ledger_overflow.lua) and, on prefixes it creates, narrow code fields
 (:data:`CODE_FIELDS_NARROW`). Recording the new number keeps an older tracewatch from
 misreading what it cannot read."""
 
@@ -174,16 +181,19 @@ KEY_CODES = "{prefix}:c:{bucket}"
 Expires retention_days (and a day) after its last write; older states in it are removed by
 the sweep."""
 KEY_CODES_BIG = "{prefix}:cx:{bucket}"
-"""Hash: code field → packed CodeState too long for the bucket. Expiry as the bucket's."""
+"""Hash: code field → packed CodeState too long for the bucket, in pieces (the second
+and later under byte 255, the piece's number and the field) or, from layout 3 and before,
+whole. Expiry as the bucket's."""
 KEY_SHARED = "{prefix}:v:{bucket}"
 """Hash: the low byte of a shared state's serial, in decimal (a listpack keeps it as a small
 integer) → the packed CodeState that several codes of the bucket hashes refer to
-(codec.shared_ref), or "" when in the overflow; {bucket} is the serial without that byte.
+(codec.shared_ref), or a marker when in the overflow; {bucket} is the serial without that
+byte.
 Expires retention_days (and a day) after its last write."""
 KEY_SHARED_BIG = "{prefix}:vx:{bucket}"
 """Hash: serial's low byte → shared CodeState too long for the shared bucket (a box sold,
-returned and sold again, say). Expiry as the bucket's. The scripts name it from the shared
-bucket's key (":v:" becomes ":vx:")."""
+returned and sold again, say), in pieces as in :data:`KEY_CODES_BIG`. Expiry as the
+bucket's. The scripts name it from the shared bucket's key (":v:" becomes ":vx:")."""
 KEY_SHARED_SERIAL = "{prefix}:vn"
 """String: the shared-state serials given out so far (writers take SHARED_BLOCK at a time).
 Never expires."""
@@ -193,10 +203,11 @@ KEY_RECORDS = "{prefix}:r:{slice}:{bucket}"
 """Hash: 8-byte digest of a routed record (institution, infno, bchno) → "". As msgids."""
 KEY_SALES = "{prefix}:s:{bucket}"
 """Hash: 8-byte digest of institution + bchno → the sale's codes and the day of the write
-(codec.pack_codes), or "" when in the overflow. Expires retention_days (and a day) after its
+(codec.pack_codes), or a marker when in the overflow. Expires retention_days (and a day) after its
 last write; entries older than that are removed by the sweep."""
 KEY_SALES_BIG = "{prefix}:sx:{bucket}"
-"""Hash: sale digest → codes too long for the bucket."""
+"""Hash: sale digest → codes too long for the bucket, in pieces as in
+:data:`KEY_CODES_BIG`."""
 KEY_PERSONS = "{prefix}:p:{bucket}"
 """Hash: 8-byte digest of person + drug → packed PersonState, or "" when in the overflow.
 Expires person_ttl_days (and a day) after its last write; older states in it are removed by
@@ -231,13 +242,14 @@ SHARE_FROM_CODES = 2
 two codes' 6-byte references and one shared entry already cost less than two states."""
 
 _SCRIPTS = {
-    "load": ("ledger_reference.lua", "ledger_load.lua"),
-    "store": ("ledger_store.lua",),
+    "load": ("ledger_overflow.lua", "ledger_reference.lua", "ledger_load.lua"),
+    "store": ("ledger_overflow.lua", "ledger_store.lua"),
     "intern": ("ledger_intern.lua",),
-    "sweep": ("ledger_reference.lua", "ledger_sweep.lua"),
+    "sweep": ("ledger_overflow.lua", "ledger_reference.lua", "ledger_sweep.lua"),
 }
-"""Each script and the files it is made of, in order (both scripts that follow references
-to shared states take ``shared_slot`` from the first)."""
+"""Each script and the files it is made of, in order: the scripts that read or write
+overflow hashes take their pieces' names from ledger_overflow.lua, and both scripts that
+follow references to shared states take ``shared_slot`` from ledger_reference.lua."""
 
 
 def script_sources() -> dict[str, str]:
@@ -704,10 +716,13 @@ class _Writes:
 
     def run(self, table: str, overflow: str | None, ttl: int, buckets: Sequence[int],
             names: Sequence[bytes], values: Sequence[bytes | None],
-            inline: Sequence[bool] | None = None, push_always: bool = False) -> None:
+            inline: Sequence[bool] | None = None, push_always: bool = False,
+            pieces: bool = True) -> None:
         """Write ``values[i]`` under ``names[i]`` in bucket ``buckets[i]`` of the family
         whose keys are ``table`` (and ``overflow``, None when it has none) with a bucket
         number; None deletes. Within a bucket, deletes run before sets; runs run in order.
+        A long value goes to the overflow hash in pieces (``pieces``: keeping that hash a
+        listpack where it holds few; ledger_overflow.lua), else whole.
 
         A bucket's expiry is pushed to ``ttl`` and :data:`EXPIRY_SPARE` by its first set of
         the day (``push_always``: by every batch that sets in it). ``inline[i]``: the field is
@@ -732,7 +747,8 @@ class _Writes:
         self.keys += [table + str(bucket) for bucket in numbers]
         if overflow is not None:
             self.keys += [overflow + str(bucket) for bucket in numbers]
-        self.runs.append(b"%d %d %d" % (len(numbers), overflow is not None,
+        self.runs.append(b"%d %d %d" % (len(numbers),
+                                        0 if overflow is None else 2 if pieces else 1,
                                         ttl + EXPIRY_SPARE))
         self.size += len(numbers)
 
@@ -1342,9 +1358,13 @@ class RedisLedger:
         keys = list(states)
         inline = self._inline_persons
         writes = self._writes()
+        # Whole: a person bucket holds hundreds of persons, most of them long (a purchase
+        # each), so its overflow hash is past a listpack's entries either way, and pieces
+        # would only add entries.
         writes.run(self._persons.bucket, self._persons.overflow, self.person_seconds,
                    *_slots_of(keys, inline, _digest_slot, self.aux_bits),
-                   [packed.get(key) for key in keys], [key in inline for key in keys])
+                   [packed.get(key) for key in keys], [key in inline for key in keys],
+                   pieces=False)
         self._write(writes)
 
     def _link_key(self, psn_hash: str) -> str:

@@ -21,6 +21,7 @@ from detectors.codes import box_codes
 from detectors.hoarding import HoardingLink
 from detectors.messages import parse
 from detectors.model import CodeState, RuleConfig
+from streams import codec
 from streams.codec import (
     INST,
     MemoryInterner,
@@ -32,8 +33,9 @@ from streams.codec import (
 )
 from streams.ledger import MemoryLedger, record_key, sale_key
 from streams.pipeline import Pipeline
-from streams.redis_ledger import SHARED_BLOCK, LedgerError, RedisLedger
+from streams.redis_ledger import SHARED_BLOCK, LedgerError, RedisLedger, _digest_slot
 from streams.reference import load_catalog
+from tests import factory
 from tests.test_codec import (
     code_state_variant,
     person_state_in_runs,
@@ -42,7 +44,7 @@ from tests.test_codec import (
     random_person_state,
     typical_state,
 )
-from tests.test_sweep import binary_references
+from tests.test_sweep import binary_references, overflow_pieces, whole_overflow
 
 pytestmark = pytest.mark.integration
 
@@ -225,8 +227,10 @@ def test_the_boxes_of_one_sale_share_one_stored_state(
 
     shared, shared_big = f"{prefix}:v:0", f"{prefix}:vx:0"
     assert list(client.scan_iter(match=f"{prefix}:v:*")) == [shared.encode()]
-    assert client.hgetall(shared) == {b"0": pack_code_state(SMALL, ledger.interner), b"1": b""}
-    assert client.hgetall(shared_big) == {b"1": pack_code_state(SOLD_TWICE, ledger.interner)}
+    marker, pieces = overflow_pieces(b"1", pack_code_state(SOLD_TWICE, ledger.interner),
+                                     ledger.inline_limit)
+    assert client.hgetall(shared) == {b"0": pack_code_state(SMALL, ledger.interner), b"1": marker}
+    assert client.hgetall(shared_big) == pieces
     assert client.ttl(shared) > 100 * 86_400 and client.ttl(shared_big) > 100 * 86_400
     assert int(client.get(f"{prefix}:vn") or 0) == SHARED_BLOCK
 
@@ -887,8 +891,14 @@ def test_buckets_stay_listpack_and_long_values_overflow(
     ledger.store_codes(states)
     for bucket in (0, 1):
         assert client.object("encoding", f"{prefix}:c:{bucket}") == b"listpack"
-    bucket, _ = ledger.code_slot(C3)
-    assert client.hlen(f"{prefix}:cx:{bucket}") == 1
+    bucket, field = ledger.code_slot(C3)
+    packed = pack_code_state(states[C3], ledger.interner)  # type: ignore[arg-type]
+    pieces = -(-len(packed) // ledger.inline_limit)
+    assert pieces >= 3 and client.hget(f"{prefix}:c:{bucket}", field) == bytes([pieces])
+    assert client.hlen(f"{prefix}:cx:{bucket}") == pieces  # in pieces: a listpack too
+    assert client.object("encoding", f"{prefix}:cx:{bucket}") == b"listpack"
+    assert b"".join(client.hmget(f"{prefix}:cx:{bucket}", [field] + [
+        bytes([255, k]) + field for k in range(2, pieces + 1)])) == packed
     stats = ledger.stats()
     assert stats["codes"] == 301
     assert stats["encodings"] == {"listpack": 2}
@@ -900,6 +910,58 @@ def test_buckets_stay_listpack_and_long_values_overflow(
     ledger.store_codes({C3: None})  # deleted: both go
     assert not client.exists(f"{prefix}:cx:{bucket}")
     assert client.hget(f"{prefix}:c:{bucket}", ledger.code_slot(C3)[1]) is None
+
+
+def test_long_values_kept_whole_by_layout_3_read_and_are_replaced_by_pieces(
+    client: CountingRedis, prefix: str, make: Callable[..., RedisLedger]
+) -> None:
+    """Layout 3 kept a long value whole in the overflow hash, under an empty marker (a
+    code's and a shared state's): read as it is; written again or deleted, nothing of it is
+    left over."""
+    ledger = make(buckets=1)
+    states: dict[str, CodeState | None] = {C1: SOLD_TWICE, C2: SOLD_TWICE, C3: SOLD_TWICE_LATER,
+                                           C4: SOLD_TWICE_LATER}
+    ledger.store_codes({C1: SOLD_TWICE, C2: SOLD_TWICE, C3: SOLD_TWICE_LATER})
+    ledger.store_codes({C4: SOLD_TWICE_LATER})  # a lone code: its own entry
+    whole_overflow(client, f"{prefix}:v:0", f"{prefix}:vx:0", b"0")  # C1 and C2's
+    for code in (C3, C4):
+        whole_overflow(client, f"{prefix}:c:0", f"{prefix}:cx:0", ledger.code_slot(code)[1])
+    ledger = make(buckets=1)
+    assert ledger.load_codes(set(states)) == states
+    ledger.store_codes({C3: SOLD_TWICE, C4: None})
+    assert make(buckets=1).load_codes(set(states)) == {C1: SOLD_TWICE, C2: SOLD_TWICE,
+                                                       C3: SOLD_TWICE}
+    marker, pieces = overflow_pieces(ledger.code_slot(C3)[1],
+                                     pack_code_state(SOLD_TWICE, ledger.interner),
+                                     ledger.inline_limit)
+    assert client.hget(f"{prefix}:c:0", ledger.code_slot(C3)[1]) == marker
+    assert client.hgetall(f"{prefix}:cx:0") == pieces  # C3's old value and C4's are gone
+    assert client.object("encoding", f"{prefix}:cx:0") == b"listpack"
+
+
+def test_long_person_states_overflow_whole_and_sales_in_pieces(
+    client: CountingRedis, prefix: str, make: Callable[..., RedisLedger]
+) -> None:
+    """A person bucket holds hundreds of persons, most with long states: their overflow hash
+    is past a listpack's size either way, so a long person state goes there whole, under an
+    empty marker; the sale index's long values go in pieces, as the codes' do."""
+    ledger = make(buckets=1)
+    ledger.inline_limit = 16
+    person = next(state for state in map(random_person_state, map(random.Random, range(50)))
+                  if len(state.purchases) >= 3)
+    ledger.store_persons({PK2: person})
+    bucket, field = _digest_slot(PK2, ledger.aux_bits)
+    assert client.hget(f"{prefix}:p:{bucket}", field) == b""
+    assert client.hgetall(f"{prefix}:px:{bucket}") == {
+        field: codec.pack_person_state(person, ledger.interner)}
+    assert make(buckets=1).load_persons({PK2}) == {PK2: person}
+    boxes = MANY_CODES[:6]
+    pipeline = Pipeline(ledger, factory.CONFIG)
+    pipeline.process([(0, parse(factory.sale(boxes), factory.PSN_KEY))])
+    markers = [value for key in client.scan_iter(match=f"{prefix}:s:*")
+               for value in client.hvals(key)]
+    assert markers and all(len(value) == 1 and value[0] >= 2 for value in markers)
+    assert make(buckets=1).load_codes(set(boxes)).keys() == set(boxes)
 
 
 def test_one_batch_moves_values_between_bucket_and_overflow(
@@ -927,8 +989,11 @@ def test_one_batch_moves_values_between_bucket_and_overflow(
         assert ledger.load_codes(set(codes)) == memory.load_codes(set(codes))
     bucket = f"{prefix}:c:0"
     overflow = {ledger.code_slot(code)[1] for code in (codes[1], codes[4], codes[5])}
-    assert set(client.hkeys(f"{prefix}:cx:0")) == overflow
-    assert {name for name, value in client.hgetall(bucket).items() if value == b""} == overflow
+    markers = {name: value for name, value in client.hgetall(bucket).items() if len(value) == 1}
+    pieces = -(-len(pack_code_state(long, MemoryInterner())) // ledger.inline_limit)
+    assert set(markers) == overflow and set(markers.values()) == {bytes([pieces])}
+    assert set(client.hkeys(f"{prefix}:cx:0")) == overflow | {  # nothing left over
+        bytes([255, k]) + name for name in overflow for k in range(2, pieces + 1)}
     assert client.hlen(bucket) == 5
     assert client.object("encoding", bucket) == b"listpack"
 

@@ -15,7 +15,7 @@ from detectors.hoarding import PersonState, Purchase
 from detectors.messages import parse_time
 from detectors.model import DAY_SECONDS, CodeState
 from streams.cli import main
-from streams.codec import binary_shared_ref, pack_codes, shared_serial
+from streams.codec import binary_shared_ref, pack_code_state, pack_codes, shared_serial
 from streams.redis_ledger import RedisLedger, _digest_slot
 from tests.test_codec import typical_state
 
@@ -130,15 +130,40 @@ def test_codes_that_share_a_long_state_are_judged_by_it(
     fresh = {code(n): aged(1) for n in range(1, 4)}
     stale = {code(n): aged(300) for n in range(11, 15)}
     ledger.store_codes({**fresh, **stale})
-    assert client.hgetall(f"{prefix}:v:0") == {b"0": b"", b"1": b""}
-    assert client.hlen(f"{prefix}:vx:0") == 2
+    marker, pieces = overflow_pieces(b"0", pack_code_state(aged(1), ledger.interner), 8)
+    assert client.hgetall(f"{prefix}:v:0") == {b"0": marker, b"1": marker}
+    assert client.hlen(f"{prefix}:vx:0") == 2 * len(pieces) > 2
 
     result = ledger.sweep(NOW)
 
     assert (result.codes.entries, result.codes.removed) == (7, 4)
     assert (result.shared.entries, result.shared.removed) == (2, 1)
-    assert client.hkeys(f"{prefix}:v:0") == client.hkeys(f"{prefix}:vx:0") == [b"0"]
+    assert client.hkeys(f"{prefix}:v:0") == [b"0"]
+    assert client.hgetall(f"{prefix}:vx:0") == pieces
     assert ledger.load_codes({*fresh, *stale}) == fresh
+
+
+def test_long_values_kept_whole_by_layout_3_are_judged_and_removed(
+    client: redis.Redis, prefix: str, make: Callable[..., RedisLedger]
+) -> None:
+    """Layout 3 kept a long value whole in the overflow hash, under an empty marker: the
+    sweep reads such values as it does pieces, and removes a stale one."""
+    ledger = make()
+    ledger.store_codes({**FRESH, **STALE})
+    for big_code in (code(4), code(14)):
+        bucket, field = ledger.code_slot(big_code)
+        whole_overflow(client, f"{prefix}:c:{bucket}", f"{prefix}:cx:{bucket}", field)
+
+    result = ledger.sweep(NOW)
+
+    assert (result.codes.entries, result.codes.removed, result.codes.unreadable) == (
+        len(FRESH) + len(STALE), len(STALE), 0)
+    assert ledger.load_codes({*FRESH, *STALE}) == FRESH
+    bucket, field = ledger.code_slot(code(14))
+    assert client.hget(f"{prefix}:cx:{bucket}", field) is None
+    bucket, field = ledger.code_slot(code(4))
+    assert client.hget(f"{prefix}:cx:{bucket}", field) == pack_code_state(FRESH[code(4)],
+                                                                          ledger.interner)
 
 
 def test_a_stale_code_written_again_survives(make: Callable[..., RedisLedger]) -> None:
@@ -151,6 +176,29 @@ def test_a_stale_code_written_again_survives(make: Callable[..., RedisLedger]) -
 
     assert result.codes.removed == 1
     assert ledger.load_codes({code(1), code(2)}) == {code(1): aged(0)}
+
+
+def overflow_pieces(field: bytes, value: bytes, limit: int) -> tuple[bytes, dict[bytes, bytes]]:
+    """The bucket's marker and the overflow hash's entries of a long value, as layout 4
+    writes them (streams/ledger_overflow.lua): pieces of ``limit`` bytes, the first under the
+    field, piece k under byte 255, byte k and the field."""
+    count = -(-len(value) // limit)
+    names = [field] + [bytes([255, k]) + field for k in range(2, count + 1)]
+    return bytes([count]), {name: value[i * limit:(i + 1) * limit]
+                            for i, name in enumerate(names)}
+
+
+def whole_overflow(client: redis.Redis, bucket: str, overflow: str, field: bytes) -> bytes:
+    """Rewrite a long value in pieces as layout 3 kept it: whole in the overflow hash under
+    the field, an empty marker in the bucket. Returns the value."""
+    marker = client.hget(bucket, field)
+    assert marker is not None and len(marker) == 1
+    names = [field] + [bytes([255, k]) + field for k in range(2, marker[0] + 1)]
+    value = b"".join(client.hmget(overflow, names))
+    client.hdel(overflow, *names)
+    client.hset(overflow, field, value)
+    client.hset(bucket, field, b"")
+    return value
 
 
 def binary_references(client: redis.Redis, prefix: str, ledger: RedisLedger,
