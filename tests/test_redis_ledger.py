@@ -5,6 +5,7 @@ Skipped when Redis does not answer, unless CI is set."""
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import uuid
@@ -1093,6 +1094,25 @@ def test_warns_when_buckets_would_outgrow_listpack(make: Callable[..., RedisLedg
     assert any("hash-max-listpack-entries" in w for w in crowded.warnings)
     empty = crowded.stats()
     assert (empty["codes"], empty["bytes_per_code"]) == (0, None)
+
+
+def test_advises_the_stacks_listpack_value(redis_server: Callable[..., Any],
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    """Redis's default hash-max-listpack-value (64) works, with a note that the stack's 128
+    keeps the ledger smaller; at 128 there is nothing to say."""
+    client = redis.Redis.from_url(redis_server().url)
+    with caplog.at_level(logging.INFO, logger="streams.redis_ledger"):
+        default = RedisLedger(client, prefix="tw", buckets=16)
+    advice = [r.getMessage() for r in caplog.records
+              if "hash-max-listpack-value" in r.getMessage()]
+    assert default.inline_limit == 64 and not default.warnings
+    assert len(advice) == 1 and "is 64" in advice[0] and "128" in advice[0]
+    caplog.clear()
+    client.config_set("hash-max-listpack-value", 128)
+    with caplog.at_level(logging.INFO, logger="streams.redis_ledger"):
+        RedisLedger(client, prefix="tw", buckets=16)
+    assert not [r for r in caplog.records if "hash-max-listpack-value" in r.getMessage()]
+    client.close()
 
 
 def test_unreachable_redis_is_a_clear_error() -> None:
