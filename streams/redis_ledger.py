@@ -54,8 +54,8 @@ long value never converts its whole bucket. Since layout 4 the value goes there 
 at most ``hash-max-listpack-value`` bytes, so that the overflow hash is a listpack too (an
 entry of the hash-table encoding costs ~150 bytes beside its value), and the marker is the
 number of pieces, one byte (streams/ledger_overflow.lua); layout 3 and before kept it whole
-under an empty marker, which is still read, and is still how a person's state overflows
-(a person bucket's overflow hash holds too many for a listpack). Raising
+under an empty marker, which is still read, and is still how a person's state overflows (most
+are long, and in pieces they took as much memory for more of Redis's time). Raising
 ``hash-max-listpack-value`` to 128 (``CONFIG SET`` or redis.conf) keeps codes with two or
 three sales inline.
 
@@ -137,8 +137,8 @@ from streams.ledger import Announcement
 
 log = logging.getLogger(__name__)
 
-LAYOUT_VERSION = "4"
-COMPATIBLE_LAYOUTS = ("1", "2", "3")
+LAYOUT_VERSION = "5"
+COMPATIBLE_LAYOUTS = ("1", "2", "3", "4")
 """Layouts this tracewatch reads as its own and upgrades in place: layout 2 only added shared
 states (:data:`KEY_SHARED`), which layout 1 never wrote; layout 3 added dated record numbers
 to packed states (:func:`streams.codec._put_record`), references in decimal, the shared
@@ -146,8 +146,9 @@ overflow hashes (:data:`KEY_SHARED_BIG`) and, on prefixes it created, packed cod
 (:data:`CODE_FIELDS_PACKED`); layout 4 adds shorter first-drug references to packed states
 (``streams.codec._FD_REF_APPLIED``), long values in pieces in the overflow hashes
 (ledger_overflow.lua) and, on prefixes it creates, narrow code fields
-(:data:`CODE_FIELDS_NARROW`). Recording the new number keeps an older tracewatch from
-misreading what it cannot read."""
+(:data:`CODE_FIELDS_NARROW`); layout 5 gives the prefixes it creates as many person buckets as
+code buckets (the meta's ``person_bits``). Recording the new number keeps an older
+tracewatch from misreading what it cannot read."""
 
 CODE_FIELDS_PACKED = "packed"
 """The meta's ``code_fields`` of a prefix created by layout 3: codes that end in digits have
@@ -159,8 +160,10 @@ code that starts with 8 in a byte less (:func:`streams.codec.narrow_code_slot`).
 
 _META_SCRIPT = """
 local fresh = redis.call('EXISTS', KEYS[1]) == 0
-for i = 2, #ARGV, 2 do redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) end
-if fresh then redis.call('HSET', KEYS[1], 'code_fields', ARGV[1]) end
+for i = 3, #ARGV, 2 do redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if fresh then
+  redis.call('HSET', KEYS[1], 'code_fields', ARGV[1], 'person_bits', ARGV[2])
+end
 return redis.call('HGETALL', KEYS[1])
 """
 
@@ -209,11 +212,13 @@ KEY_SALES_BIG = "{prefix}:sx:{bucket}"
 """Hash: sale digest → codes too long for the bucket, in pieces as in
 :data:`KEY_CODES_BIG`."""
 KEY_PERSONS = "{prefix}:p:{bucket}"
-"""Hash: 8-byte digest of person + drug → packed PersonState, or "" when in the overflow.
-Expires person_ttl_days (and a day) after its last write; older states in it are removed by
-the sweep."""
+"""Hash: 8-byte digest of person + drug → packed PersonState, or a marker when in the
+overflow. As many buckets as code buckets (the meta's ``person_bits``; a prefix created before
+layout 5: its ``aux_bits``). Expires person_ttl_days (and a day) after its last write; older
+states in it are removed by the sweep."""
 KEY_PERSONS_BIG = "{prefix}:px:{bucket}"
-"""Hash: person digest → packed PersonState too long for the bucket."""
+"""Hash: person digest → packed PersonState too long for the bucket, whole (an empty marker in
+the bucket)."""
 KEY_LINK = "{prefix}:hl:{psn_hash}"
 """String: the person's latest HOARDING alert (codec.pack_link). Expires person_ttl_days
 after it was raised."""
@@ -226,7 +231,8 @@ CODES_PER_BUCKET = 256
 expected count (so about 128 to 256, well inside the default 512-entry listpack limit)."""
 MAX_BUCKET_BITS = 24
 ROUTER_BUCKET_SHIFT = 4
-"""msgid, record and person buckets are 2**4 times fewer than code buckets."""
+"""msgid and record buckets are 2**4 times fewer than code buckets (so were person buckets
+before layout 5: a prefix created before keeps them so)."""
 DEFAULT_PERSON_TTL_DAYS = 400
 """Hoarding state is worth keeping as long as the longest hoarding window (400 days cover
 any override up to a year)."""
@@ -841,6 +847,8 @@ class RedisLedger:
         self.code_bits = int(layout["code_bits"])
         self.sale_bits = int(layout["sale_bits"])
         self.aux_bits = int(layout["aux_bits"])
+        # A prefix created before layout 5 keeps its persons in the routing buckets.
+        self.person_bits = int(layout.get("person_bits", layout["aux_bits"]))
         self.code_fields = layout.get("code_fields", "")
         self.packed_fields = self.code_fields in (CODE_FIELDS_PACKED, CODE_FIELDS_NARROW)
         self.narrow_fields = self.code_fields == CODE_FIELDS_NARROW
@@ -889,8 +897,8 @@ class RedisLedger:
             "epoch": str(codec.EPOCH),
         }
         # One script, so that only the writer that creates the prefix records narrow code
-        # fields: an older ledger keeps the fields it was written with.
-        answer = self.client.eval(_META_SCRIPT, 1, key, CODE_FIELDS_NARROW,
+        # fields and its person buckets: an older ledger keeps those it was written with.
+        answer = self.client.eval(_META_SCRIPT, 1, key, CODE_FIELDS_NARROW, str(code_bits),
                                   *(item for pair in wanted.items() for item in pair))
         stored = {answer[i].decode(): answer[i + 1].decode() for i in range(0, len(answer), 2)}
         if stored.get("layout") in COMPATIBLE_LAYOUTS:
@@ -1123,7 +1131,7 @@ class RedisLedger:
         bucket bits."""
         if family == KEY_CODES:
             return self._codes, self._code_slots, self.code_bits
-        return self._persons, _digest_slots, self.aux_bits
+        return self._persons, _digest_slots, self.person_bits
 
     def _load_family(self, family: str, wanted: list[str],
                      ) -> tuple[dict[str, bytes], dict[str, Slot]]:
@@ -1368,11 +1376,12 @@ class RedisLedger:
         keys = list(states)
         inline = self._inline_persons
         writes = self._writes()
-        # Whole: a person bucket holds hundreds of persons, most of them long (a purchase
-        # each), so its overflow hash is past a listpack's entries either way, and pieces
-        # would only add entries.
+        # Whole: most person states are long (a purchase each, ~260 bytes in the bench), and
+        # in pieces they took as much memory in a listpack as whole in the hash-table encoding
+        # (0.9 % less at 10 million codes) for 40 % more of Redis's time in this call
+        # (BENCHMARKS.md "Twenty-first session").
         writes.run(self._persons.bucket, self._persons.overflow, self.person_seconds,
-                   *_slots_of(keys, inline, _digest_slot, self.aux_bits),
+                   *_slots_of(keys, inline, _digest_slot, self.person_bits),
                    [packed.get(key) for key in keys], [key in inline for key in keys],
                    pieces=False)
         self._write(writes)
@@ -1460,7 +1469,8 @@ class RedisLedger:
         families = (
             ("codes", "code", self._codes, (0, 1 << self.code_bits), self.retention_seconds),
             ("shared", "code", shared, self._shared_range(), self.retention_seconds),
-            ("persons", "person", self._persons, (0, 1 << self.aux_bits), self.person_seconds),
+            ("persons", "person", self._persons, (0, 1 << self.person_bits),
+             self.person_seconds),
             ("sales", "sale", self._sales, (0, 1 << self.sale_bits), self.retention_seconds),
         )
         total = sum(end - first for _, _, _, (first, end), _ in families)

@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from detectors.codes import box_codes
-from detectors.hoarding import HoardingLink
+from detectors.hoarding import HoardingLink, PersonState
 from detectors.messages import parse
 from detectors.model import CodeState, RuleConfig
 from streams import codec
@@ -940,29 +940,37 @@ def test_long_values_kept_whole_by_layout_3_read_and_are_replaced_by_pieces(
     assert client.object("encoding", f"{prefix}:cx:0") == b"listpack"
 
 
+def long_person() -> PersonState:
+    return next(state for state in map(random_person_state, map(random.Random, range(50)))
+                if len(state.purchases) >= 3)
+
+
 def test_long_person_states_overflow_whole_and_sales_in_pieces(
     client: CountingRedis, prefix: str, make: Callable[..., RedisLedger]
 ) -> None:
-    """A person bucket holds hundreds of persons, most with long states: their overflow hash
-    is past a listpack's size either way, so a long person state goes there whole, under an
-    empty marker; the sale index's long values go in pieces, as the codes' do."""
-    ledger = make(buckets=1)
+    """Layout 5 gives persons as many buckets as codes (so that a bucket stays a listpack).
+    Most person states are long: one goes to the overflow hash whole, under an empty marker
+    (in pieces they took as much memory for more of Redis's time); the sale index's long
+    values go in pieces, as the codes' do."""
+    ledger = make(buckets=64)
+    assert (ledger.person_bits, ledger.aux_bits) == (6, 2)
     ledger.inline_limit = 16
-    person = next(state for state in map(random_person_state, map(random.Random, range(50)))
-                  if len(state.purchases) >= 3)
+    person = long_person()
     ledger.store_persons({PK2: person})
-    bucket, field = _digest_slot(PK2, ledger.aux_bits)
+    bucket, field = _digest_slot(PK2, ledger.person_bits)
     assert client.hget(f"{prefix}:p:{bucket}", field) == b""
     assert client.hgetall(f"{prefix}:px:{bucket}") == {
         field: codec.pack_person_state(person, ledger.interner)}
-    assert make(buckets=1).load_persons({PK2}) == {PK2: person}
+    assert make(buckets=64).load_persons({PK2}) == {PK2: person}
+    ledger.store_persons({PK2: None})
+    assert not client.exists(f"{prefix}:p:{bucket}", f"{prefix}:px:{bucket}")
     boxes = MANY_CODES[:6]
     pipeline = Pipeline(ledger, factory.CONFIG)
     pipeline.process([(0, parse(factory.sale(boxes), factory.PSN_KEY))])
     markers = [value for key in client.scan_iter(match=f"{prefix}:s:*")
                for value in client.hvals(key)]
     assert markers and all(len(value) == 1 and value[0] >= 2 for value in markers)
-    assert make(buckets=1).load_codes(set(boxes)).keys() == set(boxes)
+    assert make(buckets=64).load_codes(set(boxes)).keys() == set(boxes)
 
 
 def test_one_batch_moves_values_between_bucket_and_overflow(
@@ -1033,34 +1041,63 @@ def test_layout_is_recorded_and_kept(make: Callable[..., RedisLedger]) -> None:
         make(buckets=100)
 
 
-@pytest.mark.parametrize(("older", "fields"), [("1", None), ("2", None), ("3", b"packed")])
+def test_a_prefix_older_than_layout_5_keeps_its_person_buckets(
+    client: CountingRedis, prefix: str, make: Callable[..., RedisLedger]
+) -> None:
+    """A prefix created before layout 5 has its persons in the 16 times fewer routing buckets:
+    there they stay, read, written and swept."""
+    meta = f"{prefix}:meta"
+    make(buckets=64)
+    client.hdel(meta, "person_bits")  # the meta as layout 4 wrote it
+    client.hset(meta, "layout", "4")
+    ledger = make(buckets=64)
+    assert ledger.person_bits == 2
+    assert client.hget(meta, "layout") == b"5" and not client.hexists(meta, "person_bits")
+    ledger.inline_limit = 16
+    person = long_person()
+    ledger.store_persons({PK2: person})
+    bucket, field = _digest_slot(PK2, 2)
+    assert client.hget(f"{prefix}:p:{bucket}", field) == b""
+    assert client.hgetall(f"{prefix}:px:{bucket}") == {
+        field: codec.pack_person_state(person, ledger.interner)}
+    assert make(buckets=64).load_persons({PK2}) == {PK2: person}
+    stale = person.purchases[-1].time + 500 * 86_400
+    assert ledger.sweep(stale).persons.removed == 1
+    assert make(buckets=64).load_persons({PK2}) == {}
+
+
+@pytest.mark.parametrize(("older", "fields"),
+                         [("1", None), ("2", None), ("3", b"packed"), ("4", b"narrow")])
 def test_an_older_layout_is_upgraded_in_place(
     client: CountingRedis, prefix: str, make: Callable[..., RedisLedger], older: str,
     fields: bytes | None,
 ) -> None:
-    """Layouts 2 to 4 only add forms older ones never wrote (shared states, dated record
-    numbers, first drugs by index): an older ledger is read as it is, and recorded as layout
-    4 so that an older tracewatch refuses what it could not read. Packed and narrow code
-    fields are for new prefixes only: an older ledger keeps the fields its codes were written
-    under."""
+    """Layouts 2 to 5 only add forms older ones never wrote (shared states, dated record
+    numbers, first drugs by index, pieces): an older ledger is read as it is, and recorded as
+    layout 5 so that an older tracewatch refuses what it could not read. Packed and narrow
+    code fields, and person buckets of their own, are for new prefixes only: an older ledger
+    keeps the fields and buckets its codes and persons were written under."""
     meta = f"{prefix}:meta"
     assert make().narrow_fields and client.hget(meta, "code_fields") == b"narrow"
-    client.hdel(meta, "code_fields")  # the meta as an older tracewatch wrote it
+    client.hdel(meta, "code_fields", "person_bits")  # the meta as an older tracewatch wrote it
     if fields is not None:
         client.hset(meta, "code_fields", fields)
     client.hset(meta, "layout", older)
     written = make()
-    assert not written.narrow_fields and client.hget(meta, "layout") == b"4"
+    assert written.narrow_fields == (fields == b"narrow") and client.hget(meta, "layout") == b"5"
+    assert written.person_bits == written.aux_bits
     written.store_codes({C1: SMALL, C3: SOLD_TWICE, C4: SOLD_TWICE_LATER})
     ledger = make()
-    assert not ledger.narrow_fields and client.hget(meta, "code_fields") == fields
+    assert ledger.narrow_fields == (fields == b"narrow")
+    assert client.hget(meta, "code_fields") == fields
     assert ledger.packed_fields == (fields is not None)
-    assert ledger.code_slot(C1) == code_slot(C1, ledger.code_bits)  # 7 bytes, not narrow
+    if fields != b"narrow":
+        assert ledger.code_slot(C1) == code_slot(C1, ledger.code_bits)  # 7 bytes, not narrow
     if fields is None:
         assert ledger.code_slot(C4)[1] == b"\x80" + C4.encode()  # not packed
     assert ledger.load_codes({C1, C3, C4}) == {C1: SMALL, C3: SOLD_TWICE, C4: SOLD_TWICE_LATER}
-    client.hset(meta, "layout", "5")
-    with pytest.raises(LedgerError, match="records layout '5', this tracewatch writes layout '4'"):
+    client.hset(meta, "layout", "6")
+    with pytest.raises(LedgerError, match="records layout '6', this tracewatch writes layout '5'"):
         make()
 
 
