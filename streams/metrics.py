@@ -55,6 +55,13 @@ class Metrics:
                                   registry=r)
         self.ledger_bytes_per_code = Gauge("tracewatch_ledger_bytes_per_code",
                                            "Redis memory per tracked code", registry=r)
+        self.redis_used_memory = Gauge(
+            "tracewatch_redis_used_memory_bytes",
+            "the ledger's Redis: used_memory (INFO memory), all its keys", registry=r)
+        self.redis_maxmemory = Gauge(
+            "tracewatch_redis_maxmemory_bytes",
+            "the ledger's Redis: maxmemory, past which it refuses writes (0: no limit)",
+            registry=r)
         self.consumer_lag = Gauge("tracewatch_consumer_lag", "records not yet read",
                                   ["topic"], registry=r)
         self.worker_up = Gauge("tracewatch_worker_up", "1 while the worker runs", registry=r)
@@ -75,6 +82,8 @@ METRIC_NAMES: frozenset[str] = frozenset({
     "tracewatch_ledger_roundtrips_total",
     "tracewatch_ledger_codes",
     "tracewatch_ledger_bytes_per_code",
+    "tracewatch_redis_used_memory_bytes",
+    "tracewatch_redis_maxmemory_bytes",
     "tracewatch_consumer_lag",
     "tracewatch_worker_up",
     "process_resident_memory_bytes",

@@ -1567,5 +1567,6 @@ class RedisLedger:
             "shared_states": shared_states,
             "encodings": encodings,
             "used_memory": int(info["used_memory"]),
+            "maxmemory": int(info.get("maxmemory", 0)),
             "inline_limit": self.inline_limit,
         }

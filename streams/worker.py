@@ -925,6 +925,9 @@ class Worker:
                 figures = await asyncio.to_thread(stats)
                 self.metrics.ledger_codes.set(figures.get("codes", 0))
                 self.metrics.ledger_bytes_per_code.set(figures.get("bytes_per_code", 0))
+                if "used_memory" in figures:  # a Redis ledger
+                    self.metrics.redis_used_memory.set(figures["used_memory"])
+                    self.metrics.redis_maxmemory.set(figures.get("maxmemory", 0))
             except Exception as error:  # monitoring must never stop the worker
                 log.debug("ledger stats failed: %s", error)
 

@@ -49,6 +49,7 @@ DASHBOARD_MUST_USE = frozenset(
         "tracewatch_ledger_roundtrips_total",
         "tracewatch_consumer_lag",
         "tracewatch_ledger_bytes_per_code",
+        "tracewatch_redis_used_memory_bytes",
         "process_resident_memory_bytes",
     }
 )
@@ -396,6 +397,8 @@ def test_alert_rules_cover_the_operations(alert_rules: list[dict[str, Any]]) -> 
         "tracewatch_dlq",
         "tracewatch_consumer_lag",
         "tracewatch_alert_latency_seconds",
+        "tracewatch_redis_used_memory_bytes",
+        "tracewatch_redis_maxmemory_bytes",
     ):
         assert metric in by_metric, f"no alert rule reads {metric}"
     assert any(

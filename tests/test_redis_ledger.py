@@ -355,6 +355,21 @@ def test_stats_count_the_shared_states_memory(
     assert figures["bytes_per_code"] == pytest.approx(memory / len(batch))
 
 
+def test_stats_report_redis_memory_and_its_limit(redis_server: Callable[..., Any]) -> None:
+    """The worker exports these for the Grafana panel and the TracewatchRedisMemoryHigh alert:
+    with noeviction, Redis at maxmemory refuses the ledger's writes."""
+    client = redis.Redis.from_url(redis_server().url)
+    client.config_set("maxmemory", 64 << 20)
+    ledger = RedisLedger(client, prefix="tw", buckets=16)
+    ledger.store_codes({C1: SMALL})
+    figures = ledger.stats()
+    assert figures["maxmemory"] == 64 << 20
+    assert 0 < figures["used_memory"] < figures["maxmemory"]
+    client.config_set("maxmemory", 0)
+    assert ledger.stats()["maxmemory"] == 0
+    client.close()
+
+
 def test_a_cold_process_reads_what_another_wrote(make: Callable[..., RedisLedger]) -> None:
     rng = random.Random(9)
     states: dict[str, CodeState | None] = {

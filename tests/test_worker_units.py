@@ -215,7 +215,8 @@ def test_ledger_gauges_are_sampled_off_the_event_loop() -> None:
         def stats(self) -> dict[str, Any]:
             # Answers only once the event loop has run something else meanwhile.
             assert loop_free.wait(timeout=10), "the event loop was blocked while sampling"
-            return {"codes": 1234, "bytes_per_code": 48.5}
+            return {"codes": 1234, "bytes_per_code": 48.5, "used_memory": 5 << 20,
+                    "maxmemory": 8 << 20}
 
     worker = Worker(load_settings({}), ledger=cast(Ledger, SlowStatsLedger()))
 
@@ -230,6 +231,8 @@ def test_ledger_gauges_are_sampled_off_the_event_loop() -> None:
     exposition = worker.metrics.exposition().decode()
     assert "tracewatch_ledger_codes 1234.0" in exposition
     assert "tracewatch_ledger_bytes_per_code 48.5" in exposition
+    assert "tracewatch_redis_used_memory_bytes 5.24288e+06" in exposition
+    assert "tracewatch_redis_maxmemory_bytes 8.388608e+06" in exposition
 
 
 def test_a_batchs_offsets_are_committed_only_once_its_writes_are_confirmed() -> None:
