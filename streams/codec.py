@@ -33,7 +33,9 @@ adds the dated form of record numbers (:func:`_put_record`), references in decim
 prefixes it creates, packed code fields (:func:`code_slot`). Layout 4 adds an explicit first
 drug that is the standing first sale's drug, or whose reference is one of ``applied``
 (``_FD_DRUG_OF_SALE``, ``_FD_REF_APPLIED``: a box sold, returned and sold again, 71 → 64
-bytes), and, for prefixes it creates, narrow code fields (:func:`narrow_code_slot`). The derived
+bytes), and, for prefixes it creates, narrow code fields (:func:`narrow_code_slot`). Layout 5
+gives the prefixes it creates interned code fields: a GS1 code's GTIN by its id in the
+ledger's GTIN dictionary (:func:`interned_code_slot`). The derived
 fingerprints rely on :func:`detectors.code_ledger.message_fingerprint` and
 ``record_fingerprint``; changing those means a new layout version.
 """
@@ -45,7 +47,7 @@ import hashlib
 import math
 import struct
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
 from detectors.code_ledger import message_fingerprint, record_fingerprint
@@ -59,8 +61,10 @@ EPOCH = 1_577_836_800
 INST = "inst"
 DRUG = "drug"
 ADMVS = "admvs"
-TABLES = (INST, DRUG, ADMVS)
-"""The interned vocabularies: institutions, billed drugs, region codes."""
+GTIN = "gtin"
+TABLES = (INST, DRUG, ADMVS, GTIN)
+"""The interned vocabularies: institutions, billed drugs, region codes, and the GTINs of GS1
+codes in code fields (a ledger that records code_fields=interned, :func:`interned_code_slot`)."""
 
 
 class CodecError(ValueError):
@@ -950,6 +954,10 @@ _NARROW_SPAN = 10**19
 _NARROW_MIX = 6_180_339_887_498_948_483  # about 10**19 / golden ratio, prime to 10
 _NARROW_UNMIX = pow(_NARROW_MIX, -1, _NARROW_SPAN)
 _FIELD_PADDED = 0x85  # this byte + a field of another form as code_slot(packed) makes it
+# Interned fields (code_fields=interned, layout 5): narrow fields, and a GS1 code's GTIN (6
+# bytes) by its id in the ledger's GTIN dictionary (1 to 3 bytes: a GTIN names a product,
+# of which there are tens of thousands, against billions of boxes).
+_FIELD_GS1_INTERNED = 0x86  # this byte + the GTIN's id (uvarint) + serial as _put_text writes
 # No field of any form starts with byte 0xFF (a 20-digit field's first byte is at most 0x8A):
 # the Redis ledger names the pieces of long values with it (streams/ledger_overflow.lua).
 
@@ -962,6 +970,21 @@ def code20_field_size(bucket_bits: int) -> int:
     """Bytes of the field of a 20-digit code: the bits the bucket does not hold, plus a zero
     top bit that tells it from the fields of other codes (whose first byte is 0x80 or more)."""
     return (_CODE20_BITS - bucket_bits + 8) // 8
+
+
+def gs1_gtin(code: str) -> str | None:
+    """The GTIN of a GS1 code that code fields keep apart from its serial
+    (``(01)GTIN(21)SERIAL``, serial of at most 20 bytes), else None."""
+    if (
+        len(code) > 22
+        and code.startswith("(01)")
+        and code[18:22] == "(21)"
+        and code[4:18].isascii()
+        and code[4:18].isdigit()
+        and len(code.encode("utf-8", "surrogatepass")) - 22 <= _GS1_SERIAL_MAX
+    ):
+        return code[4:18]
+    return None
 
 
 def code_slot(code: str, bucket_bits: int, packed_fields: bool = False) -> tuple[int, bytes]:
@@ -983,16 +1006,8 @@ def code_slot(code: str, bucket_bits: int, packed_fields: bool = False) -> tuple
         field = (mixed & ((1 << rest_bits) - 1)).to_bytes(code20_field_size(bucket_bits), "big")
         return mixed >> rest_bits, field
     raw = code.encode("utf-8", "surrogatepass")
-    bucket = int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big")
-    bucket >>= 64 - bucket_bits
-    if (
-        len(code) > 22
-        and code.startswith("(01)")
-        and code[18:22] == "(21)"
-        and code[4:18].isascii()
-        and code[4:18].isdigit()
-        and len(raw) - 22 <= _GS1_SERIAL_MAX
-    ):
+    bucket = _hash_bucket(raw, bucket_bits)
+    if gs1_gtin(code) is not None:
         gtin = int(code[4:18]).to_bytes(6, "big")
         if packed_fields and "0" <= code[-1] <= "9":
             out = bytearray((_FIELD_GS1_PACKED,))
@@ -1007,6 +1022,12 @@ def code_slot(code: str, bucket_bits: int, packed_fields: bool = False) -> tuple
             return bucket, bytes(out)
         return bucket, bytes([_FIELD_TEXT]) + raw
     return bucket, bytes([_FIELD_DIGEST]) + hashlib.blake2b(raw, digest_size=16).digest()
+
+
+def _hash_bucket(raw: bytes, bucket_bits: int) -> int:
+    """The bucket of a code that is not 20 digits: the top bits of its hash."""
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big") >> (
+        64 - bucket_bits)
 
 
 def code_slots(codes: Iterable[str], bucket_bits: int, packed_fields: bool = False,
@@ -1086,10 +1107,47 @@ def narrow_code_slots(codes: Iterable[str], bucket_bits: int,
     return buckets, fields
 
 
-def code_of_slot(bucket: int, field: bytes, bucket_bits: int,
-                 narrow: bool = False) -> str | None:
+def interned_code_slot(code: str, bucket_bits: int,
+                       gtin_ids: Mapping[str, int]) -> tuple[int, bytes]:
+    """(bucket, field) of a code in interned fields: :func:`narrow_code_slot`'s, but a GS1
+    code's GTIN by its id in ``gtin_ids`` (which must hold it): ``(01)06912345678906(21)
+    A000123456`` in 8 bytes rather than 13. The bucket is :func:`code_slot`'s."""
+    gtin = gs1_gtin(code) if code[:4] == "(01)" else None
+    if gtin is None:
+        return narrow_code_slot(code, bucket_bits)
+    out = bytearray((_FIELD_GS1_INTERNED,))
+    _uvarint(out, gtin_ids[gtin])
+    _put_text(out, code[22:])
+    if len(out) == narrow_field_size(bucket_bits):
+        out[0:0] = bytes((_FIELD_PADDED,))
+    return _hash_bucket(code.encode("utf-8", "surrogatepass"), bucket_bits), bytes(out)
+
+
+def interned_code_slots(codes: Iterable[str], bucket_bits: int, gtin_ids: Mapping[str, int],
+                        ) -> tuple[list[int], list[bytes]]:
+    """The buckets and the fields of many codes: ``interned_code_slot`` of each, in order."""
+    buckets: list[int] = []
+    fields: list[bytes] = []
+    span = _narrow_span_of(bucket_bits)
+    size = narrow_field_size(bucket_bits)
+    for code in codes:
+        if len(code) == 20 and code[0] == "8" and code.isascii() and code.isdigit():
+            bucket, rest = divmod((int(code) - _NARROW_FIRST) * _NARROW_MIX % _NARROW_SPAN,
+                                  span)
+            buckets.append(bucket)
+            fields.append(rest.to_bytes(size, "big"))
+        else:
+            bucket, field = interned_code_slot(code, bucket_bits, gtin_ids)
+            buckets.append(bucket)
+            fields.append(field)
+    return buckets, fields
+
+
+def code_of_slot(bucket: int, field: bytes, bucket_bits: int, narrow: bool = False,
+                 gtins: Mapping[int, str] | None = None) -> str | None:
     """The code of a (bucket, field) pair, in any form of fields (``narrow`` when the
-    ledger's are); None for a long code stored under its digest."""
+    ledger's are narrow or interned; ``gtins``, id → GTIN, to read interned GS1 fields);
+    None for a long code stored under its digest."""
     if not field:
         raise CodecError("empty code field")
     if narrow:
@@ -1116,6 +1174,17 @@ def code_of_slot(bucket: int, field: bytes, bucket_bits: int,
         return field[1:].decode("utf-8", "surrogatepass")
     if tag == _FIELD_DIGEST:
         return None
+    if tag == _FIELD_GS1_INTERNED:
+        if gtins is None:
+            raise CodecError("an interned GS1 field needs the ledger's GTIN dictionary")
+        reader = _Reader(field)
+        reader.pos = 1
+        ident = reader.uvarint()
+        text = reader.text()
+        reader.end()
+        if ident not in gtins:
+            raise CodecError(f"GTIN id {ident} is not in the dictionary")
+        return f"(01){gtins[ident]}(21){text}"
     if tag == _FIELD_GS1_PACKED or tag == _FIELD_TEXT_PACKED:
         reader = _Reader(field)
         reader.pos = 7 if tag == _FIELD_GS1_PACKED else 1

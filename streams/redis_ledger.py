@@ -13,8 +13,10 @@ remaining bits as a 7-byte field (:func:`streams.codec.code_slot`), 6 bytes on a
 created by layout 4 when it starts with 8, as they do (the meta's ``code_fields``,
 :func:`streams.codec.narrow_code_slot`); another code goes to the bucket of its hash under
 its own bytes, and on a prefix created by layout 3 or later with a trailing digit run as a
-number (``ZY01000000001234`` in 10 bytes, not 17; a GS1 identity's serial likewise). The
-value is the state
+number (``ZY01000000001234`` in 10 bytes, not 17; a GS1 identity's serial likewise); on a
+prefix created by layout 5 a GS1 code's GTIN is its id in the GTIN dictionary
+(``{prefix}:dict:gtin``, :func:`streams.codec.interned_code_slot`): 7 to 9 bytes, not 12 or
+13. The value is the state
 packed by :mod:`streams.codec` (~31 bytes for a code with one whole-box sale). The bucket
 count is chosen for 128 to 256 codes per bucket at the expected number of codes (65,536
 buckets, ~150 codes each, for the default 10 million) and recorded in ``{prefix}:meta``; it
@@ -157,6 +159,9 @@ keeps its fields as they were written."""
 CODE_FIELDS_NARROW = "narrow"
 """The meta's ``code_fields`` of a prefix created by layout 4: packed fields, and a 20-digit
 code that starts with 8 in a byte less (:func:`streams.codec.narrow_code_slot`)."""
+CODE_FIELDS_INTERNED = "interned"
+"""The meta's ``code_fields`` of a prefix created by layout 5: narrow fields, and a GS1 code's
+GTIN by its id in the GTIN dictionary (:func:`streams.codec.interned_code_slot`)."""
 
 _META_SCRIPT = """
 local fresh = redis.call('EXISTS', KEYS[1]) == 0
@@ -173,8 +178,8 @@ return redis.call('HGETALL', KEYS[1])
 
 KEY_META = "{prefix}:meta"
 """Hash: layout version, bucket counts and the form of code fields (``code_fields``:
-:data:`CODE_FIELDS_NARROW`, :data:`CODE_FIELDS_PACKED`, or absent) of this prefix. Never
-expires."""
+:data:`CODE_FIELDS_INTERNED`, :data:`CODE_FIELDS_NARROW`, :data:`CODE_FIELDS_PACKED`, or
+absent) of this prefix. Never expires."""
 KEY_DICT = "{prefix}:dict:{table}"
 """Hash: interned text → id, for table inst, drug or admvs. Never expires."""
 KEY_DICT_REV = "{prefix}:dict:{table}:rev"
@@ -850,13 +855,16 @@ class RedisLedger:
         # A prefix created before layout 5 keeps its persons in the routing buckets.
         self.person_bits = int(layout.get("person_bits", layout["aux_bits"]))
         self.code_fields = layout.get("code_fields", "")
-        self.packed_fields = self.code_fields in (CODE_FIELDS_PACKED, CODE_FIELDS_NARROW)
-        self.narrow_fields = self.code_fields == CODE_FIELDS_NARROW
+        self.interned_fields = self.code_fields == CODE_FIELDS_INTERNED
+        self.narrow_fields = self.code_fields in (CODE_FIELDS_NARROW, CODE_FIELDS_INTERNED)
+        self.packed_fields = self.narrow_fields or self.code_fields == CODE_FIELDS_PACKED
         self._code_slot: Callable[[str, int], Slot] = (
-            codec.narrow_code_slot if self.narrow_fields
+            self._interned_code_slot if self.interned_fields
+            else codec.narrow_code_slot if self.narrow_fields
             else codec.packed_code_slot if self.packed_fields else codec.code_slot)
         self._code_slots: SlotsOf = (
-            codec.narrow_code_slots if self.narrow_fields
+            self._interned_code_slots if self.interned_fields
+            else codec.narrow_code_slots if self.narrow_fields
             else codec.packed_code_slots if self.packed_fields else codec.code_slots)
         self._codes = _Map.of(KEY_CODES, KEY_CODES_BIG, prefix, KEY_SHARED)
         self._shared = KEY_SHARED.format(prefix=prefix, bucket="")
@@ -898,7 +906,7 @@ class RedisLedger:
         }
         # One script, so that only the writer that creates the prefix records narrow code
         # fields and its person buckets: an older ledger keeps those it was written with.
-        answer = self.client.eval(_META_SCRIPT, 1, key, CODE_FIELDS_NARROW, str(code_bits),
+        answer = self.client.eval(_META_SCRIPT, 1, key, CODE_FIELDS_INTERNED, str(code_bits),
                                   *(item for pair in wanted.items() for item in pair))
         stored = {answer[i].decode(): answer[i + 1].decode() for i in range(0, len(answer), 2)}
         if stored.get("layout") in COMPATIBLE_LAYOUTS:
@@ -1105,6 +1113,30 @@ class RedisLedger:
     def code_slot(self, code: str) -> tuple[int, bytes]:
         """(bucket, field) of a code."""
         return self._code_slot(code, self.code_bits)
+
+    def _gtin_ids(self, codes: Iterable[str]) -> dict[str, int]:
+        """The ids of the GTINs of the GS1 codes among ``codes``, given out when new: from the
+        cache, else in one round trip. A load gives them out too (a GTIN names a product;
+        a lookup that found no id would need a round trip of its own)."""
+        interner = self.interner
+        ids: dict[str, int] = {}
+        for code in codes:
+            if code[:4] == "(01)":
+                gtin = codec.gs1_gtin(code)
+                if gtin is not None and gtin not in ids:
+                    ids[gtin] = interner.to_id(codec.GTIN, gtin)
+        if 0 in ids.values():
+            interner.resolve()
+            ids = {gtin: interner.to_id(codec.GTIN, gtin) for gtin in ids}
+        return ids
+
+    def _interned_code_slot(self, code: str, bits: int) -> Slot:
+        return codec.interned_code_slot(code, bits, self._gtin_ids((code,)))
+
+    def _interned_code_slots(self, codes: Iterable[str], bits: int,
+                             ) -> tuple[list[int], list[bytes]]:
+        listed = codes if isinstance(codes, list) else list(codes)
+        return codec.interned_code_slots(listed, bits, self._gtin_ids(listed))
 
     def load_codes(self, codes: Collection[str]) -> dict[str, CodeState]:
         """States of the given codes that exist; absent codes are left out."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import calendar
 import hashlib
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 import pytest
@@ -352,7 +352,7 @@ def test_a_shared_state_reference_is_never_a_packed_state() -> None:
 
 def test_packed_bytes_are_those_of_the_layout() -> None:
     """Speed-ups of the codec must not change a byte: the digest of many packed values and
-    code slots (all three forms of fields), as the codec of layout 4 writes them."""
+    code slots (all four forms of fields), as the codec of layout 5 writes them."""
     rng = random.Random(77)
     interner = MemoryInterner()
     digest = hashlib.sha256()
@@ -365,6 +365,7 @@ def test_packed_bytes_are_those_of_the_layout() -> None:
         digest.update(pack_person_state(person_state_in_runs(rng), interner))
     codes = [random_code(rng) for _ in range(300)]
     digest.update(pack_codes(codes, 1234))
+    gtin_ids = gtin_ids_of(codes)
     for bits in (4, 16):
         for code in codes:
             for packed in (False, True):
@@ -372,8 +373,10 @@ def test_packed_bytes_are_those_of_the_layout() -> None:
                 digest.update(bucket.to_bytes(4, "big") + field)
             bucket, field = codec.narrow_code_slot(code, bits)
             digest.update(bucket.to_bytes(4, "big") + field)
+            bucket, field = codec.interned_code_slot(code, bits, gtin_ids)
+            digest.update(bucket.to_bytes(4, "big") + field)
     assert digest.hexdigest() == (
-        "879eb2f76f8d75e5f48b6c9c4185e18dd965292820e41a674529edbda8ee0a08")
+        "cde08ff30fec03537bffeb02d1946a1a751c3bcbc6b9a7973945a9b088943d8d")
 
 
 @pytest.mark.parametrize(("record", "days_after", "size"), [
@@ -608,7 +611,19 @@ def test_person_state_is_small() -> None:
 # --------------------------------------------------------------------------- code slots
 
 
-@pytest.mark.parametrize("form", ["fields", "packed-fields", "narrow-fields"])
+def gtin_ids_of(codes: Iterable[str], step: int = 1) -> dict[str, int]:
+    """Ids for the GTINs of the GS1 codes among ``codes``, as a ledger's dictionary gives
+    them out (from 1, in the order seen; ``step`` apart, for larger ids)."""
+    ids: dict[str, int] = {}
+    for code in codes:
+        gtin = codec.gs1_gtin(code)
+        if gtin is not None:
+            ids.setdefault(gtin, len(ids) * step + 1)
+    return ids
+
+
+@pytest.mark.parametrize("form", ["fields", "packed-fields", "narrow-fields",
+                                  "interned-fields"])
 @pytest.mark.parametrize("bits", [0, 4, 11, 12, 16, 18, 24])
 def test_code_slots_are_distinct_and_invertible(bits: int, form: str) -> None:
     rng = random.Random(bits)
@@ -621,14 +636,20 @@ def test_code_slots_are_distinct_and_invertible(bits: int, form: str) -> None:
     codes |= {"(01)06901234567892(21)" + serial for serial in ("7", "07", "A7", "A07", "70")}
     # Codes whose field in another form has the narrow field's length (6 or 7 bytes).
     codes |= {"ENT-A", "ENT-AB", "ENT-ABC", "ZY" + "1" * 9, "0" * 19}
-    narrow = form == "narrow-fields"
-    slots = {code: codec.narrow_code_slot(code, bits) if narrow
+    # Enough GTINs for ids of one, two and three bytes.
+    codes |= {f"(01){product:014d}(21)A{product:06d}" for product in range(0, 40_000, 7)}
+    narrow = form in ("narrow-fields", "interned-fields")
+    ids = gtin_ids_of(sorted(codes), step=5)
+    assert max(ids.values()) > 1 << 14
+    slots = {code: codec.interned_code_slot(code, bits, ids) if form == "interned-fields"
+             else codec.narrow_code_slot(code, bits) if narrow
              else code_slot(code, bits, form == "packed-fields") for code in codes}
     assert len(set(slots.values())) == len(codes)
+    gtins = {ident: gtin for gtin, ident in ids.items()}
     for code, (bucket, field) in slots.items():
         assert 0 <= bucket < 1 << bits
         assert field[0] != 0xFF  # the Redis ledger's pieces of long values start with it
-        back = code_of_slot(bucket, field, bits, narrow)
+        back = code_of_slot(bucket, field, bits, narrow, gtins)
         assert back == code or (back is None and len(code.encode()) > 40)
     if narrow:
         size = codec.narrow_field_size(bits)
@@ -652,6 +673,12 @@ def test_code_slots_of_a_batch_are_each_code_slot(bits: int) -> None:
     assert packed == [code_slot(code, bits, True) for code in codes]
     narrow = list(zip(*codec.narrow_code_slots(codes, bits), strict=True))
     assert narrow == [codec.narrow_code_slot(code, bits) for code in codes]
+    ids = gtin_ids_of(codes)
+    interned = list(zip(*codec.interned_code_slots(codes, bits, ids), strict=True))
+    assert interned == [codec.interned_code_slot(code, bits, ids) for code in codes]
+    assert [slot for code, slot in zip(codes, interned, strict=True)
+            if codec.gs1_gtin(code) is None] == [
+        codec.narrow_code_slot(code, bits) for code in codes if codec.gs1_gtin(code) is None]
 
 
 def test_packed_fields_keep_trailing_digits_as_a_number() -> None:
@@ -673,6 +700,26 @@ def test_packed_fields_keep_trailing_digits_as_a_number() -> None:
 def test_code20_field_is_seven_bytes_for_usual_bucket_counts() -> None:
     for bits in range(12, 19):
         assert len(code_slot("83857930123456780001", bits)[1]) == 7
+
+
+def test_interned_fields_name_a_gs1_codes_gtin_by_its_id() -> None:
+    """A ledger created by layout 5: a GS1 code's field holds its GTIN's id in the GTIN
+    dictionary, not the GTIN's 6 bytes; the bucket is the same."""
+    code = "(01)06901234567892(21)A000123456"
+    for ident, size in ((1, 7), (127, 7), (128, 8), (16_384, 9)):
+        bucket, field = codec.interned_code_slot(code, 16, {"06901234567892": ident})
+        assert (bucket, len(field), field[0]) == (code_slot(code, 16)[0], size, 0x86)
+    assert len(code_slot(code, 16, True)[1]) == 12
+    # Where the field would have a narrow field's length, it is padded, as the others.
+    bucket, field = codec.interned_code_slot("(01)06901234567892(21)ABC", 16,
+                                             {"06901234567892": 1})
+    assert field[:2] == bytes([0x85, 0x86]) and len(field) == 7
+    assert code_of_slot(bucket, field, 16, True, {1: "06901234567892"}) \
+        == "(01)06901234567892(21)ABC"
+    with pytest.raises(CodecError, match="not in the dictionary"):
+        code_of_slot(bucket, field, 16, True, {2: "06901234567892"})
+    with pytest.raises(KeyError):  # the ledger gives every GTIN its id first
+        codec.interned_code_slot(code, 16, {})
 
 
 def test_narrow_fields_are_a_byte_shorter_from_65536_buckets() -> None:

@@ -25,11 +25,13 @@ from detectors.model import CodeState, RuleConfig
 from streams import codec
 from streams.codec import (
     INST,
+    CodecError,
     MemoryInterner,
     code_of_slot,
     code_slot,
     narrow_field_size,
     pack_code_state,
+    packed_code_slot,
     shared_ref,
 )
 from streams.ledger import MemoryLedger, record_key, sale_key
@@ -509,6 +511,9 @@ def test_each_call_is_one_round_trip(
     ledger = make()
     ledger.store_codes({C1: SMALL, C2: SOLD_TWICE})  # interns the strings
     ledger.store_persons({PK1: PERSON})
+    # C3's GTIN gets its id the first time it is seen, in a round trip of its own: once.
+    assert ledger.load_codes({C3}) == {}
+    assert ledger.interner.to_id("gtin", C3[4:18]) > 0
     calls: list[tuple[str, tuple[Any, ...]]] = [
         ("load_codes", ({C1, C2, C3, *MANY_CODES},)),
         ("store_codes", ({C1: SOLD_TWICE, C2: SMALL, C3: None},)),
@@ -1093,7 +1098,7 @@ def test_an_older_layout_is_upgraded_in_place(
     code fields, and person buckets of their own, are for new prefixes only: an older ledger
     keeps the fields and buckets its codes and persons were written under."""
     meta = f"{prefix}:meta"
-    assert make().narrow_fields and client.hget(meta, "code_fields") == b"narrow"
+    assert make().interned_fields and client.hget(meta, "code_fields") == b"interned"
     client.hdel(meta, "code_fields", "person_bits")  # the meta as an older tracewatch wrote it
     if fields is not None:
         client.hset(meta, "code_fields", fields)
@@ -1119,15 +1124,23 @@ def test_an_older_layout_is_upgraded_in_place(
 def test_a_new_ledger_keeps_trailing_digits_of_codes_as_numbers(
     client: CountingRedis, prefix: str, make: Callable[..., RedisLedger]
 ) -> None:
-    """A new prefix packs the fields of codes that end in digits (4 to 7 bytes fewer), and
-    keeps a 20-digit code in a narrow field (a byte fewer from 65,536 buckets)."""
+    """A new prefix packs the fields of codes that end in digits (4 to 7 bytes fewer), keeps
+    a 20-digit code in a narrow field (a byte fewer from 65,536 buckets), and a GS1 code's
+    GTIN by its id in the ledger's GTIN dictionary (6 bytes → 1 here)."""
     ledger = make()
     ledger.store_codes({C1: SMALL, C3: SMALL, C4: SOLD_TWICE})
-    for code, tag in ((C3, 0x83), (C4, 0x84)):
+    gtin = C3[4:18]
+    gtins = {ledger.interner.to_id("gtin", gtin): gtin}
+    assert list(gtins) == [1] and client.hget(f"{prefix}:dict:gtin", gtin) == b"1"
+    for code, tag, before in ((C3, 0x86, packed_code_slot), (C4, 0x84, code_slot)):
         bucket, field = ledger.code_slot(code)
-        assert field[0] == tag and len(field) < len(code_slot(code, ledger.code_bits)[1])
-        assert code_of_slot(bucket, field, ledger.code_bits, True) == code
+        assert field[0] == tag and len(field) < len(before(code, ledger.code_bits)[1])
+        assert bucket == code_slot(code, ledger.code_bits)[0]
+        assert code_of_slot(bucket, field, ledger.code_bits, True, gtins) == code
         assert client.hexists(f"{prefix}:c:{bucket}", field)
+    assert len(ledger.code_slot(C3)[1]) == len(packed_code_slot(C3, ledger.code_bits)[1]) - 5
+    with pytest.raises(CodecError, match="GTIN dictionary"):
+        code_of_slot(*ledger.code_slot(C3), ledger.code_bits, True)
     bucket, field = ledger.code_slot(C1)
     assert len(field) == narrow_field_size(ledger.code_bits)
     assert code_of_slot(bucket, field, ledger.code_bits, True) == C1
