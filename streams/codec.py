@@ -1088,8 +1088,10 @@ def narrow_code_slot(code: str, bucket_bits: int) -> tuple[int, bytes]:
 
 
 def narrow_code_slots(codes: Iterable[str], bucket_bits: int,
+                      gtin_ids: Mapping[str, int] | None = None,
                       ) -> tuple[list[int], list[bytes]]:
-    """The buckets and the fields of many codes: ``narrow_code_slot`` of each, in order."""
+    """The buckets and the fields of many codes: ``narrow_code_slot`` of each, in order
+    (``interned_code_slot`` with ``gtin_ids``)."""
     buckets: list[int] = []
     fields: list[bytes] = []
     span = _narrow_span_of(bucket_bits)
@@ -1101,7 +1103,8 @@ def narrow_code_slots(codes: Iterable[str], bucket_bits: int,
             buckets.append(bucket)
             fields.append(rest.to_bytes(size, "big"))
         else:
-            bucket, field = narrow_code_slot(code, bucket_bits)
+            bucket, field = (narrow_code_slot(code, bucket_bits) if gtin_ids is None
+                             else interned_code_slot(code, bucket_bits, gtin_ids))
             buckets.append(bucket)
             fields.append(field)
     return buckets, fields
@@ -1126,21 +1129,7 @@ def interned_code_slot(code: str, bucket_bits: int,
 def interned_code_slots(codes: Iterable[str], bucket_bits: int, gtin_ids: Mapping[str, int],
                         ) -> tuple[list[int], list[bytes]]:
     """The buckets and the fields of many codes: ``interned_code_slot`` of each, in order."""
-    buckets: list[int] = []
-    fields: list[bytes] = []
-    span = _narrow_span_of(bucket_bits)
-    size = narrow_field_size(bucket_bits)
-    for code in codes:
-        if len(code) == 20 and code[0] == "8" and code.isascii() and code.isdigit():
-            bucket, rest = divmod((int(code) - _NARROW_FIRST) * _NARROW_MIX % _NARROW_SPAN,
-                                  span)
-            buckets.append(bucket)
-            fields.append(rest.to_bytes(size, "big"))
-        else:
-            bucket, field = interned_code_slot(code, bucket_bits, gtin_ids)
-            buckets.append(bucket)
-            fields.append(field)
-    return buckets, fields
+    return narrow_code_slots(codes, bucket_bits, gtin_ids)
 
 
 def code_of_slot(bucket: int, field: bytes, bucket_bits: int, narrow: bool = False,
