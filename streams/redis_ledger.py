@@ -149,8 +149,9 @@ overflow hashes (:data:`KEY_SHARED_BIG`) and, on prefixes it created, packed cod
 (``streams.codec._FD_REF_APPLIED``), long values in pieces in the overflow hashes
 (ledger_overflow.lua) and, on prefixes it creates, narrow code fields
 (:data:`CODE_FIELDS_NARROW`); layout 5 gives the prefixes it creates as many person buckets as
-code buckets (the meta's ``person_bits``). Recording the new number keeps an older
-tracewatch from misreading what it cannot read."""
+code buckets (the meta's ``person_bits``) and interned code fields
+(:data:`CODE_FIELDS_INTERNED`). Recording the new number keeps an older tracewatch from
+misreading what it cannot read."""
 
 CODE_FIELDS_PACKED = "packed"
 """The meta's ``code_fields`` of a prefix created by layout 3: codes that end in digits have
@@ -181,7 +182,7 @@ KEY_META = "{prefix}:meta"
 :data:`CODE_FIELDS_INTERNED`, :data:`CODE_FIELDS_NARROW`, :data:`CODE_FIELDS_PACKED`, or
 absent) of this prefix. Never expires."""
 KEY_DICT = "{prefix}:dict:{table}"
-"""Hash: interned text → id, for table inst, drug or admvs. Never expires."""
+"""Hash: interned text → id, for table inst, drug, admvs or gtin. Never expires."""
 KEY_DICT_REV = "{prefix}:dict:{table}:rev"
 """Hash: id → interned text; field "0" is the last id given out. Never expires."""
 KEY_CODES = "{prefix}:c:{bucket}"
@@ -245,7 +246,7 @@ MIN_INLINE_VALUE = 48
 """Below this hash-max-listpack-value most code states would go to the overflow hashes."""
 ADVISED_INLINE_VALUE = 128
 """The hash-max-listpack-value of the stack's Redis (docker-compose.yml): codes with two or
-three standing sales stay inline, ~4 % less memory than Redis's default 64 on the bench's
+three standing sales stay inline, 3–4 % less memory than Redis's default 64 on the bench's
 states at 10 million codes (BENCHMARKS.md "Twenty-first session")."""
 SHARED_BLOCK = 1 << 16
 """Shared-state serials a writer reserves with one INCRBY (a round trip per 65,536 shared
@@ -904,7 +905,7 @@ class RedisLedger:
             "aux_bits": str(max(0, code_bits - ROUTER_BUCKET_SHIFT)),
             "epoch": str(codec.EPOCH),
         }
-        # One script, so that only the writer that creates the prefix records narrow code
+        # One script, so that only the writer that creates the prefix records its form of code
         # fields and its person buckets: an older ledger keeps those it was written with.
         answer = self.client.eval(_META_SCRIPT, 1, key, CODE_FIELDS_INTERNED, str(code_bits),
                                   *(item for pair in wanted.items() for item in pair))
@@ -966,7 +967,7 @@ class RedisLedger:
             # Not a warning: Redis's default works, it only costs memory.
             log.info("hash-max-listpack-value is %s: codes with two or three standing sales "
                      "go to the overflow hashes; %d, as in the stack's docker-compose.yml, "
-                     "keeps them inline and the ledger about 4 %% smaller", value,
+                     "keeps them inline and the ledger 3 to 4 %% smaller", value,
                      ADVISED_INLINE_VALUE)
         if policy is not None and policy.startswith("allkeys"):
             self._warn(f"maxmemory-policy is {policy}: Redis may evict the interned "
