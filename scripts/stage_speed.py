@@ -80,11 +80,14 @@ def script_names() -> dict[str, str]:
             for name, source in script_sources().items()}
 
 
-def script_times(client: redis.Redis, prefix: str) -> dict[str, list[float]]:
-    """(calls, Redis seconds) of each kind of script call in the SLOWLOG."""
+def script_times(client: redis.Redis, prefix: str,
+                 totals: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
+    """(calls, Redis seconds) of each kind of script call in the SLOWLOG since the last call,
+    which empties it; added to ``totals`` as well when given."""
     names = script_names()
     times: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
     entries: list[dict[str, Any]] = client.slowlog_get(1_000_000)
+    client.slowlog_reset()
     for entry in entries:
         argv = bytes(entry["command"]).split(b" ")
         if argv[0].upper() != b"EVALSHA" or len(argv) < 4:
@@ -95,6 +98,10 @@ def script_times(client: redis.Redis, prefix: str) -> dict[str, list[float]]:
         kind = CALLS.get((script, part), f"{script} {part or '-'}")
         times[kind][0] += 1
         times[kind][1] += entry["duration"] / 1e6
+    if totals is not None:
+        for kind, (calls, spent) in times.items():
+            totals[kind][0] += calls
+            totals[kind][1] += spent
     return times
 
 
@@ -118,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--listpack-value", type=int, default=None,
                         help="CONFIG SET hash-max-listpack-value on the private server (the "
                              "stack's docker-compose.yml runs Redis with 128)")
+    parser.add_argument("--every", type=int, default=0, metavar="BATCHES",
+                        help="also print a line every BATCHES batches: codes so far, the "
+                             "window's codes/s and CPU of this process and of Redis, Redis's "
+                             "used memory (to see where a long --steady run slows down)")
     args = parser.parse_args(argv)
 
     print(f"building the workload: {args.messages:,} messages …", file=sys.stderr)
@@ -150,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         gc.freeze()
         gc.disable()  # the worker collects between batches only (streams.worker.CycleCollector)
         started = time.perf_counter()
+        window = Window.begin(client, codes=0, seconds=seconds)
+        script_totals: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
         for batch in batched(lines, args.batch):
             tick = time.perf_counter()
             messages = [(number, parse(orjson.loads(line), psn_key))
@@ -173,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
             del messages, routed, applied, found
             gc.collect(0)
             seconds["gc"] += time.perf_counter() - tick
+            if args.every and batches % args.every == 0:
+                window = window.report(client, codes, batches, seconds,
+                                       script_times(client, prefix, script_totals))
         tick = time.perf_counter()
         ledger.confirm_writes()
         seconds["confirm"] += time.perf_counter() - tick
@@ -189,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         for stage in STAGES:
             print(f"{stage:<10} {seconds[stage]:8.2f} {seconds[stage] / total:6.1%}")
         cpu = redis_cpu(client) - cpu_before
-        times = script_times(client, prefix)
+        script_times(client, prefix, script_totals)
+        times = script_totals
         print(f"\nRedis's CPU: {cpu:.2f} s, {cpu / total:.0%} of the wall time; its own time "
               f"in the ledger's script calls over {SLOWLOG_US} µs (SLOWLOG):")
         print(f"{'script call':<16} {'calls':>6} {'ms/batch':>9} {'ms/call':>8}")
@@ -203,6 +220,43 @@ def main(argv: list[str] | None = None) -> int:
         if args.breakdown:
             print_breakdown(client, prefix)
     return 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+    """Where a window of batches began: the wall clock, CPU times and codes so far."""
+
+    wall: float
+    own_cpu: float
+    redis_cpu: float
+    codes: int
+    batches: int
+    seconds: dict[str, float]
+
+    @classmethod
+    def begin(cls, client: redis.Redis, codes: int, seconds: dict[str, float],
+              batches: int = 0) -> Window:
+        return cls(time.perf_counter(), time.process_time(), redis_cpu(client), codes, batches,
+                   dict(seconds))
+
+    def report(self, client: redis.Redis, codes: int, batches: int, seconds: dict[str, float],
+               scripts: dict[str, list[float]]) -> Window:
+        """Print the window that ends here (and its stages' and script calls' milliseconds a
+        batch) and return the next one's start."""
+        end = Window.begin(client, codes, seconds, batches)
+        wall = end.wall - self.wall
+        memory: dict[str, Any] = client.info("memory")
+        print(f"  batch {batches:5}: {codes:12,} codes, window {(codes - self.codes) / wall:9,.0f}"
+              f" codes/s, own CPU {(end.own_cpu - self.own_cpu) / wall:4.0%}, Redis CPU "
+              f"{(end.redis_cpu - self.redis_cpu) / wall:4.0%}, Redis "
+              f"{int(memory['used_memory']) / 2**20:7,.0f} MiB", flush=True)
+        count = max(1, batches - self.batches)
+        stages = " ".join(f"{stage} {(seconds[stage] - self.seconds[stage]) * 1000 / count:.0f}"
+                          for stage in STAGES)
+        calls = " ".join(f"{kind} {spent * 1000 / count:.0f}" for kind, (_, spent)
+                         in sorted(scripts.items(), key=lambda item: -item[1][1]))
+        print(f"      ms a batch: {stages}; Redis: {calls}", flush=True)
+        return end
 
 
 def print_breakdown(client: redis.Redis, prefix: str) -> None:
