@@ -14,6 +14,7 @@ private server).
     .venv/bin/python scripts/stage_speed.py --messages 100000 --listpack-value 128
     .venv/bin/python scripts/stage_speed.py --messages 100000 --breakdown
     .venv/bin/python scripts/stage_speed.py --messages 3400000 --steady --breakdown
+    .venv/bin/python scripts/stage_speed.py --messages 5100000 --steady --every 40
 
 No broker, so it isolates the worker's Python and its Redis calls from Kafka; numbers vary
 from run to run on a shared machine: compare trees by alternating runs.
