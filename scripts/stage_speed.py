@@ -129,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--every", type=int, default=0, metavar="BATCHES",
                         help="also print a line every BATCHES batches: codes so far, the "
                              "window's codes/s and CPU of this process and of Redis, Redis's "
-                             "used memory (to see where a long --steady run slows down)")
+                             "used memory, and each stage's and script call's milliseconds a "
+                             "batch (to see where a long --steady run slows down)")
     args = parser.parse_args(argv)
 
     print(f"building the workload: {args.messages:,} messages …", file=sys.stderr)
