@@ -1082,9 +1082,15 @@ def narrow_code_slot(code: str, bucket_bits: int) -> tuple[int, bytes]:
                               _narrow_span_of(bucket_bits))
         return bucket, rest.to_bytes(narrow_field_size(bucket_bits), "big")
     bucket, field = code_slot(code, bucket_bits, True)
+    return bucket, _apart_from_narrow(field, bucket_bits)
+
+
+def _apart_from_narrow(field: bytes, bucket_bits: int) -> bytes:
+    """A field of another form than a 20-digit code's narrow field, behind
+    ``_FIELD_PADDED`` where it has the narrow field's length (which alone tells those)."""
     if len(field) == narrow_field_size(bucket_bits):
-        field = bytes((_FIELD_PADDED,)) + field
-    return bucket, field
+        return bytes((_FIELD_PADDED,)) + field
+    return field
 
 
 def narrow_code_slots(codes: Iterable[str], bucket_bits: int,
@@ -1121,9 +1127,8 @@ def interned_code_slot(code: str, bucket_bits: int,
     out = bytearray((_FIELD_GS1_INTERNED,))
     _uvarint(out, gtin_ids[gtin])
     _put_text(out, code[22:])
-    if len(out) == narrow_field_size(bucket_bits):
-        out[0:0] = bytes((_FIELD_PADDED,))
-    return _hash_bucket(code.encode("utf-8", "surrogatepass"), bucket_bits), bytes(out)
+    return (_hash_bucket(code.encode("utf-8", "surrogatepass"), bucket_bits),
+            _apart_from_narrow(bytes(out), bucket_bits))
 
 
 def interned_code_slots(codes: Iterable[str], bucket_bits: int, gtin_ids: Mapping[str, int],
