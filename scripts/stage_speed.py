@@ -262,13 +262,18 @@ class Window:
 
 
 def print_breakdown(client: redis.Redis, prefix: str) -> None:
-    """Keys, hash entries and MEMORY USAGE of each key family, per code in the code buckets."""
+    """Keys, entries (a hash's fields, a digest run's digests) and MEMORY USAGE of each key
+    family, per code in the code buckets."""
     families: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
     for key in client.scan_iter(match=f"{prefix}:*", count=1000):
         family = key.decode().split(":")[1]
         figures = families[family]
         figures[0] += 1
-        figures[1] += client.hlen(key) if client.type(key) == b"hash" else 0
+        kind = client.type(key)
+        if kind == b"hash":
+            figures[1] += client.hlen(key)
+        elif family in ("m", "r"):  # digest runs: 8 bytes a marker
+            figures[1] += client.strlen(key) // 8
         figures[2] += client.memory_usage(key, samples=0) or 0
     codes = families["c"][1]  # entries of the code buckets: every code held
     print(f"\n{'family':<7} {'keys':>7} {'entries':>9} {'bytes':>12} {'per code':>9}")

@@ -2,7 +2,8 @@
 --
 -- ARGV[1]: "LIMIT" and, per run of bucket hashes, " N F TTL": N hashes, F 2 when they have
 -- overflow hashes that take long values in pieces, 1 when whole, 0 without overflow hashes,
--- TTL their expiry in seconds.
+-- 3 when they are digest runs (strings of 8-byte digests end to end) instead of hashes, TTL
+-- their expiry in seconds.
 -- KEYS: per run, its N bucket hashes, then, when F is 1 or 2, their N overflow hashes in the
 -- same order.
 -- ARGV[2]: per write, 4 bytes little-endian: 8 * (number of its bucket hash, from 0, counting
@@ -15,7 +16,9 @@
 -- hash held of its value (looked for, by its marker, only when the write says there may be
 -- some). A bucket gets its expiry pushed to TTL when a write of it asks (the
 -- caller asks once a day per bucket, not on every write: each EXPIRE is a call of its own);
--- an overflow hash written to always does. Returns the number of bucket hashes.
+-- an overflow hash written to always does. A digest run takes no field: a set's value is
+-- digests to append, a delete's digests to remove (each copy that starts on a digest's
+-- boundary), before the sets. Returns the number of bucket hashes.
 
 local STEP = 4000 -- even, and well below Lua's unpack() limit
 
@@ -43,7 +46,7 @@ for i = 1, writes do
   count[b] = (count[b] or 0) + 1
 end
 local buckets = 0
-for n in string.gmatch(runs, ' (%d+) [012] %d+') do buckets = buckets + tonumber(n) end
+for n in string.gmatch(runs, ' (%d+) [0123] %d+') do buckets = buckets + tonumber(n) end
 local start, next_at, order = {}, {}, {}
 local at = 1
 for b = 1, buckets do
@@ -133,15 +136,67 @@ local function write(key, big, whole, ttl, first, last)
   if refresh and (#s > 0 or #o > 0) then redis.call('EXPIRE', key, ttl) end
 end
 
+-- Digest runs: removals, then one APPEND of the added digests.
+local find, sub = string.find, string.sub
+local function write_run(key, ttl, first, last)
+  local removed, added = {}, {}
+  local refresh = false
+  for j = first, last do
+    local i = order[j]
+    local e = entry[i]
+    if e % 2 == 0 then
+      removed[#removed + 1] = ARGV[2 * i + 2]
+    else
+      added[#added + 1] = ARGV[2 * i + 2]
+      if e % 4 >= 2 then refresh = true end
+    end
+  end
+  if #removed > 0 then
+    local run = redis.call('GET', key)
+    if run then
+      local kept = run
+      local digests = table.concat(removed)
+      for d = 1, #digests, 8 do
+        local digest = sub(digests, d, d + 7)
+        local at = find(kept, digest, 1, true)
+        while at do
+          if at % 8 == 1 then
+            kept = sub(kept, 1, at - 1) .. sub(kept, at + 8)
+            at = find(kept, digest, at, true)
+          else
+            at = find(kept, digest, at + 1, true)
+          end
+        end
+      end
+      if kept == '' then
+        redis.call('DEL', key)
+      elseif #kept < #run then
+        redis.call('SET', key, kept, 'KEEPTTL')
+      end
+    end
+  end
+  if #added > 0 then
+    local joined = table.concat(added)
+    -- A run just created has no expiry yet, whatever the writer's daily push assumed.
+    if redis.call('APPEND', key, joined) == #joined or refresh then
+      redis.call('EXPIRE', key, ttl)
+    end
+  end
+end
+
 local b, k = 0, 0
-for n, flag, ttl in string.gmatch(runs, ' (%d+) ([012]) (%d+)') do
+for n, flag, ttl in string.gmatch(runs, ' (%d+) ([0123]) (%d+)') do
   n = tonumber(n)
-  local big = flag ~= '0'
+  local big = flag == '1' or flag == '2'
   for j = 1, n do
     local c = count[b + j]
     if c then
       local first = start[b + j]
-      write(KEYS[k + j], big and KEYS[k + n + j] or nil, flag == '1', ttl, first, first + c - 1)
+      if flag == '3' then
+        write_run(KEYS[k + j], ttl, first, first + c - 1)
+      else
+        write(KEYS[k + j], big and KEYS[k + n + j] or nil, flag == '1', ttl, first, first + c - 1)
+      end
     end
   end
   b = b + n

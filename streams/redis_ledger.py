@@ -76,10 +76,15 @@ since :data:`streams.codec.EPOCH`; a person state likewise with its latest purch
 header bit 0x02; a sale index entry ends in a 2-byte day stamp, :func:`streams.codec.day_stamp`,
 of its last write by Redis's clock).
 
-Router memory: ``msgid`` and record markers are 8-byte digests in bucket hashes of the current
+Router memory: ``msgid`` and record markers are 8-byte digests in buckets of the current
 *slice* of ``dedupe_days`` of wall-clock time (Redis's clock); lookups check the current and the
 previous slice, and a slice key expires a day after it stops being checked, so a marker is
-remembered at least ``dedupe_days`` and at most twice that and a day. The sale index
+remembered at least ``dedupe_days`` and at most twice that and a day. Since layout 6 a bucket
+is a *digest run*, a string of the digests end to end: a batch appends to it with one APPEND,
+and a lookup is a plain search of the string (from a digest's boundary), where a bucket hash
+took an insert and a field-by-field listpack scan per marker, and turned into a hash table
+(~50 bytes a marker more) once it held 512. Its memory is the digests' 8 bytes each. A prefix
+created before keeps bucket hashes (its meta has no ``router``). The sale index
 (institution + bchno → codes, for 3507 deletes) is bucketed like the codes, keyed by a digest,
 with expiry ``retention_days`` (one key per sale would cost ~100 bytes of key overhead per
 sale, more than the codes); each entry carries the day it was last written, for the sweep.
@@ -139,8 +144,8 @@ from streams.ledger import Announcement
 
 log = logging.getLogger(__name__)
 
-LAYOUT_VERSION = "5"
-COMPATIBLE_LAYOUTS = ("1", "2", "3", "4")
+LAYOUT_VERSION = "6"
+COMPATIBLE_LAYOUTS = ("1", "2", "3", "4", "5")
 """Layouts this tracewatch reads as its own and upgrades in place: layout 2 only added shared
 states (:data:`KEY_SHARED`), which layout 1 never wrote; layout 3 added dated record numbers
 to packed states (:func:`streams.codec._put_record`), references in decimal, the shared
@@ -150,7 +155,8 @@ overflow hashes (:data:`KEY_SHARED_BIG`) and, on prefixes it created, packed cod
 (ledger_overflow.lua) and, on prefixes it creates, narrow code fields
 (:data:`CODE_FIELDS_NARROW`); layout 5 gives the prefixes it creates as many person buckets as
 code buckets (the meta's ``person_bits``) and interned code fields
-(:data:`CODE_FIELDS_INTERNED`). Recording the new number keeps an older tracewatch from
+(:data:`CODE_FIELDS_INTERNED`); layout 6 keeps the router memory of the prefixes it creates in
+digest runs (:data:`ROUTER_RUNS`). Recording the new number keeps an older tracewatch from
 misreading what it cannot read."""
 
 CODE_FIELDS_PACKED = "packed"
@@ -164,11 +170,16 @@ CODE_FIELDS_INTERNED = "interned"
 """The meta's ``code_fields`` of a prefix created by layout 5: narrow fields, and a GS1 code's
 GTIN by its id in the GTIN dictionary (:func:`streams.codec.interned_code_slot`)."""
 
+ROUTER_RUNS = "runs"
+"""The meta's ``router`` of a prefix created by layout 6: msgid and record markers are digest
+runs (:data:`KEY_MSGIDS`), not bucket hashes."""
+
 _META_SCRIPT = """
 local fresh = redis.call('EXISTS', KEYS[1]) == 0
-for i = 3, #ARGV, 2 do redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 4, #ARGV, 2 do redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) end
 if fresh then
-  redis.call('HSET', KEYS[1], 'code_fields', ARGV[1], 'person_bits', ARGV[2])
+  redis.call('HSET', KEYS[1], 'code_fields', ARGV[1], 'person_bits', ARGV[2],
+             'router', ARGV[3])
 end
 return redis.call('HGETALL', KEYS[1])
 """
@@ -207,9 +218,11 @@ KEY_SHARED_SERIAL = "{prefix}:vn"
 """String: the shared-state serials given out so far (writers take SHARED_BLOCK at a time).
 Never expires."""
 KEY_MSGIDS = "{prefix}:m:{slice}:{bucket}"
-"""Hash: 8-byte digest of a routed msgid → "". Expires a day after the next slice ends."""
+"""String: the 8-byte digests of routed msgids end to end, a *digest run* (a digest may be
+there twice). Expires a day after the next slice ends. A prefix created before layout 6 (no
+``router`` in its meta) keeps them in a hash instead: digest → ""."""
 KEY_RECORDS = "{prefix}:r:{slice}:{bucket}"
-"""Hash: 8-byte digest of a routed record (institution, infno, bchno) → "". As msgids."""
+"""String: the digest run of routed records (institution, infno, bchno). As msgids."""
 KEY_SALES = "{prefix}:s:{bucket}"
 """Hash: 8-byte digest of institution + bchno → the sale's codes and the day of the write
 (codec.pack_codes), or a marker when in the overflow. Expires retention_days (and a day) after its
@@ -248,6 +261,10 @@ ADVISED_INLINE_VALUE = 128
 """The hash-max-listpack-value of the stack's Redis (docker-compose.yml): codes with two or
 three standing sales stay inline, 3–4 % less memory than Redis's default 64 on the bench's
 states at 10 million codes (BENCHMARKS.md "Twenty-first session")."""
+LONG_RUN_BYTES = 64 << 10
+"""A digest run longer than this (8,192 markers) takes ~5 µs a lookup, more than a bucket
+hash's (BENCHMARKS.md "Twenty-third session"): the ledger warns that its routing buckets are
+too few for the traffic."""
 SHARED_BLOCK = 1 << 16
 """Shared-state serials a writer reserves with one INCRBY (a round trip per 65,536 shared
 states; a block is a whole number of shared buckets, so writers never share one)."""
@@ -768,6 +785,34 @@ class _Writes:
                                         ttl + EXPIRY_SPARE))
         self.size += len(numbers)
 
+    def run_digests(self, table: str, ttl: int, buckets: Sequence[int],
+                    digests: Sequence[bytes], remove: bool = False) -> None:
+        """Append ``digests[i]`` to the digest run ``buckets[i]`` of the family whose keys
+        are ``table`` and a bucket number (``remove``: take every copy of it out instead):
+        one write a bucket, its digests end to end. Within a run, removals come first; the
+        expiry is pushed as :meth:`run`'s, and always on a run the write creates."""
+        if not digests:
+            return
+        grouped: dict[int, list[bytes]] = {}
+        for bucket, digest in zip(buckets, digests, strict=True):
+            found = grouped.get(bucket)
+            if found is None:
+                grouped[bucket] = [digest]
+            else:
+                found.append(digest)
+        distinct = list(grouped)
+        joined = [b"".join(group) for group in grouped.values()]
+        base = self.size
+        pushes = self.expiries.due(
+            table, distinct, [None] * len(joined) if remove else joined, self.day)
+        kind = 0 if remove else 1
+        self.entries += [(base + number) * 8 + (2 if push else 0) + kind
+                         for number, push in enumerate(pushes)]
+        self.args += chain.from_iterable((b"", value) for value in joined)
+        self.keys += [table + str(bucket) for bucket in distinct]
+        self.runs.append(b"%d 3 %d" % (len(distinct), ttl + EXPIRY_SPARE))
+        self.size += len(distinct)
+
     def send(self, channel: _ScriptChannel, script: Script) -> bool:
         """Send the writes, as one script call (none when there are none); True if sent."""
         if not self.entries:
@@ -845,6 +890,7 @@ class RedisLedger:
         self._inline_persons: dict[str, Slot] = {}
         self._routing_slots: dict[str, Slot] = {}
         self._sale_slots: dict[str, Slot] = {}
+        self._long_runs: set[str] = set()
         self._sweep_script = scripts["sweep"]
         self.interner = RedisInterner(client, prefix, scripts["intern"])
 
@@ -856,6 +902,7 @@ class RedisLedger:
         # A prefix created before layout 5 keeps its persons in the routing buckets.
         self.person_bits = int(layout.get("person_bits", layout["aux_bits"]))
         self.code_fields = layout.get("code_fields", "")
+        self.router_runs = layout.get("router") == ROUTER_RUNS
         self.interned_fields = self.code_fields == CODE_FIELDS_INTERNED
         self.narrow_fields = self.code_fields in (CODE_FIELDS_NARROW, CODE_FIELDS_INTERNED)
         self.packed_fields = self.narrow_fields or self.code_fields == CODE_FIELDS_PACKED
@@ -906,8 +953,10 @@ class RedisLedger:
             "epoch": str(codec.EPOCH),
         }
         # One script, so that only the writer that creates the prefix records its form of code
-        # fields and its person buckets: an older ledger keeps those it was written with.
+        # fields, its person buckets and its router memory's form: an older ledger keeps
+        # those it was written with.
         answer = self.client.eval(_META_SCRIPT, 1, key, CODE_FIELDS_INTERNED, str(code_bits),
+                                  ROUTER_RUNS,
                                   *(item for pair in wanted.items() for item in pair))
         stored = {answer[i].decode(): answer[i + 1].decode() for i in range(0, len(answer), 2)}
         if stored.get("layout") in COMPATIBLE_LAYOUTS:
@@ -998,16 +1047,17 @@ class RedisLedger:
 
     def _send_load(self, keys: list[str], overflow: bool, numbers: list[int],
                    fields: list[bytes], channel: _ScriptChannel | None = None,
-                   shared: str = "") -> int:
+                   shared: str = "", runs: bool = False) -> int:
         """Send the lookup of ``fields[i]`` in bucket hash ``keys[numbers[i]]`` as one script
         call (its reply, read by :meth:`_replies`, holds None where absent). With
         ``overflow``, ``keys`` ends with the buckets' overflow hashes, in the same order.
         ``shared``: the key prefix of the shared states that entries may refer to; the reply
-        holds the state referred to instead. Returns the calls sent: 0 when there is nothing
-        to look up. ``channel``: the connection (the ledger's first by default)."""
+        holds the state referred to instead. ``runs``: the keys are digest runs, and the
+        reply holds b"" where a run has the field. Returns the calls sent: 0 when there is
+        nothing to look up. ``channel``: the connection (the ledger's first by default)."""
         if not fields:
             return 0
-        flags = b"1" if overflow else b"0"
+        flags = b"2" if runs else b"1" if overflow else b"0"
         if shared:
             flags += b" " + shared.encode()
         (channel or self._channel).send(
@@ -1328,7 +1378,7 @@ class RedisLedger:
         table_keys = [now + str(bucket) for bucket in distinct]
         table_keys += [before + str(bucket) for bucket in distinct]
         return self._send_load(table_keys, False, numbers + [n + count for n in numbers],
-                               digests + digests)
+                               digests + digests, runs=self.router_runs)
 
     def seen_messages(self, msgids: Collection[str]) -> set[str]:
         """Which of these msgids were routed before (in the last dedupe_days or more)."""
@@ -1356,12 +1406,30 @@ class RedisLedger:
         sent_sales = self._send_map(self._sales, sale_buckets, sale_fields)
         self._send_ahead()
         replies = self._replies(sent_msgids + sent_records + sent_sales)
+        if self.router_runs:
+            families = ["msgid"] * sent_msgids + ["record"] * sent_records
+            for family, reply in zip(families, replies, strict=False):
+                # The script's last element is an integer: the longest run's length.
+                self._check_run(family, cast(int, cast(list[object], reply).pop()))
         seen_msgids = _seen_of(msgid_list, replies[0]) if sent_msgids else set()
         seen_records = _seen_of(record_list, replies[sent_msgids]) if sent_records else set()
         known_sales = ({key: codec.unpack_codes(value) for key, value in
                         _present(sale_list, replies[sent_msgids + sent_records]).items()}
                        if sent_sales else {})
         return seen_msgids, seen_records, known_sales
+
+    def _check_run(self, family: str, longest: int) -> None:
+        """Warn, once a family, when a recall read a digest run past :data:`LONG_RUN_BYTES`."""
+        if longest <= LONG_RUN_BYTES or family in self._long_runs:
+            return
+        self._long_runs.add(family)
+        self._warn(
+            f"{family} markers: a dedupe bucket holds {longest // 8:,} of them (more than "
+            f"{LONG_RUN_BYTES // 8:,}); each lookup searches its bucket, so routing slows as "
+            f"they grow. The {1 << self.aux_bits:,} routing buckets of prefix "
+            f"{self.prefix!r} were sized by TRACEWATCH_EXPECTED_CODES (one per "
+            f"{1 << (self.code_bits - self.aux_bits + 8):,} codes): start a new prefix "
+            "sized for more codes, or lower TRACEWATCH_DEDUPE_DAYS")
 
     def commit_routing(
         self,
@@ -1375,16 +1443,23 @@ class RedisLedger:
         bits = self.aux_bits
         known = self._routing_slots  # the recall's, if it was this batch's
         writes = self._writes()
+        runs = self.router_runs
         if records_removed:  # from the current and the previous slice, before any sets
             buckets, digests = _slots_of(records_removed, known, _digest_slot, bits)
             nothing: list[bytes | None] = [None] * len(digests)
             for period in (current, current - 1):
-                writes.run(self._router_table(KEY_RECORDS, period), None, ttl, buckets,
-                           digests, nothing)
+                table = self._router_table(KEY_RECORDS, period)
+                if runs:
+                    writes.run_digests(table, ttl, buckets, digests, remove=True)
+                else:
+                    writes.run(table, None, ttl, buckets, digests, nothing)
         for template, keys in ((KEY_MSGIDS, msgids), (KEY_RECORDS, records_added)):
             buckets, digests = _slots_of(keys, known, _digest_slot, bits)
-            writes.run(self._router_table(template, current), None, ttl, buckets, digests,
-                       [b""] * len(digests))
+            table = self._router_table(template, current)
+            if runs:
+                writes.run_digests(table, ttl, buckets, digests)
+            else:
+                writes.run(table, None, ttl, buckets, digests, [b""] * len(digests))
         day = codec.day_stamp(self.business_now())
         writes.run(self._sales.bucket, self._sales.overflow, self.retention_seconds,
                    *_slots_of(sales, self._sale_slots, _digest_slot, self.sale_bits),

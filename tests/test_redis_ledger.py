@@ -902,6 +902,60 @@ def test_markers_are_remembered_for_one_to_two_dedupe_windows(
     assert ledger.seen_messages({"EX-0001"}) == set()
 
 
+def test_markers_are_digest_runs_searched_on_digest_boundaries(
+    client: CountingRedis, prefix: str, make: Callable[..., RedisLedger]
+) -> None:
+    """A new prefix keeps msgid and record markers as strings of 8-byte digests: a batch
+    appends, a lookup matches only a whole digest, a removal takes out every copy of it (a
+    re-uploaded record is appended again) and nothing else, and a run is never left without
+    an expiry."""
+    ledger = make(buckets=16)  # one routing bucket: every marker in one run
+    assert ledger.router_runs and ledger.aux_bits == 0
+    current, _ = ledger._slice()
+    msgids, records = f"{prefix}:m:{current}:0", f"{prefix}:r:{current}:0"
+    ledger.commit_routing({"M1", "M2"}, {RK1, RK2}, set(), {})
+    ledger.commit_routing({"M3"}, {RK1}, set(), {})  # RK1 again: a re-upload
+    digest = {text: _digest_slot(text, 0)[1] for text in ("M1", "M2", "M3", "M4", RK1, RK2)}
+    assert client.type(msgids) == b"string" and client.strlen(msgids) == 24
+    assert sorted(client.get(records)[i:i + 8] for i in range(0, 24, 8)) == sorted(
+        [digest[RK1], digest[RK1], digest[RK2]])
+
+    # M4's digest straddling two others' is no marker of M4.
+    client.append(msgids, b"\x00" * 3 + digest["M4"] + b"\x00" * 5)
+    assert ledger.seen_messages({"M1", "M3", "M4", "M5"}) == {"M1", "M3"}
+
+    ledger.commit_routing(set(), set(), {RK1}, {})
+    assert ledger.seen_records({RK1, RK2}) == {RK2}
+    assert client.get(records) == digest[RK2]
+    assert client.ttl(records) > 0
+
+    ledger.commit_routing(set(), set(), {RK2}, {})  # the run emptied: gone
+    assert not client.exists(records)
+    ledger.commit_routing(set(), {RK2}, set(), {})  # the same day: created with its expiry
+    assert client.ttl(records) > ledger.dedupe_seconds
+    assert make(buckets=16).seen_records({RK1, RK2}) == {RK2}
+
+
+def test_a_long_digest_run_is_warned_of_once(
+    client: CountingRedis, prefix: str, make: Callable[..., RedisLedger],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """More markers in a bucket than its linear search does fast: the operator is told the
+    routing buckets are too few for the traffic, and what to do, once."""
+    ledger = make(buckets=16)
+    current, _ = ledger._slice()
+    ledger.seen_messages({"M1"})
+    assert ledger.warnings == []
+    client.append(f"{prefix}:m:{current}:0", random.Random(3).randbytes(8 * 8_193))
+    with caplog.at_level(logging.WARNING):
+        assert ledger.recall_routing({"M1"}, {RK1}, ()) == (set(), set(), {})
+        ledger.seen_messages({"M2"})
+    assert len(ledger.warnings) == 1
+    assert "msgid markers: a dedupe bucket holds 8,193 of them" in ledger.warnings[0]
+    assert "start a new prefix sized for more codes" in ledger.warnings[0]
+    assert caplog.text.count("dedupe bucket holds") == 1
+
+
 def test_buckets_stay_listpack_and_long_values_overflow(
     client: CountingRedis, prefix: str, make: Callable[..., RedisLedger]
 ) -> None:
@@ -1072,7 +1126,7 @@ def test_a_prefix_older_than_layout_5_keeps_its_person_buckets(
     client.hset(meta, "layout", "4")
     ledger = make(buckets=64)
     assert ledger.person_bits == 2
-    assert client.hget(meta, "layout") == b"5" and not client.hexists(meta, "person_bits")
+    assert client.hget(meta, "layout") == b"6" and not client.hexists(meta, "person_bits")
     ledger.inline_limit = 16
     person = long_person()
     ledger.store_persons({PK2: person})
@@ -1087,37 +1141,51 @@ def test_a_prefix_older_than_layout_5_keeps_its_person_buckets(
 
 
 @pytest.mark.parametrize(("older", "fields"),
-                         [("1", None), ("2", None), ("3", b"packed"), ("4", b"narrow")])
+                         [("1", None), ("2", None), ("3", b"packed"), ("4", b"narrow"),
+                          ("5", b"interned")])
 def test_an_older_layout_is_upgraded_in_place(
     client: CountingRedis, prefix: str, make: Callable[..., RedisLedger], older: str,
     fields: bytes | None,
 ) -> None:
-    """Layouts 2 to 5 only add forms older ones never wrote (shared states, dated record
+    """Layouts 2 to 6 only add forms older ones never wrote (shared states, dated record
     numbers, first drugs by index, pieces): an older ledger is read as it is, and recorded as
-    layout 5 so that an older tracewatch refuses what it could not read. Packed and narrow
-    code fields, and person buckets of their own, are for new prefixes only: an older ledger
-    keeps the fields and buckets its codes and persons were written under."""
+    layout 6 so that an older tracewatch refuses what it could not read. Packed, narrow and
+    interned code fields, person buckets of their own and digest runs for the router memory
+    are for new prefixes only: an older ledger keeps the fields, buckets and hashes its codes,
+    persons and markers were written under."""
     meta = f"{prefix}:meta"
     assert make().interned_fields and client.hget(meta, "code_fields") == b"interned"
-    client.hdel(meta, "code_fields", "person_bits")  # the meta as an older tracewatch wrote it
+    assert client.hget(meta, "router") == b"runs"
+    # the meta as an older tracewatch wrote it
+    client.hdel(meta, "code_fields", "person_bits", "router")
     if fields is not None:
         client.hset(meta, "code_fields", fields)
+    if older == "5":
+        client.hset(meta, "person_bits", "6")
     client.hset(meta, "layout", older)
     written = make()
-    assert written.narrow_fields == (fields == b"narrow") and client.hget(meta, "layout") == b"5"
-    assert written.person_bits == written.aux_bits
+    assert written.narrow_fields == (fields in (b"narrow", b"interned"))
+    assert client.hget(meta, "layout") == b"6"
+    assert written.person_bits == (6 if older == "5" else written.aux_bits)
+    assert not written.router_runs
     written.store_codes({C1: SMALL, C3: SOLD_TWICE, C4: SOLD_TWICE_LATER})
+    written.commit_routing({"EX-0001"}, {RK1, RK2}, set(), {})
+    written.commit_routing(set(), set(), {RK2}, {})
     ledger = make()
-    assert ledger.narrow_fields == (fields == b"narrow")
+    assert ledger.narrow_fields == (fields in (b"narrow", b"interned"))
     assert client.hget(meta, "code_fields") == fields
     assert ledger.packed_fields == (fields is not None)
-    if fields != b"narrow":
+    if fields not in (b"narrow", b"interned"):
         assert ledger.code_slot(C1) == code_slot(C1, ledger.code_bits)  # 7 bytes, not narrow
     if fields is None:
         assert ledger.code_slot(C4)[1] == b"\x80" + C4.encode()  # not packed
     assert ledger.load_codes({C1, C3, C4}) == {C1: SMALL, C3: SOLD_TWICE, C4: SOLD_TWICE_LATER}
-    client.hset(meta, "layout", "6")
-    with pytest.raises(LedgerError, match="records layout '6', this tracewatch writes layout '5'"):
+    assert ledger.recall_routing({"EX-0001", "EX-0002"}, {RK1, RK2, RK3}, ()) == (
+        {"EX-0001"}, {RK1}, {})
+    markers = {client.type(key) for key in client.scan_iter(match=f"{prefix}:[mr]:*")}
+    assert markers == {b"hash"}
+    client.hset(meta, "layout", "7")
+    with pytest.raises(LedgerError, match="records layout '7', this tracewatch writes layout '6'"):
         make()
 
 
