@@ -83,8 +83,9 @@ remembered at least ``dedupe_days`` and at most twice that and a day. Since layo
 is a *digest run*, a string of the digests end to end: a batch appends to it with one APPEND,
 and a lookup is a plain search of the string (from a digest's boundary), where a bucket hash
 took an insert and a field-by-field listpack scan per marker, and turned into a hash table
-(~50 bytes a marker more) once it held 512. Its memory is the digests' 8 bytes each. A prefix
-created before keeps bucket hashes (its meta has no ``router``). The sale index
+(~50 bytes a marker more) once it held 512. Its memory is the digests' 8 bytes each and the
+room Redis keeps to grow the string (10.5 bytes a marker in the bench). A prefix created before
+keeps bucket hashes (its meta has no ``router``). The sale index
 (institution + bchno → codes, for 3507 deletes) is bucketed like the codes, keyed by a digest,
 with expiry ``retention_days`` (one key per sale would cost ~100 bytes of key overhead per
 sale, more than the codes); each entry carries the day it was last written, for the sweep.
