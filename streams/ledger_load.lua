@@ -10,8 +10,9 @@
 -- little-endian.
 -- ARGV[3], ...: the fields, in that order.
 -- Returns the values of the fields in the order given (nil when absent); of digest runs, an
--- empty string where the run holds the field (an 8-byte digest) at a multiple of 8 bytes, and
--- after the fields the length in bytes of the longest run read.
+-- empty string where the bucket holds the field (an 8-byte digest) in its run, on a digest's
+-- boundary, or in its spill hash, and after the fields the number of spilled runs read
+-- (run_find and the spill hashes: ledger_overflow.lua).
 -- With overflow hashes, a value of at most one byte in the bucket is a marker: the value was
 -- too long for the bucket's compact (listpack) encoding and lives in the overflow hash
 -- (is_marker and overflow_value, ledger_overflow.lua, which comes first).
@@ -55,8 +56,7 @@ for i = 1, fields do
   next_at[k] = p + 1
 end
 
-local find = string.find
-local longest = 0
+local spilled = 0
 local first = 1
 for k = 1, n do
   local c = count[k]
@@ -65,14 +65,20 @@ for k = 1, n do
     if runs then
       -- One GET a run and a plain find per digest (memchr and memcmp, in C): a run of a
       -- thousand digests is searched in about 0.6 µs, where a listpack hash compares field
-      -- by field. A match counts only on a digest's boundary.
+      -- by field.
       local run = redis.call('GET', KEYS[k]) or ''
-      if #run > longest then longest = #run end
       for p = first, last do
-        local name = names[p]
-        local at = find(run, name, 1, true)
-        while at and at % 8 ~= 1 do at = find(run, name, at + 1, true) end
-        if at then out[where[p]] = '' end
+        if run_find(run, names[p]) then out[where[p]] = '' end
+      end
+      if has_spilled(run) then -- and the markers moved to the spill hash (ledger_overflow.lua)
+        spilled = spilled + 1
+        for s = first, last, STEP do
+          local values = redis.call('HMGET', spill_of(KEYS[k]),
+                                    unpack(names, s, math.min(s + STEP - 1, last)))
+          for j = 1, #values do
+            if values[j] then out[where[s + j - 1]] = '' end
+          end
+        end
       end
     else
       for s = first, last, STEP do
@@ -91,7 +97,7 @@ for k = 1, n do
     first = last + 1
   end
 end
-if runs then out[fields + 1] = longest end
+if runs then out[fields + 1] = spilled end
 
 if shared ~= '' then
   local found = {} -- the boxes of one sale refer to one state: look it up once

@@ -50,3 +50,25 @@ local function pieces_of(name, value, limit, whole)
   end
   return string.char(count), flat
 end
+
+-- Digest runs (the router memory since layout 6) have an overflow of their own: a run that
+-- grows past RUN_LIMIT bytes (4,096 digests, where searching it costs about what a hash
+-- table's lookup does, and copying it into Lua more) moves its digests to the bucket's spill
+-- hash (the run's key and ':h', digest → '') and keeps one sentinel byte, then the digests
+-- appended since. So a spilled run's length is one more than a multiple of 8, and its digests
+-- start at offsets 2, 10, 18, ... A bucket's markers are those of its run and its spill hash.
+local RUN_LIMIT = 32768
+local RUN_SPILLED = '\0'
+
+local function spill_of(key) return key .. ':h' end
+
+-- true when the run's digests start after a sentinel (its markers spilled before)
+local function has_spilled(run) return #run % 8 == 1 end
+
+-- where the whole digest starts in the run (from 1), or nil
+local function run_find(run, digest)
+  local skip = #run % 8
+  local at = string.find(run, digest, 1, true)
+  while at and (at - 1 - skip) % 8 ~= 0 do at = string.find(run, digest, at + 1, true) end
+  return at
+end

@@ -17,8 +17,8 @@
 -- some). A bucket gets its expiry pushed to TTL when a write of it asks (the
 -- caller asks once a day per bucket, not on every write: each EXPIRE is a call of its own);
 -- an overflow hash written to always does. A digest run takes no field: a set's value is
--- digests to append, a delete's digests to remove (each copy that starts on a digest's
--- boundary), before the sets. Returns the number of bucket hashes.
+-- digests to append, a delete's digests to remove (each copy, from the run and its spill
+-- hash), before the sets. Returns the number of bucket hashes.
 
 local STEP = 4000 -- even, and well below Lua's unpack() limit
 
@@ -136,8 +136,9 @@ local function write(key, big, whole, ttl, first, last)
   if refresh and (#s > 0 or #o > 0) then redis.call('EXPIRE', key, ttl) end
 end
 
--- Digest runs: removals, then one APPEND of the added digests.
-local find, sub = string.find, string.sub
+-- Digest runs: removals, then one APPEND of the added digests; a run grown past RUN_LIMIT
+-- spills them to its spill hash (ledger_overflow.lua).
+local sub = string.sub
 local function write_run(key, ttl, first, last)
   local removed, added = {}, {}
   local refresh = false
@@ -156,18 +157,17 @@ local function write_run(key, ttl, first, last)
     if run then
       local kept = run
       local digests = table.concat(removed)
+      local gone = {}
       for d = 1, #digests, 8 do
         local digest = sub(digests, d, d + 7)
-        local at = find(kept, digest, 1, true)
+        gone[#gone + 1] = digest
+        local at = run_find(kept, digest)
         while at do
-          if at % 8 == 1 then
-            kept = sub(kept, 1, at - 1) .. sub(kept, at + 8)
-            at = find(kept, digest, at, true)
-          else
-            at = find(kept, digest, at + 1, true)
-          end
+          kept = sub(kept, 1, at - 1) .. sub(kept, at + 8)
+          at = run_find(kept, digest)
         end
       end
+      if has_spilled(run) then call_range('HDEL', spill_of(key), gone, 1, #gone) end
       if kept == '' then
         redis.call('DEL', key)
       elseif #kept < #run then
@@ -177,9 +177,20 @@ local function write_run(key, ttl, first, last)
   end
   if #added > 0 then
     local joined = table.concat(added)
+    local length = redis.call('APPEND', key, joined)
     -- A run just created has no expiry yet, whatever the writer's daily push assumed.
-    if redis.call('APPEND', key, joined) == #joined or refresh then
-      redis.call('EXPIRE', key, ttl)
+    if length == #joined or refresh then redis.call('EXPIRE', key, ttl) end
+    if length > RUN_LIMIT then
+      local run = redis.call('GET', key)
+      local fields = {}
+      for d = #run % 8 + 1, #run, 8 do
+        fields[#fields + 1] = sub(run, d, d + 7)
+        fields[#fields + 1] = ''
+      end
+      local spill = spill_of(key)
+      call_range('HSET', spill, fields, 1, #fields)
+      redis.call('SET', key, RUN_SPILLED, 'KEEPTTL')
+      redis.call('EXPIRE', spill, ttl)
     end
   end
 end

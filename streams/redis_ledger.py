@@ -84,8 +84,11 @@ is a *digest run*, a string of the digests end to end: a batch appends to it wit
 and a lookup is a plain search of the string (from a digest's boundary), where a bucket hash
 took an insert and a field-by-field listpack scan per marker, and turned into a hash table
 (~50 bytes a marker more) once it held 512. Its memory is the digests' 8 bytes each and the
-room Redis keeps to grow the string (10.5 bytes a marker in the bench). A prefix created before
-keeps bucket hashes (its meta has no ``router``). The sale index
+room Redis keeps to grow the string (10.5 bytes a marker in the bench). A run that passes
+4,096 markers, where searching it would cost more than a hash table's lookup, moves them to
+one (its spill hash) and starts again, so a ledger sized for far fewer messages than it gets
+slows down no more than layout 5 did; the worker warns. A prefix created before keeps bucket
+hashes (its meta has no ``router``). The sale index
 (institution + bchno → codes, for 3507 deletes) is bucketed like the codes, keyed by a digest,
 with expiry ``retention_days`` (one key per sale would cost ~100 bytes of key overhead per
 sale, more than the codes); each entry carries the day it was last written, for the sweep.
@@ -220,8 +223,10 @@ KEY_SHARED_SERIAL = "{prefix}:vn"
 Never expires."""
 KEY_MSGIDS = "{prefix}:m:{slice}:{bucket}"
 """String: the 8-byte digests of routed msgids end to end, a *digest run* (a digest may be
-there twice). Expires a day after the next slice ends. A prefix created before layout 6 (no
-``router`` in its meta) keeps them in a hash instead: digest → ""."""
+there twice); past :data:`RUN_LIMIT_MARKERS` they move to the hash ``…:{bucket}:h`` (digest →
+"") and the run keeps a sentinel byte before the digests appended since
+(streams/ledger_overflow.lua). Expires a day after the next slice ends. A prefix created
+before layout 6 (no ``router`` in its meta) keeps them in a hash instead: digest → ""."""
 KEY_RECORDS = "{prefix}:r:{slice}:{bucket}"
 """String: the digest run of routed records (institution, infno, bchno). As msgids."""
 KEY_SALES = "{prefix}:s:{bucket}"
@@ -262,10 +267,10 @@ ADVISED_INLINE_VALUE = 128
 """The hash-max-listpack-value of the stack's Redis (docker-compose.yml): codes with two or
 three standing sales stay inline, 3–4 % less memory than Redis's default 64 on the bench's
 states at 10 million codes (BENCHMARKS.md "Twenty-first session")."""
-LONG_RUN_BYTES = 64 << 10
-"""A digest run longer than this (8,192 markers) takes ~5 µs a lookup, more than a bucket
-hash's (BENCHMARKS.md "Twenty-third session"): the ledger warns that its routing buckets are
-too few for the traffic."""
+RUN_LIMIT_MARKERS = 4096
+"""A digest run past this many markers (ledger_overflow.lua's RUN_LIMIT, 32 KiB) moves them
+to a hash table: searching it would cost more than a hash's lookup (BENCHMARKS.md
+"Twenty-third session"), and the ledger warns that its routing buckets are too few."""
 SHARED_BLOCK = 1 << 16
 """Shared-state serials a writer reserves with one INCRBY (a round trip per 65,536 shared
 states; a block is a whole number of shared buckets, so writers never share one)."""
@@ -1410,7 +1415,7 @@ class RedisLedger:
         if self.router_runs:
             families = ["msgid"] * sent_msgids + ["record"] * sent_records
             for family, reply in zip(families, replies, strict=False):
-                # The script's last element is an integer: the longest run's length.
+                # The script's last element is an integer: the spilled runs it met.
                 self._check_run(family, cast(int, cast(list[object], reply).pop()))
         seen_msgids = _seen_of(msgid_list, replies[0]) if sent_msgids else set()
         seen_records = _seen_of(record_list, replies[sent_msgids]) if sent_records else set()
@@ -1419,18 +1424,19 @@ class RedisLedger:
                        if sent_sales else {})
         return seen_msgids, seen_records, known_sales
 
-    def _check_run(self, family: str, longest: int) -> None:
-        """Warn, once a family, when a recall read a digest run past :data:`LONG_RUN_BYTES`."""
-        if longest <= LONG_RUN_BYTES or family in self._long_runs:
+    def _check_run(self, family: str, spilled: int) -> None:
+        """Warn, once a family, when a recall met buckets whose markers outgrew their run."""
+        if not spilled or family in self._long_runs:
             return
         self._long_runs.add(family)
+        count = 1 << self.aux_bits
         self._warn(
-            f"{family} markers: a dedupe bucket holds {longest // 8:,} of them (more than "
-            f"{LONG_RUN_BYTES // 8:,}); each lookup searches its bucket, so routing slows as "
-            f"they grow. The {1 << self.aux_bits:,} routing buckets of prefix "
-            f"{self.prefix!r} were sized by TRACEWATCH_EXPECTED_CODES (one per "
-            f"{1 << (self.code_bits - self.aux_bits + 8):,} codes): start a new prefix "
-            "sized for more codes, or lower TRACEWATCH_DEDUPE_DAYS")
+            f"{family} markers: dedupe buckets of prefix {self.prefix!r} hold more than "
+            f"{RUN_LIMIT_MARKERS:,} of them and keep them in hash tables (~60 bytes a "
+            f"marker instead of ~10): its {count:,} routing bucket{'s' * (count != 1)}, "
+            "sized by TRACEWATCH_EXPECTED_CODES, are too few for the messages of a dedupe "
+            "window; start a new prefix sized for more codes, or lower "
+            "TRACEWATCH_DEDUPE_DAYS")
 
     def commit_routing(
         self,

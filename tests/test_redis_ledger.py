@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from importlib import resources
 from pathlib import Path
 from typing import Any, cast
 
@@ -36,7 +38,13 @@ from streams.codec import (
 )
 from streams.ledger import MemoryLedger, record_key, sale_key
 from streams.pipeline import Pipeline
-from streams.redis_ledger import SHARED_BLOCK, LedgerError, RedisLedger, _digest_slot
+from streams.redis_ledger import (
+    RUN_LIMIT_MARKERS,
+    SHARED_BLOCK,
+    LedgerError,
+    RedisLedger,
+    _digest_slot,
+)
 from streams.reference import load_catalog
 from tests import factory
 from tests.test_codec import (
@@ -936,24 +944,59 @@ def test_markers_are_digest_runs_searched_on_digest_boundaries(
     assert make(buckets=16).seen_records({RK1, RK2}) == {RK2}
 
 
-def test_a_long_digest_run_is_warned_of_once(
+def test_a_run_past_its_limit_spills_to_a_hash_and_is_warned_of_once(
     client: CountingRedis, prefix: str, make: Callable[..., RedisLedger],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """More markers in a bucket than its linear search does fast: the operator is told the
-    routing buckets are too few for the traffic, and what to do, once."""
-    ledger = make(buckets=16)
+    """More markers in a bucket than its search does cheaply (a ledger sized for far fewer
+    messages than it gets): they move to a hash table, every marker is still found and
+    removable, and the operator is told, once, that the routing buckets are too few."""
+    ledger = make(buckets=16)  # one routing bucket
     current, _ = ledger._slice()
-    ledger.seen_messages({"M1"})
+    run, spill = f"{prefix}:m:{current}:0", f"{prefix}:m:{current}:0:h"
+    records = f"{prefix}:r:{current}:0"
+    first = [f"M{n}" for n in range(RUN_LIMIT_MARKERS + 100)]
+    old_records = [record_key("P51010400011", "3505", f"S{n}") for n in range(len(first))]
+    half = len(first) // 2
+    ledger.commit_routing(set(first[:half]), set(old_records[:half]), set(), {})
+    assert client.strlen(run) == 8 * half and not client.exists(spill)
     assert ledger.warnings == []
-    client.append(f"{prefix}:m:{current}:0", random.Random(3).randbytes(8 * 8_193))
+    ledger.commit_routing(set(first[half:]), set(old_records[half:]), set(), {})
+    assert client.get(run) == b"\0" and client.hlen(spill) == len(first)
+    assert client.ttl(spill) > ledger.dedupe_seconds
+
+    later = ["L1", "L2"]
+    new_record = record_key("P51010400011", "3505", "NEW")
+    ledger.commit_routing(set(later), {new_record}, set(), {})
+    assert client.strlen(run) == 1 + 16
+    # A digest straddling two in a spilled run (its digests start after the sentinel) is no
+    # marker.
+    client.append(run, b"\1" * 7 + _digest_slot("M-ABSENT", 0)[1] + b"\1")
     with caplog.at_level(logging.WARNING):
-        assert ledger.recall_routing({"M1"}, {RK1}, ()) == (set(), set(), {})
-        ledger.seen_messages({"M2"})
-    assert len(ledger.warnings) == 1
-    assert "msgid markers: a dedupe bucket holds 8,193 of them" in ledger.warnings[0]
+        assert ledger.seen_messages({"M0", first[-1], "L2", "M-ABSENT", "L3"}) == {
+            "M0", first[-1], "L2"}
+        assert ledger.seen_records({old_records[0], new_record}) == {old_records[0],
+                                                                       new_record}
+    assert len(ledger.warnings) == 2  # once for msgids, once for records
+    assert ledger.warnings[0].startswith(
+        f"msgid markers: dedupe buckets of prefix {prefix!r} hold more than 4,096")
     assert "start a new prefix sized for more codes" in ledger.warnings[0]
-    assert caplog.text.count("dedupe bucket holds") == 1
+    assert caplog.text.count("dedupe buckets of prefix") == 2
+
+    # Removals reach the spill hash and the run alike.
+    ledger.commit_routing(set(), set(), {old_records[0], new_record}, {})
+    assert ledger.seen_records({old_records[0], old_records[1], new_record}) == {
+        old_records[1]}
+    assert client.get(records) == b"\0"
+    assert make(buckets=16).seen_messages({"M1", "L1"}) == {"M1", "L1"}
+    assert ledger.seen_messages({"M1"}) == {"M1"} and len(ledger.warnings) == 2
+
+
+def test_the_run_limit_is_the_scripts_own() -> None:
+    """Python's figure for the warning and the scripts' limit are one number."""
+    lua = resources.files("streams").joinpath("ledger_overflow.lua").read_text()
+    limit = re.search(r"^local RUN_LIMIT = (\d+)$", lua, re.MULTILINE)
+    assert limit is not None and int(limit.group(1)) == 8 * RUN_LIMIT_MARKERS
 
 
 def test_buckets_stay_listpack_and_long_values_overflow(
