@@ -1430,13 +1430,13 @@ class RedisLedger:
             return
         self._long_runs.add(family)
         count = 1 << self.aux_bits
+        buckets = f"{count:,} routing bucket" + ("s" if count != 1 else "")
         self._warn(
             f"{family} markers: dedupe buckets of prefix {self.prefix!r} hold more than "
             f"{RUN_LIMIT_MARKERS:,} of them and keep them in hash tables (~60 bytes a "
-            f"marker instead of ~10): its {count:,} routing bucket{'s' * (count != 1)}, "
-            "sized by TRACEWATCH_EXPECTED_CODES, are too few for the messages of a dedupe "
-            "window; start a new prefix sized for more codes, or lower "
-            "TRACEWATCH_DEDUPE_DAYS")
+            f"marker instead of ~10): its {buckets}, sized by TRACEWATCH_EXPECTED_CODES, "
+            f"{'are' if count != 1 else 'is'} too few for the messages of a dedupe window; "
+            "start a new prefix sized for more codes, or lower TRACEWATCH_DEDUPE_DAYS")
 
     def commit_routing(
         self,
