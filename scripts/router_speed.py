@@ -5,7 +5,8 @@ as digest runs (layout 6) and as the bucket hashes a prefix created before keeps
 side; Redis's CPU a batch and its memory after. ``--expected-codes`` sizes the routing
 buckets (one per 2**4 code buckets): the bench's 100,000 messages give 128.
 
-``lengths``: one lookup of an absent digest in runs of growing length, in Redis's Lua.
+``lengths``: lookups of absent digests in runs of growing length, with the ledger's own
+search in Redis's Lua.
 
     .venv/bin/python scripts/router_speed.py families
     .venv/bin/python scripts/router_speed.py families --expected-codes 4096
@@ -19,6 +20,7 @@ import os
 import random
 import sys
 import time
+from importlib import resources
 from pathlib import Path
 
 import redis
@@ -30,16 +32,19 @@ from redis_scratch import redis_cpu, scratch_server
 from streams.redis_ledger import RedisLedger
 
 SEARCH = r"""
-local run = redis.call('GET', KEYS[1])
-local find = string.find
 local found = 0
 for i = 1, #ARGV do
-  local at = find(run, ARGV[i], 1, true)
-  while at and at % 8 ~= 1 do at = find(run, ARGV[i], at + 1, true) end
-  if at then found = found + 1 end
+  if run_find(run, ARGV[i]) then found = found + 1 end
 end
 return found
 """
+"""The lookups, with the ledger's own search (``run_find``, streams/ledger_overflow.lua, which
+comes first) of the run in KEYS[1]."""
+
+
+def search_script() -> str:
+    overflow = resources.files("streams").joinpath("ledger_overflow.lua").read_text()
+    return overflow + "\nlocal run = redis.call('GET', KEYS[1])\n" + SEARCH
 
 
 def families(client: redis.Redis, batches: int, batch: int, expected_codes: int) -> None:
@@ -65,7 +70,7 @@ def families(client: redis.Redis, batches: int, batch: int, expected_codes: int)
 
 
 def lengths(client: redis.Redis, probes: int) -> None:
-    search = client.register_script(SEARCH)
+    search = client.register_script(search_script())
     for digests in (100, 1_000, 4_000, 16_000, 64_000, 256_000):
         client.set("run", os.urandom(8 * digests))
         absent = [os.urandom(8) for _ in range(probes)]
