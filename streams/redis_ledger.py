@@ -896,7 +896,7 @@ class RedisLedger:
         self._inline_persons: dict[str, Slot] = {}
         self._routing_slots: dict[str, Slot] = {}
         self._sale_slots: dict[str, Slot] = {}
-        self._long_runs: set[str] = set()
+        self._warned_spills: set[str] = set()
         self._sweep_script = scripts["sweep"]
         self.interner = RedisInterner(client, prefix, scripts["intern"])
 
@@ -1426,9 +1426,9 @@ class RedisLedger:
 
     def _check_run(self, family: str, spilled: int) -> None:
         """Warn, once a family, when a recall met buckets whose markers outgrew their run."""
-        if not spilled or family in self._long_runs:
+        if not spilled or family in self._warned_spills:
             return
-        self._long_runs.add(family)
+        self._warned_spills.add(family)
         count = 1 << self.aux_bits
         buckets = f"{count:,} routing bucket" + ("s" if count != 1 else "")
         self._warn(
