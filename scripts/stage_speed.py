@@ -27,6 +27,7 @@ import dataclasses
 import gc
 import hashlib
 import itertools
+import re
 import sys
 import tempfile
 import time
@@ -90,12 +91,14 @@ def script_times(client: redis.Redis, prefix: str,
     entries: list[dict[str, Any]] = client.slowlog_get(1_000_000)
     client.slowlog_reset()
     for entry in entries:
-        argv = bytes(entry["command"]).split(b" ")
+        # EVALSHA, the script, 0 and the MessagePack of its keys and arguments (cut short by
+        # the SLOWLOG), which starts with the first key: the family is the part after prefix.
+        argv = bytes(entry["command"]).split(b" ", 3)
         if argv[0].upper() != b"EVALSHA" or len(argv) < 4:
             continue
         script = names.get(argv[1].decode(), "other")
-        first_key = argv[3].decode(errors="replace")
-        part = first_key[len(prefix) + 1:].split(":")[0] if first_key.startswith(prefix) else ""
+        found = re.search(re.escape(prefix.encode()) + rb":([A-Za-z]+):", argv[3])
+        part = found.group(1).decode() if found else ""
         kind = CALLS.get((script, part), f"{script} {part or '-'}")
         times[kind][0] += 1
         times[kind][1] += entry["duration"] / 1e6

@@ -44,6 +44,7 @@ from streams.redis_ledger import (
     LedgerError,
     RedisLedger,
     _digest_slot,
+    _ScriptChannel,
 )
 from streams.reference import load_catalog
 from tests import factory
@@ -1297,6 +1298,23 @@ def test_unreachable_redis_is_a_clear_error() -> None:
     text = str(error.value)
     assert "cannot reach Redis at URL: redis://user:***@127.0.0.1:1/0" in text
     assert "TRACEWATCH_REDIS_URL" in text and "secret" not in text
+
+
+def test_script_calls_carry_keys_and_arguments_of_any_bytes(client: CountingRedis) -> None:
+    """The load and store scripts get their keys and arguments as one MessagePack argument
+    (ledger_args.lua): every byte value, empty arguments, long ones and many of them arrive
+    as sent, in order, and as strings (Redis's cmsgpack has no bin type)."""
+    echo = client.register_script(
+        resources.files("streams").joinpath("ledger_args.lua").read_text()
+        + "return {#KEYS, #ARGV, KEYS[1], KEYS[#KEYS], ARGV[1], ARGV[2], ARGV[3],"
+          " type(ARGV[4]), table.concat(ARGV, '', 5)}")
+    channel = _ScriptChannel(client, [echo])
+    keys = [f"tw:c:{number}" for number in range(70_000)]
+    every_byte, long = bytes(range(256)), b"\x00\xc4\xd9" * 30_000
+    many = [number.to_bytes(3, "little") for number in range(70_000)]
+    reply = channel.call(echo, keys, [every_byte, b"", long, "text", *many])
+    assert reply == [70_000, 70_004, b"tw:c:0", b"tw:c:69999", every_byte, b"", long,
+                     b"string", b"".join(many)]
 
 
 def test_scripts_lost_by_redis_are_loaded_again(redis_server: Callable[..., Any]) -> None:
