@@ -48,7 +48,7 @@ import math
 import struct
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Protocol
+from typing import Final, Protocol
 
 from detectors.code_ledger import message_fingerprint, record_fingerprint
 from detectors.hoarding import HoardingLink, PersonState, Purchase
@@ -411,9 +411,9 @@ _PSN_TEXT = 1 << 9  # psn_hash that is not 16 hex digits
 
 
 def _origin_flags(
-    institution: str, admvs: str, msgid: str, amount: float
-) -> tuple[int, str, tuple[int, int, int] | None, int | None]:
-    """Flags of the parts every sale and purchase has, with the msgid rest and fen."""
+    institution: str, admvs: str, msgid: str
+) -> tuple[int, str, tuple[int, int, int] | None]:
+    """Flags of an origin's parts, with the msgid's rest and its NHSA stamp."""
     flags = 0
     if admvs == institution[1:7]:
         flags |= _ADMVS_OWN
@@ -424,44 +424,65 @@ def _origin_flags(
     stamp = _nhsa_stamp(rest)
     if stamp is not None:
         flags |= _MSG_STAMP
-    fen = _centi(amount)
-    if fen is None:
-        flags |= _AMOUNT_F64
-    return flags, rest, stamp, fen
+    return flags, rest, stamp
 
 
-def _put_origin(
-    out: bytearray,
-    flags: int,
-    institution: str,
-    admvs: str,
-    bchno: str,
-    rest: str,
-    stamp: tuple[int, int, int] | None,
-    moment: int,
-    base: int,
-    interner: Interner,
-) -> None:
-    """Institution, region, record number, msgid and time of a sale or purchase."""
-    _uvarint(out, interner.to_id(INST, institution))
+ORIGINS_CACHED: Final = 1 << 16
+"""Origins whose packed parts :func:`_origin` keeps (then it starts again): a batch's."""
+
+_origins: dict[tuple[str, str, str, str, int], tuple[int, bytes, bytes]] = {}
+_origins_interner: list[Interner] = []
+
+
+def _origin(
+    institution: str, admvs: str, bchno: str, msgid: str, moment: int, interner: Interner
+) -> tuple[int, bytes, bytes]:
+    """The origin of a sale or purchase (institution, region, record number, msgid and time)
+    packed around its time, which is written relative to the state's: (flags but the
+    amount's, the bytes before the time, the bytes after). :func:`_read_origin` reads it.
+
+    Each origin is packed several times a batch (in its boxes' states, its buyer's, and
+    again in later states of both): the parts are kept for the last :data:`ORIGINS_CACHED`
+    origins of one interner, when its ids were all known (a miss is id 0, packed again)."""
+    key = (institution, admvs, bchno, msgid, moment)
+    if _origins_interner and _origins_interner[0] is interner:
+        known = _origins.get(key)
+        if known is not None:
+            return known
+    else:
+        _origins.clear()
+        _origins_interner[:] = [interner]
+    flags, rest, stamp = _origin_flags(institution, admvs, msgid)
+    head = bytearray()
+    ident = interner.to_id(INST, institution)
+    complete = ident != 0
+    _uvarint(head, ident)
     if not flags & _ADMVS_OWN:
-        _uvarint(out, interner.to_id(ADMVS, admvs))
-    _put_record(out, bchno, moment)
-    _svarint(out, base - moment)
+        ident = interner.to_id(ADMVS, admvs)
+        complete = complete and ident != 0
+        _uvarint(head, ident)
+    _put_record(head, bchno, moment)
+    tail = bytearray()
     if stamp is None:
-        _put_text(out, rest)
+        _put_text(tail, rest)
     else:
         stamped, sequence, digits = stamp
-        _svarint(out, stamped - moment)
-        _uvarint(out, sequence * 2 + (digits != _NHSA_SEQUENCE_DIGITS))
+        _svarint(tail, stamped - moment)
+        _uvarint(tail, sequence * 2 + (digits != _NHSA_SEQUENCE_DIGITS))
         if digits != _NHSA_SEQUENCE_DIGITS:
-            _uvarint(out, digits)
+            _uvarint(tail, digits)
+    parts = (flags, bytes(head), bytes(tail))
+    if complete:
+        if len(_origins) >= ORIGINS_CACHED:
+            _origins.clear()
+        _origins[key] = parts
+    return parts
 
 
 def _read_origin(
     reader: _Reader, flags: int, base: int, interner: Interner
 ) -> tuple[str, str, str, str, int]:
-    """(institution, region, bchno, msgid, time) as written by :func:`_put_origin`."""
+    """(institution, region, bchno, msgid, time) as :func:`_origin` packs them."""
     institution = interner.to_text(INST, reader.uvarint())
     if flags & _ADMVS_OWN:
         admvs = institution[1:7]
@@ -528,12 +549,15 @@ def _sale_prints(sales: Sequence[SaleRecord]) -> list[str]:
 
 
 def _pack_sale(out: bytearray, sale: SaleRecord, base: int, interner: Interner) -> None:
-    """A sale: flags, then :func:`_put_origin`'s fields, person, drug, units and amount."""
+    """A sale: flags, then :func:`_origin`'s fields, person, drug, units and amount."""
     institution, admvs, bchno, msgid = (
         sale.fixmedins_code, sale.mdtrtarea_admvs, sale.bchno, sale.msgid)
     moment, psn, drug, split, units, amount = (
         sale.time, sale.psn_hash, sale.med_list_codg, sale.split, sale.units, sale.amount)
-    flags, rest, stamp, fen = _origin_flags(institution, admvs, msgid, amount)
+    flags, head, tail = _origin(institution, admvs, bchno, msgid, moment, interner)
+    fen = _centi(amount)
+    if fen is None:
+        flags |= _AMOUNT_F64
     if split:
         flags |= _SPLIT
     psn_raw = None
@@ -547,7 +571,9 @@ def _pack_sale(out: bytearray, sale: SaleRecord, base: int, interner: Interner) 
         centi_units = _centi(units)
         flags |= _UNITS_F64 if centi_units is None else _UNITS_CENTI
     _uvarint(out, flags)
-    _put_origin(out, flags, institution, admvs, bchno, rest, stamp, moment, base, interner)
+    out += head
+    _svarint(out, base - moment)
+    out += tail
     if psn_raw is not None:
         out += psn_raw
     elif psn is not None:
@@ -887,15 +913,18 @@ def pack_person_state(state: PersonState, interner: Interner) -> bytes:
             _put_code(out, purchase.code)
             out += origin
             continue
-        institution = purchase.fixmedins_code
-        flags, rest, stamp, fen = _origin_flags(
-            institution, purchase.mdtrtarea_admvs, purchase.msgid, purchase.amount
-        )
+        moment = purchase.time
+        flags, head, tail = _origin(purchase.fixmedins_code, purchase.mdtrtarea_admvs,
+                                    purchase.bchno, purchase.msgid, moment, interner)
+        fen = _centi(purchase.amount)
+        if fen is None:
+            flags |= _AMOUNT_F64
         _uvarint(out, flags)
         _put_code(out, purchase.code)
         start = len(out)
-        _put_origin(out, flags, institution, purchase.mdtrtarea_admvs, purchase.bchno, rest,
-                    stamp, purchase.time, base, interner)
+        out += head
+        _svarint(out, base - moment)
+        out += tail
         _put_amount(out, flags, purchase.amount, fen)
         origin = bytes(out[start:])
         previous = purchase
@@ -958,6 +987,7 @@ _FIELD_PADDED = 0x85  # this byte + a field of another form as code_slot(packed)
 # bytes) by its id in the ledger's GTIN dictionary (1 to 3 bytes: a GTIN names a product,
 # of which there are tens of thousands, against billions of boxes).
 _FIELD_GS1_INTERNED = 0x86  # this byte + the GTIN's id (uvarint) + serial as _put_text writes
+
 # No field of any form starts with byte 0xFF (a 20-digit field's first byte is at most 0x8A):
 # the Redis ledger names the pieces of long values with it (streams/ledger_overflow.lua).
 
