@@ -8,9 +8,11 @@ The stream layer calls three steps: :func:`detectors.messages.parse` (validate a
 
 from __future__ import annotations
 
+from typing import Final
+
 from detectors.model import Rule
 
-RULE_MODULES: dict[Rule, str] = {
+RULE_MODULES: Final[dict[Rule, str]] = {
     Rule.DUPLICATE_SALE: "detectors.duplicate_sale",
     Rule.SPLIT_OVERDISPENSE: "detectors.split_overdispense",
     Rule.SUBSTITUTION: "detectors.substitution",

@@ -44,7 +44,7 @@ from detectors.model import (
     fingerprint,
 )
 
-EMPTY = CodeState()
+EMPTY: Final = CodeState()
 
 
 @dataclass(init=False, unsafe_hash=True)
@@ -305,7 +305,7 @@ def _delete(state: CodeState, event: CodeEvent, config: RuleConfig) -> StepResul
     return StepResult(state=new_state, person_events=persons)
 
 
-_HANDLERS = {
+_HANDLERS: Final = {
     Kind.SALE: _sale,
     Kind.RETURN: _return,
     Kind.STOCK: _stock,

@@ -23,13 +23,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-GS = "\x1d"
-MIN_LEN = 8
-MAX_LEN = 100
+GS: Final = "\x1d"
+MIN_LEN: Final = 8
+MAX_LEN: Final = 100
 
 # Fixed-length GS1 application identifiers that may appear between (01) and (21) in a raw
 # element string (GS1 General Specifications, figure 5.10.2-1 "predefined length" table).
-_FIXED_AI_LENGTHS: dict[str, int] = {
+_FIXED_AI_LENGTHS: Final[dict[str, int]] = {
     "00": 18, "01": 14, "02": 14, "11": 6, "12": 6, "13": 6, "15": 6, "16": 6, "17": 6,
     "20": 2,
 }

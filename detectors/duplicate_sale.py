@@ -17,10 +17,12 @@ buyer's settlement; a critical case points to cloned codes.
 
 from __future__ import annotations
 
+from typing import Final
+
 from detectors.evidence import code_alert, hours_between, sale_evidence
 from detectors.model import Alert, CodeEvent, CodeState, Kind, Rule, RuleConfig, city_of
 
-RULE = Rule.DUPLICATE_SALE
+RULE: Final = Rule.DUPLICATE_SALE
 
 
 def detect(state: CodeState, event: CodeEvent, config: RuleConfig) -> list[Alert]:

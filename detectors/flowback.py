@@ -15,10 +15,12 @@ it came from names the patient (by pseudonym) who sold it back.
 
 from __future__ import annotations
 
+from typing import Final
+
 from detectors.evidence import code_alert, sale_evidence
 from detectors.model import Alert, CodeEvent, CodeState, Kind, Rule, fingerprint
 
-RULE = Rule.FLOWBACK
+RULE: Final = Rule.FLOWBACK
 
 
 def flowback_key(event: CodeEvent, sale_msgid: str) -> str:

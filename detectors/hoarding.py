@@ -33,7 +33,7 @@ from detectors.model import (
     format_time,
 )
 
-RULE = Rule.HOARDING
+RULE: Final = Rule.HOARDING
 
 
 @dataclass(init=False, unsafe_hash=True)

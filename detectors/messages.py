@@ -11,17 +11,17 @@ import calendar
 import datetime
 import functools
 import hashlib
-from typing import Any
+from typing import Any, Final
 
 from detectors.model import Message
 
-SALE = "3505"
-RETURN = "3506"
-COUNT = "3501"
-CHANGE = "3502"
-DELETE = "3507"
-PURCHASES = frozenset({"3503", "3504"})
-KNOWN_INFNOS = frozenset({SALE, RETURN, COUNT, CHANGE, DELETE}) | PURCHASES
+SALE: Final = "3505"
+RETURN: Final = "3506"
+COUNT: Final = "3501"
+CHANGE: Final = "3502"
+DELETE: Final = "3507"
+PURCHASES: Final = frozenset({"3503", "3504"})
+KNOWN_INFNOS: Final = frozenset({SALE, RETURN, COUNT, CHANGE, DELETE}) | PURCHASES
 
 
 class BadInput(ValueError):
@@ -55,7 +55,7 @@ def parse_time(text: object, field: str) -> int:
     raise BadInput(f"{field} is not a time of the form YYYY-MM-DD HH:MM:SS: {text!r}")
 
 
-_SHA256_BLOCK = 64
+_SHA256_BLOCK: Final = 64
 
 
 @functools.lru_cache(maxsize=1 << 16)

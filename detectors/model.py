@@ -26,7 +26,7 @@ from typing import Final
 
 Severity = str  # "low" | "medium" | "high" | "critical"
 
-DAY_SECONDS = 86_400
+DAY_SECONDS: Final = 86_400
 
 
 class Rule(enum.StrEnum):

@@ -11,10 +11,12 @@ What to do: ask the institution for the original sale record.
 
 from __future__ import annotations
 
+from typing import Final
+
 from detectors.evidence import code_alert, sale_evidence
 from detectors.model import Alert, CodeEvent, CodeState, Kind, Rule
 
-RULE = Rule.RETURN_WITHOUT_SALE
+RULE: Final = Rule.RETURN_WITHOUT_SALE
 
 
 def detect(state: CodeState, event: CodeEvent) -> list[Alert]:

@@ -23,7 +23,7 @@ from detectors.codes import box_codes, normalise
 from detectors.messages import CHANGE, COUNT, DELETE, RETURN, SALE
 from detectors.model import Alert, CodeEvent, Kind, Message, RuleConfig
 
-DELETE_SALE_TYPE = "4"
+DELETE_SALE_TYPE: Final = "4"
 
 
 @dataclass(init=False, unsafe_hash=True)

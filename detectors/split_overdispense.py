@@ -16,10 +16,12 @@ hospital point to billing more units than dispensed.
 
 from __future__ import annotations
 
+from typing import Final
+
 from detectors.evidence import code_alert, sale_evidence
 from detectors.model import Alert, CodeEvent, CodeState, Kind, Rule
 
-RULE = Rule.SPLIT_OVERDISPENSE
+RULE: Final = Rule.SPLIT_OVERDISPENSE
 
 
 def units_left(state: CodeState, pack_units: int | None) -> float:

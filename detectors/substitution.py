@@ -13,10 +13,12 @@ What to do: compare the two drugs' prices; check the pharmacy's stock of the bil
 
 from __future__ import annotations
 
+from typing import Final
+
 from detectors.evidence import code_alert
 from detectors.model import Alert, CatalogEntry, CodeEvent, CodeState, Kind, Rule
 
-RULE = Rule.SUBSTITUTION
+RULE: Final = Rule.SUBSTITUTION
 
 
 def detect(state: CodeState, event: CodeEvent, entry: CatalogEntry | None) -> list[Alert]:

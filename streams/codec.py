@@ -55,14 +55,14 @@ from detectors.hoarding import HoardingLink, PersonState, Purchase
 from detectors.messages import SALE
 from detectors.model import CodeState, SaleRecord, decimal_text, fingerprint
 
-EPOCH = 1_577_836_800
+EPOCH: Final = 1_577_836_800
 """2020-01-01 00:00:00 in business seconds: the zero of packed times."""
 
-INST = "inst"
-DRUG = "drug"
-ADMVS = "admvs"
-GTIN = "gtin"
-TABLES = (INST, DRUG, ADMVS, GTIN)
+INST: Final = "inst"
+DRUG: Final = "drug"
+ADMVS: Final = "admvs"
+GTIN: Final = "gtin"
+TABLES: Final = (INST, DRUG, ADMVS, GTIN)
 """The interned vocabularies: institutions, billed drugs, region codes, and the GTINs of GS1
 codes in code fields (a ledger that records code_fields=interned, :func:`interned_code_slot`)."""
 
@@ -110,11 +110,11 @@ class MemoryInterner:
 
 # --------------------------------------------------------------------------- primitives
 
-_DIGITS = "0123456789"
-_F64 = struct.Struct(">d")
-_U32_LIMIT = 1 << 32
-_MAX_TAIL_DIGITS = 19
-_NHSA_SEQUENCE_DIGITS = 5  # msgid = institution + YYYYmmddHHMMSS + 5-digit sequence
+_DIGITS: Final = "0123456789"
+_F64: Final = struct.Struct(">d")
+_U32_LIMIT: Final = 1 << 32
+_MAX_TAIL_DIGITS: Final = 19
+_NHSA_SEQUENCE_DIGITS: Final = 5  # msgid = institution + YYYYmmddHHMMSS + 5-digit sequence
 
 
 def _uvarint(out: bytearray, value: int) -> None:
@@ -212,8 +212,8 @@ def _put_record(out: bytearray, text: str, moment: int) -> None:
     _put_text(out, text)
 
 
-_DATED_FIRST_YEAR = 1971  # gmtime formats every year from here to 9999 in four digits
-_DAY_TEXTS: dict[int, str] = {}
+_DATED_FIRST_YEAR: Final = 1971  # gmtime formats every year from here to 9999 in four digits
+_DAY_TEXTS: Final[dict[int, str]] = {}
 
 
 def _dated_record(head: str, packed: int, moment: int, offset: int) -> str:
@@ -249,7 +249,7 @@ def _put_print(out: bytearray, value: str) -> None:
         out += raw
 
 
-_MONTH_DAYS = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+_MONTH_DAYS: Final = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
 
 def _days_in(year: int, month: int) -> int:
@@ -398,16 +398,16 @@ class _Reader:
 # --------------------------------------------------------------------------- shared record part
 
 # Flag bits of a packed sale or purchase (one varint: the common ones below 128).
-_ADMVS_OWN = 1 << 0  # mdtrtarea_admvs == fixmedins_code[1:7]
-_MSG_PREFIX = 1 << 1  # msgid starts with fixmedins_code, which is not stored again
-_MSG_STAMP = 1 << 2  # the rest of msgid is YYYYmmddHHMMSS + sequence digits
-_SPLIT = 1 << 3
-_PSN_RAW = 1 << 4  # psn_hash as 8 raw bytes
-_DRUG = 1 << 5  # med_list_codg present (interned)
-_UNITS_CENTI = 1 << 6  # units in hundredths (absent flag and this one: units == 1)
-_UNITS_F64 = 1 << 7
-_AMOUNT_F64 = 1 << 8  # else amount in fen
-_PSN_TEXT = 1 << 9  # psn_hash that is not 16 hex digits
+_ADMVS_OWN: Final = 1 << 0  # mdtrtarea_admvs == fixmedins_code[1:7]
+_MSG_PREFIX: Final = 1 << 1  # msgid starts with fixmedins_code, which is not stored again
+_MSG_STAMP: Final = 1 << 2  # the rest of msgid is YYYYmmddHHMMSS + sequence digits
+_SPLIT: Final = 1 << 3
+_PSN_RAW: Final = 1 << 4  # psn_hash as 8 raw bytes
+_DRUG: Final = 1 << 5  # med_list_codg present (interned)
+_UNITS_CENTI: Final = 1 << 6  # units in hundredths (absent flag and this one: units == 1)
+_UNITS_F64: Final = 1 << 7
+_AMOUNT_F64: Final = 1 << 8  # else amount in fen
+_PSN_TEXT: Final = 1 << 9  # psn_hash that is not 16 hex digits
 
 
 def _origin_flags(
@@ -518,25 +518,25 @@ def _read_amount(reader: _Reader, flags: int) -> float:
 # --------------------------------------------------------------------------- code state
 
 # Header byte of a packed CodeState.
-_SALES_MASK = 0b111  # number of sales; 7: a varint count follows
-_APPLIED_CANONICAL = 1 << 3  # applied == each sale's (msgid, record) fingerprints, in order
-_FIRST_SHIFT = 4  # two bits: 0 none, 1 and 3 from sales[0], 2 explicit
-_FIRST_FROM_SALE = 1  # first_drug_ref = fingerprint(institution, bchno) of sales[0]
-_FIRST_EXPLICIT = 2
-_FIRST_FROM_SALE_RECORD = 3  # first_drug_ref = record_fingerprint(.., SALE, ..) of sales[0]
-_FLOWBACK = 1 << 6  # flowback_seen follows
-_TIME_VARINT = 1 << 7  # last_time does not fit 4 bytes
+_SALES_MASK: Final = 0b111  # number of sales; 7: a varint count follows
+_APPLIED_CANONICAL: Final = 1 << 3  # applied == each sale's (msgid, record) fingerprints, in order
+_FIRST_SHIFT: Final = 4  # two bits: 0 none, 1 and 3 from sales[0], 2 explicit
+_FIRST_FROM_SALE: Final = 1  # first_drug_ref = fingerprint(institution, bchno) of sales[0]
+_FIRST_EXPLICIT: Final = 2
+_FIRST_FROM_SALE_RECORD: Final = 3  # first_drug_ref = record_fingerprint(.., SALE, ..) of sales[0]
+_FLOWBACK: Final = 1 << 6  # flowback_seen follows
+_TIME_VARINT: Final = 1 << 7  # last_time does not fit 4 bytes
 
 # Sub-flags of an explicit first drug.
-_FD_DRUG = 1
-_FD_REF = 2
+_FD_DRUG: Final = 1
+_FD_REF: Final = 2
 # Layout 4: a first drug that is the standing first sale's drug, and a first drug reference
 # that is one of ``applied`` (a box sold, returned and sold again keeps the first sale's
 # record fingerprint in both), as that sale or that index rather than an interned id or a
 # 7-byte fingerprint. This keeps the commonest resold box's state within 64 bytes, inside a
 # listpack (Redis's default ``hash-max-listpack-value``) rather than an overflow hash.
-_FD_DRUG_OF_SALE = 4
-_FD_REF_APPLIED = 8
+_FD_DRUG_OF_SALE: Final = 4
+_FD_REF_APPLIED: Final = 8
 
 
 def _sale_prints(sales: Sequence[SaleRecord]) -> list[str]:
@@ -704,21 +704,21 @@ def pack_code_state(state: CodeState, interner: Interner) -> bytes:
     return bytes(out)
 
 
-SHARED_REF = 0x10
+SHARED_REF: Final = 0x10
 """First byte of a code's entry in the Redis ledger that refers to a state kept once for all
 the boxes one message sold (``streams.redis_ledger``: the entry is this byte and the state's
 serial, :func:`shared_ref`). No packed CodeState starts with it: that header would say no
 sales and a first drug taken from the first sale (mode 1), which :func:`pack_code_state`
 never writes and :func:`unpack_code_state` refuses."""
-SHARED_REF_SIZE = 6
+SHARED_REF_SIZE: Final = 6
 """The longest reference in binary: the byte and a 5-byte serial."""
-SHARED_SERIAL_BITS = 40
-SHARED_DECIMAL_BELOW = 1 << 31
+SHARED_SERIAL_BITS: Final = 40
+SHARED_DECIMAL_BELOW: Final = 1 << 31
 """Serials below this are referred to in decimal, as their negative (``-123456``): a listpack
 keeps an entry that reads as an integer as that integer, 5 bytes of listpack below 2**23
 serials and 6 below 2**31, where the binary form takes 6 and 7 (layout 3; layout 2 wrote only
 the binary form, which stays readable)."""
-SHARED_DECIMAL_SIZE = 12
+SHARED_DECIMAL_SIZE: Final = 12
 """References in decimal are at most this long. No packed CodeState this short starts with
 ``-`` (0x2D): that header says five sales, and a packed state with five takes 33 bytes or
 more (each sale at least 6, :func:`_pack_sale`)."""
@@ -871,8 +871,8 @@ def unpack_code_state(data: bytes, interner: Interner) -> CodeState:
 
 # --------------------------------------------------------------------------- person state
 
-_PERSON_ALERT = 1  # last_alert_time present
-_PERSON_TIME_VARINT = 2  # the base time does not fit 4 bytes
+_PERSON_ALERT: Final = 1  # last_alert_time present
+_PERSON_TIME_VARINT: Final = 2  # the base time does not fit 4 bytes
 
 
 def _origins_alike(purchase: Purchase, other: Purchase) -> bool:
@@ -958,19 +958,19 @@ def unpack_person_state(data: bytes, interner: Interner) -> PersonState:
 
 # --------------------------------------------------------------------------- codes
 
-_CODE20_BITS = 67  # 10**20 < 2**67
-_CODE20_MASK = (1 << _CODE20_BITS) - 1
-_MIX = 91_205_718_554_585_587_887  # odd, about 2**67 / golden ratio: a bijection mod 2**67
-_UNMIX = pow(_MIX, -1, 1 << _CODE20_BITS)
-_FIELD_TEXT = 0x80  # field of another code: this byte + its UTF-8 bytes
-_FIELD_GS1 = 0x81  # field of (01)GTIN(21)SERIAL: this byte + GTIN in 6 bytes + serial
-_FIELD_DIGEST = 0x82  # field of a long code: this byte + 16-byte digest
+_CODE20_BITS: Final = 67  # 10**20 < 2**67
+_CODE20_MASK: Final = (1 << _CODE20_BITS) - 1
+_MIX: Final = 91_205_718_554_585_587_887  # odd, about 2**67 / golden ratio: a bijection mod 2**67
+_UNMIX: Final = pow(_MIX, -1, 1 << _CODE20_BITS)
+_FIELD_TEXT: Final = 0x80  # field of another code: this byte + its UTF-8 bytes
+_FIELD_GS1: Final = 0x81  # field of (01)GTIN(21)SERIAL: this byte + GTIN in 6 bytes + serial
+_FIELD_DIGEST: Final = 0x82  # field of a long code: this byte + 16-byte digest
 # Packed fields (a ledger that records code_fields=packed): a code or GS1 serial that ends in
 # digits keeps them as a number (_put_text's form), which costs 4 to 7 bytes less.
-_FIELD_GS1_PACKED = 0x83  # this byte + GTIN in 6 bytes + the serial as _put_text writes it
-_FIELD_TEXT_PACKED = 0x84  # this byte + the code as _put_text writes it
-_FIELD_TEXT_MAX = 40  # longer codes are stored under a digest (fields stay small)
-_GS1_SERIAL_MAX = 20
+_FIELD_GS1_PACKED: Final = 0x83  # this byte + GTIN in 6 bytes + the serial as _put_text writes it
+_FIELD_TEXT_PACKED: Final = 0x84  # this byte + the code as _put_text writes it
+_FIELD_TEXT_MAX: Final = 40  # longer codes are stored under a digest (fields stay small)
+_GS1_SERIAL_MAX: Final = 20
 # Narrow fields (a ledger that records code_fields=narrow, layout 4): a 码上放心 code starts
 # with 8 (DOMAIN.md), so its other 19 digits are a number below 10**19, mixed by a bijection
 # modulo 10**19; its top part chooses the bucket (divided by _narrow_span_of: the low bits
@@ -978,16 +978,16 @@ _GS1_SERIAL_MAX = 20
 # the field, with no flag bit:
 # a 20-digit field is told from the others by its length alone (narrow_field_size), and a
 # field of another form that would have that length gets _FIELD_PADDED before it.
-_NARROW_FIRST = 8 * 10**19
-_NARROW_SPAN = 10**19
-_NARROW_MIX = 6_180_339_887_498_948_483  # about 10**19 / golden ratio, prime to 10
-_NARROW_UNMIX = pow(_NARROW_MIX, -1, _NARROW_SPAN)
-_FIELD_PADDED = 0x85  # this byte + a field of another form as code_slot(packed) makes it
+_NARROW_FIRST: Final = 8 * 10**19
+_NARROW_SPAN: Final = 10**19
+_NARROW_MIX: Final = 6_180_339_887_498_948_483  # about 10**19 / golden ratio, prime to 10
+_NARROW_UNMIX: Final = pow(_NARROW_MIX, -1, _NARROW_SPAN)
+_FIELD_PADDED: Final = 0x85  # this byte + a field of another form as code_slot(packed) makes it
 # Interned fields (code_fields=interned, layout 5): narrow fields, and a GS1 code's GTIN (6
 # bytes) by its id in the ledger's GTIN dictionary (1 to 3 bytes: a GTIN names a product,
 # of which there are tens of thousands, against billions of boxes).
-_FIELD_GS1_INTERNED = 0x86  # this byte + the GTIN's id (uvarint) + serial as _put_text writes
-
+# This byte + the GTIN's id (uvarint) + the serial as _put_text writes it.
+_FIELD_GS1_INTERNED: Final = 0x86
 # No field of any form starts with byte 0xFF (a 20-digit field's first byte is at most 0x8A):
 # the Redis ledger names the pieces of long values with it (streams/ledger_overflow.lua).
 
@@ -1241,7 +1241,7 @@ def _read_code(reader: _Reader) -> str:
     return reader.take(header - 1).decode("utf-8", "surrogatepass")
 
 
-DAY_STAMP_MAX = 0xFFFF
+DAY_STAMP_MAX: Final = 0xFFFF
 
 
 def day_stamp(seconds: int) -> int:

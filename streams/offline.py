@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import IO
+from typing import IO, Final
 
 import orjson
 
@@ -23,7 +23,7 @@ from streams.handoff import pack_batch, unpack_batch
 from streams.ledger import MemoryLedger
 from streams.pipeline import Pipeline
 
-CHINA = timezone(timedelta(hours=8))
+CHINA: Final = timezone(timedelta(hours=8))
 
 
 def now_text() -> str:
@@ -54,7 +54,7 @@ class CheckStats:
 
 
 #: Lines between two calls of ``read_log``'s progress callback.
-PROGRESS_LINES = 1000
+PROGRESS_LINES: Final = 1000
 
 
 def read_log(
@@ -86,7 +86,7 @@ def read_log(
             progress(handle.tell())
 
 
-_KEPT: list[object] = []
+_KEPT: Final[list[object]] = []
 
 
 def exit_now(code: int) -> None:

@@ -40,7 +40,7 @@ from detectors.model import (
 from detectors.router import DELETE_SALE_TYPE, route, stock_event
 from streams.ledger import Ledger, MemoryLedger, record_key, sale_key
 
-CODE_INFNOS = frozenset({SALE, RETURN, COUNT, CHANGE})
+CODE_INFNOS: Final = frozenset({SALE, RETURN, COUNT, CHANGE})
 
 
 @dataclass(slots=True)

@@ -136,7 +136,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from itertools import chain
-from typing import Any, TypeVar, cast
+from typing import Any, Final, TypeVar, cast
 
 import hiredis
 import msgpack
@@ -151,8 +151,8 @@ from streams.ledger import Announcement
 
 log = logging.getLogger(__name__)
 
-LAYOUT_VERSION = "6"
-COMPATIBLE_LAYOUTS = ("1", "2", "3", "4", "5")
+LAYOUT_VERSION: Final = "6"
+COMPATIBLE_LAYOUTS: Final = ("1", "2", "3", "4", "5")
 """Layouts this tracewatch reads as its own and upgrades in place: layout 2 only added shared
 states (:data:`KEY_SHARED`), which layout 1 never wrote; layout 3 added dated record numbers
 to packed states (:func:`streams.codec._put_record`), references in decimal, the shared
@@ -166,22 +166,22 @@ code buckets (the meta's ``person_bits``) and interned code fields
 digest runs (:data:`ROUTER_RUNS`). Recording the new number keeps an older tracewatch from
 misreading what it cannot read."""
 
-CODE_FIELDS_PACKED = "packed"
+CODE_FIELDS_PACKED: Final = "packed"
 """The meta's ``code_fields`` of a prefix created by layout 3: codes that end in digits have
 packed fields (:func:`streams.codec.code_slot`). A prefix of an older layout has none and
 keeps its fields as they were written."""
-CODE_FIELDS_NARROW = "narrow"
+CODE_FIELDS_NARROW: Final = "narrow"
 """The meta's ``code_fields`` of a prefix created by layout 4: packed fields, and a 20-digit
 code that starts with 8 in a byte less (:func:`streams.codec.narrow_code_slot`)."""
-CODE_FIELDS_INTERNED = "interned"
+CODE_FIELDS_INTERNED: Final = "interned"
 """The meta's ``code_fields`` of a prefix created by layout 5: narrow fields, and a GS1 code's
 GTIN by its id in the GTIN dictionary (:func:`streams.codec.interned_code_slot`)."""
 
-ROUTER_RUNS = "runs"
+ROUTER_RUNS: Final = "runs"
 """The meta's ``router`` of a prefix created by layout 6: msgid and record markers are digest
 runs (:data:`KEY_MSGIDS`), not bucket hashes."""
 
-_META_SCRIPT = """
+_META_SCRIPT: Final = """
 local fresh = redis.call('EXISTS', KEYS[1]) == 0
 for i = 4, #ARGV, 2 do redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) end
 if fresh then
@@ -195,95 +195,95 @@ return redis.call('HGETALL', KEYS[1])
 # {prefix}: TRACEWATCH_KEY_PREFIX. {bucket}: a decimal bucket number. {slice}: the number of
 # the dedupe_days-long period of wall-clock time since 1970 (Redis's clock).
 
-KEY_META = "{prefix}:meta"
+KEY_META: Final = "{prefix}:meta"
 """Hash: layout version, bucket counts and the form of code fields (``code_fields``:
 :data:`CODE_FIELDS_INTERNED`, :data:`CODE_FIELDS_NARROW`, :data:`CODE_FIELDS_PACKED`, or
 absent) of this prefix. Never expires."""
-KEY_DICT = "{prefix}:dict:{table}"
+KEY_DICT: Final = "{prefix}:dict:{table}"
 """Hash: interned text → id, for table inst, drug, admvs or gtin. Never expires."""
-KEY_DICT_REV = "{prefix}:dict:{table}:rev"
+KEY_DICT_REV: Final = "{prefix}:dict:{table}:rev"
 """Hash: id → interned text; field "0" is the last id given out. Never expires."""
-KEY_CODES = "{prefix}:c:{bucket}"
+KEY_CODES: Final = "{prefix}:c:{bucket}"
 """Hash: code field (codec.code_slot) → packed CodeState, or "" when in the overflow.
 Expires retention_days (and a day) after its last write; older states in it are removed by
 the sweep."""
-KEY_CODES_BIG = "{prefix}:cx:{bucket}"
+KEY_CODES_BIG: Final = "{prefix}:cx:{bucket}"
 """Hash: code field → packed CodeState too long for the bucket, in pieces (the second
 and later under byte 255, the piece's number and the field) or, from layout 3 and before,
 whole. Expiry as the bucket's."""
-KEY_SHARED = "{prefix}:v:{bucket}"
+KEY_SHARED: Final = "{prefix}:v:{bucket}"
 """Hash: the low byte of a shared state's serial, in decimal (a listpack keeps it as a small
 integer) → the packed CodeState that several codes of the bucket hashes refer to
 (codec.shared_ref), or a marker when in the overflow; {bucket} is the serial without that
 byte.
 Expires retention_days (and a day) after its last write."""
-KEY_SHARED_BIG = "{prefix}:vx:{bucket}"
+KEY_SHARED_BIG: Final = "{prefix}:vx:{bucket}"
 """Hash: serial's low byte → shared CodeState too long for the shared bucket (a box sold,
 returned and sold again, say), in pieces as in :data:`KEY_CODES_BIG`. Expiry as the
 bucket's. The scripts name it from the shared bucket's key (":v:" becomes ":vx:")."""
-KEY_SHARED_SERIAL = "{prefix}:vn"
+KEY_SHARED_SERIAL: Final = "{prefix}:vn"
 """String: the shared-state serials given out so far (writers take SHARED_BLOCK at a time).
 Never expires."""
-KEY_MSGIDS = "{prefix}:m:{slice}:{bucket}"
+KEY_MSGIDS: Final = "{prefix}:m:{slice}:{bucket}"
 """String: the 8-byte digests of routed msgids end to end, a *digest run* (a digest may be
 there twice); past :data:`RUN_LIMIT_MARKERS` they move to the hash ``…:{bucket}:h`` (digest →
 "") and the run keeps a sentinel byte before the digests appended since
 (streams/ledger_overflow.lua). Expires a day after the next slice ends. A prefix created
 before layout 6 (no ``router`` in its meta) keeps them in a hash instead: digest → ""."""
-KEY_RECORDS = "{prefix}:r:{slice}:{bucket}"
+KEY_RECORDS: Final = "{prefix}:r:{slice}:{bucket}"
 """String: the digest run of routed records (institution, infno, bchno). As msgids."""
-KEY_SALES = "{prefix}:s:{bucket}"
+KEY_SALES: Final = "{prefix}:s:{bucket}"
 """Hash: 8-byte digest of institution + bchno → the sale's codes and the day of the write
 (codec.pack_codes), or a marker when in the overflow. Expires retention_days (and a day) after its
 last write; entries older than that are removed by the sweep."""
-KEY_SALES_BIG = "{prefix}:sx:{bucket}"
+KEY_SALES_BIG: Final = "{prefix}:sx:{bucket}"
 """Hash: sale digest → codes too long for the bucket, in pieces as in
 :data:`KEY_CODES_BIG`."""
-KEY_PERSONS = "{prefix}:p:{bucket}"
+KEY_PERSONS: Final = "{prefix}:p:{bucket}"
 """Hash: 8-byte digest of person + drug → packed PersonState, or a marker when in the
 overflow. As many buckets as code buckets (the meta's ``person_bits``; a prefix created before
 layout 5: its ``aux_bits``). Expires person_ttl_days (and a day) after its last write; older
 states in it are removed by the sweep."""
-KEY_PERSONS_BIG = "{prefix}:px:{bucket}"
+KEY_PERSONS_BIG: Final = "{prefix}:px:{bucket}"
 """Hash: person digest → packed PersonState too long for the bucket, whole (an empty marker in
 the bucket)."""
-KEY_LINK = "{prefix}:hl:{psn_hash}"
+KEY_LINK: Final = "{prefix}:hl:{psn_hash}"
 """String: the person's latest HOARDING alert (codec.pack_link). Expires person_ttl_days
 after it was raised."""
 
 # --------------------------------------------------------------------------- sizing
 
-DEFAULT_EXPECTED_CODES = 10_000_000
-CODES_PER_BUCKET = 256
+DEFAULT_EXPECTED_CODES: Final = 10_000_000
+CODES_PER_BUCKET: Final = 256
 """Bucket counts are the power of two that gives at most this many codes per bucket at the
 expected count (so about 128 to 256, well inside the default 512-entry listpack limit)."""
-MAX_BUCKET_BITS = 24
-ROUTER_BUCKET_SHIFT = 4
+MAX_BUCKET_BITS: Final = 24
+ROUTER_BUCKET_SHIFT: Final = 4
 """msgid and record buckets are 2**4 times fewer than code buckets (so were person buckets
 before layout 5: a prefix created before keeps them so)."""
-DEFAULT_PERSON_TTL_DAYS = 400
+DEFAULT_PERSON_TTL_DAYS: Final = 400
 """Hoarding state is worth keeping as long as the longest hoarding window (400 days cover
 any override up to a year)."""
-MIN_INLINE_VALUE = 48
+MIN_INLINE_VALUE: Final = 48
 """Below this hash-max-listpack-value most code states would go to the overflow hashes."""
-ADVISED_INLINE_VALUE = 128
+ADVISED_INLINE_VALUE: Final = 128
 """The hash-max-listpack-value of the stack's Redis (docker-compose.yml): codes with two or
 three standing sales stay inline, 3–4 % less memory than Redis's default 64 on the bench's
 states at 10 million codes (BENCHMARKS.md "Twenty-first session")."""
-RUN_LIMIT_MARKERS = 4096
+RUN_LIMIT_MARKERS: Final = 4096
 """A digest run past this many markers (ledger_overflow.lua's RUN_LIMIT, 32 KiB) moves them
 to a hash table: searching it would cost more than a hash's lookup (BENCHMARKS.md
 "Twenty-third session"), and the ledger warns that its routing buckets are too few."""
-SHARED_BLOCK = 1 << 16
+SHARED_BLOCK: Final = 1 << 16
 """Shared-state serials a writer reserves with one INCRBY (a round trip per 65,536 shared
 states; a block is a whole number of shared buckets, so writers never share one)."""
-SHARED_BUCKET_BITS = 8
+SHARED_BUCKET_BITS: Final = 8
 """A shared bucket holds the states of 256 consecutive serials (a listpack)."""
-SHARE_FROM_CODES = 2
+SHARE_FROM_CODES: Final = 2
 """A run of codes with the same state is stored once when it has at least this many codes:
 two codes' 6-byte references and one shared entry already cost less than two states."""
 
-_SCRIPTS = {
+_SCRIPTS: Final = {
     "load": ("ledger_args.lua", "ledger_overflow.lua", "ledger_reference.lua", "ledger_load.lua"),
     "store": ("ledger_args.lua", "ledger_overflow.lua", "ledger_store.lua"),
     "intern": ("ledger_intern.lua",),
@@ -303,9 +303,9 @@ def script_sources() -> dict[str, str]:
 T = TypeVar("T")
 
 
-CHINA_SECONDS = 8 * 3600
+CHINA_SECONDS: Final = 8 * 3600
 """Business time is China time (UTC+8) counted as if it were UTC: wall-clock seconds + this."""
-SWEEP_BATCH = 64
+SWEEP_BATCH: Final = 64
 """Buckets per sweep script call: ~10,000 codes at the default sizing, about 10 ms of Redis
 time (scripts/sweep_speed.py)."""
 
@@ -530,7 +530,7 @@ class RedisInterner:
 # --------------------------------------------------------------------------- bucketed maps
 
 
-_INDEX_TYPE = next(code for code in "IL" if array(code).itemsize == 4)
+_INDEX_TYPE: Final = next(code for code in "IL" if array(code).itemsize == 4)
 
 
 def _index_bytes(numbers: list[int]) -> bytes:
@@ -694,7 +694,7 @@ class _ScriptChannel:
         return replies
 
 
-EXPIRY_SPARE = DAY_SECONDS
+EXPIRY_SPARE: Final = DAY_SECONDS
 """Bucket hashes get their expiry pushed by their first write of a day only, so each is set
 this much further out than the retention needs: the writes after it that day are covered."""
 

@@ -19,7 +19,7 @@ import orjson
 from detectors.model import CodeEvent, Kind, PersonEvent
 
 #: A dict lookup is several times cheaper than calling the enum.
-_KINDS = {kind.value: kind for kind in Kind}
+_KINDS: Final = {kind.value: kind for kind in Kind}
 
 
 @dataclass(init=False, unsafe_hash=True)
