@@ -1096,10 +1096,21 @@ def _narrow_span_of(bucket_bits: int) -> int:
     return (_NARROW_SPAN + (1 << bucket_bits) - 1) >> bucket_bits
 
 
+def _narrow_field_size_of(bucket_bits: int) -> int:
+    return ((_narrow_span_of(bucket_bits) - 1).bit_length() + 7) // 8
+
+
+_NARROW_FIELD_SIZES: Final = tuple(_narrow_field_size_of(bits) for bits in range(64))
+"""The sizes worked out once: it takes arithmetic on numbers past 2**63, and every code
+field of another form than a narrow one asks for it (:func:`_apart_from_narrow`)."""
+
+
 def narrow_field_size(bucket_bits: int) -> int:
     """Bytes of the narrow field of a 20-digit code that starts with 8: what of its other
     19 digits the bucket does not hold (6 bytes for 2**16 to 2**23 buckets)."""
-    return ((_narrow_span_of(bucket_bits) - 1).bit_length() + 7) // 8
+    if 0 <= bucket_bits < 64:
+        return _NARROW_FIELD_SIZES[bucket_bits]
+    return _narrow_field_size_of(bucket_bits)
 
 
 def narrow_code_slot(code: str, bucket_bits: int) -> tuple[int, bytes]:
