@@ -430,8 +430,8 @@ def _origin_flags(
 ORIGINS_CACHED: Final = 1 << 16
 """Origins whose packed parts :func:`_origin` keeps (then it starts again): a batch's."""
 
-_origins: dict[tuple[str, str, str, str, int], tuple[int, bytes, bytes]] = {}
-_origins_interner: list[Interner] = []
+_origins: Final[dict[tuple[str, str, str, str, int], tuple[int, bytes, bytes]]] = {}
+_origins_interner: Final[list[Interner]] = []
 
 
 def _origin(
@@ -477,6 +477,13 @@ def _origin(
             _origins.clear()
         _origins[key] = parts
     return parts
+
+
+def _put_origin(out: bytearray, head: bytes, tail: bytes, moment: int, base: int) -> None:
+    """An origin's parts (:func:`_origin`) around its time, relative to the state's."""
+    out += head
+    _svarint(out, base - moment)
+    out += tail
 
 
 def _read_origin(
@@ -571,9 +578,7 @@ def _pack_sale(out: bytearray, sale: SaleRecord, base: int, interner: Interner) 
         centi_units = _centi(units)
         flags |= _UNITS_F64 if centi_units is None else _UNITS_CENTI
     _uvarint(out, flags)
-    out += head
-    _svarint(out, base - moment)
-    out += tail
+    _put_origin(out, head, tail, moment, base)
     if psn_raw is not None:
         out += psn_raw
     elif psn is not None:
@@ -922,9 +927,7 @@ def pack_person_state(state: PersonState, interner: Interner) -> bytes:
         _uvarint(out, flags)
         _put_code(out, purchase.code)
         start = len(out)
-        out += head
-        _svarint(out, base - moment)
-        out += tail
+        _put_origin(out, head, tail, moment, base)
         _put_amount(out, flags, purchase.amount, fen)
         origin = bytes(out[start:])
         previous = purchase

@@ -109,9 +109,8 @@ batch's order; the script groups them by bucket. Building that costs no object p
 (``scripts/ledger_speed.py`` times it). Those two scripts go over a connection of the
 ledger's own (:class:`_ScriptChannel`), their keys and arguments packed as one MessagePack
 argument that the script unpacks first (``ledger_args.lua``, with Redis's own cmsgpack);
-inside
-:meth:`RedisLedger.writes_in_flight` a batch's writes are sent back to back and confirmed
-once, so Redis applies one while Python packs the next.
+inside :meth:`RedisLedger.writes_in_flight` a batch's writes are sent back to back and
+confirmed once, so Redis applies one while Python packs the next.
 
 Loads sent ahead: a batch announces (:meth:`RedisLedger.expect`) the codes and (person, drug)
 keys its stages will load, and the routing recall sends those loads on a second connection
