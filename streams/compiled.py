@@ -29,7 +29,9 @@ def hot_path_kind() -> str:
     return "compiled (mypyc)" if is_compiled() else "plain Python"
 
 
-def _compiled_sources() -> list[Path]:
+def compiled_sources() -> list[Path]:
+    """The sources of the compiled modules (``[tool.tracewatch] compiled`` in pyproject.toml);
+    none in an installed wheel."""
     pyproject = ROOT / "pyproject.toml"
     if not pyproject.is_file():
         return []  # an installed wheel: sources and extensions were built together
@@ -57,7 +59,7 @@ def stale_modules(*, missing_too: bool = False) -> list[str]:
     shared = [path.stat().st_mtime for path in ROOT.glob("*__mypyc.*")]
     shared_built = max(shared, default=0.0)
     stale: list[str] = []
-    for source in _compiled_sources():
+    for source in compiled_sources():
         extension = _extension_of(source)
         if extension is None:
             if missing_too:

@@ -585,10 +585,9 @@ class _ScriptChannel:
     (``ledger_args.lua``): a batch has two or three per code, and hiredis packing each as an
     argument of its own took 6 % of the worker's CPU (three allocations per argument; one
     long argument costs a quarter of that). Redis parses less, too. A write can be *sent
-    ahead*: its reply is read
-    later, by :meth:`settle` or by the next call, since Redis runs the commands of one
-    connection in order. Meanwhile this process packs the next write while Redis applies
-    the previous one on the other core.
+    ahead*: its reply is read later, by :meth:`settle` or by the next call, since Redis runs
+    the commands of one connection in order. Meanwhile this process packs the next write
+    while Redis applies the previous one on the other core.
 
     When Redis answers NOSCRIPT (it restarted, or its scripts were flushed) the scripts are
     loaded again and everything of the round is sent again, in order: the ledger's writes

@@ -3,16 +3,8 @@
 from __future__ import annotations
 
 import ast
-import tomllib
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _compiled_sources() -> list[Path]:
-    with (ROOT / "pyproject.toml").open("rb") as handle:
-        names: list[str] = tomllib.load(handle)["tool"]["tracewatch"]["compiled"]
-    return [ROOT / name for name in names]
+from streams.compiled import ROOT, compiled_sources
 
 
 def _is_final(annotation: ast.expr | None) -> bool:
@@ -28,8 +20,10 @@ def test_module_constants_of_compiled_modules_are_final() -> None:
     on every use (a lookup and an unboxing); a ``Final`` one is a C constant or static.
     Declaring the constants ``Final`` cut the stages' instructions by 5 % (BENCHMARKS.md,
     "Twenty-fourth session")."""
+    sources = compiled_sources()
+    assert sources, "no compiled modules listed in pyproject.toml"
     plain: list[str] = []
-    for source in _compiled_sources():
+    for source in sources:
         for node in ast.parse(source.read_text()).body:
             if isinstance(node, ast.Assign):
                 targets, annotation = node.targets, None
