@@ -1,4 +1,4 @@
-"""Compact binary packing of ledger states, for the Redis ledger (standard library only).
+"""Compact binary packing of ledger states, for the Redis ledger.
 
 Every value round-trips exactly: ``unpack_code_state(pack_code_state(s, i), i) == s`` for any
 state, including ``None`` fields, non-ASCII text and floats that are not whole fen. The
@@ -49,6 +49,8 @@ import struct
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Final, Protocol
+
+from librt.strings import BytesWriter, read_i32_be, write_f64_be
 
 from detectors.code_ledger import message_fingerprint, record_fingerprint
 from detectors.hoarding import HoardingLink, PersonState, Purchase
@@ -117,7 +119,9 @@ _MAX_TAIL_DIGITS: Final = 19
 _NHSA_SEQUENCE_DIGITS: Final = 5  # msgid = institution + YYYYmmddHHMMSS + 5-digit sequence
 
 
-def _uvarint(out: bytearray, value: int) -> None:
+def _uvarint(out: BytesWriter, value: int) -> None:
+    # A BytesWriter, not a bytearray: compiled, its append is a few C instructions where
+    # bytearray.append is a method call (~270 instructions; a packed state has dozens).
     if 0 <= value < 0x80:
         out.append(value)
         return
@@ -133,7 +137,7 @@ def _uvarint(out: bytearray, value: int) -> None:
     out.append(value)
 
 
-def _svarint(out: bytearray, value: int) -> None:
+def _svarint(out: BytesWriter, value: int) -> None:
     _uvarint(out, value * 2 if value >= 0 else -value * 2 - 1)
 
 
@@ -159,13 +163,13 @@ def _centi(value: float) -> int | None:
     return cents
 
 
-def _put_str(out: bytearray, text: str) -> None:
+def _put_str(out: BytesWriter, text: str) -> None:
     raw = text.encode("utf-8", "surrogatepass")
     _uvarint(out, len(raw))
-    out += raw
+    out.write(raw)
 
 
-def _put_text(out: bytearray, text: str) -> None:
+def _put_text(out: BytesWriter, text: str) -> None:
     """Text with its trailing ASCII digit run (up to 19 digits) stored as a number."""
     head = text.rstrip(_DIGITS)
     digits = len(text) - len(head)
@@ -175,15 +179,15 @@ def _put_text(out: bytearray, text: str) -> None:
     if digits:
         raw = head.encode("utf-8", "surrogatepass")
         _uvarint(out, (len(raw) * 20 + digits) * 2 + 1)
-        out += raw
+        out.write(raw)
         _uvarint(out, int(text[len(head):]))
     else:
         raw = text.encode("utf-8", "surrogatepass")
         _uvarint(out, len(raw) * 2)
-        out += raw
+        out.write(raw)
 
 
-def _put_record(out: bytearray, text: str, moment: int) -> None:
+def _put_record(out: BytesWriter, text: str, moment: int) -> None:
     """A record number (``fixmedins_bchno``) of a sale or purchase at ``moment``.
 
     Hospital and pharmacy systems number records as a prefix, the day's date and a sequence
@@ -204,7 +208,7 @@ def _put_record(out: bytearray, text: str, moment: int) -> None:
             offset = _civil_days(year, month, day) - moment // 86_400
             raw = head.encode("utf-8", "surrogatepass")
             _uvarint(out, len(raw) * 40 + 1)
-            out += raw
+            out.write(raw)
             _uvarint(out, (_number(text, start + 8, len(text)) * 20 + after) * 2 + (offset != 0))
             if offset:
                 _svarint(out, offset)
@@ -228,17 +232,17 @@ def _dated_record(head: str, packed: int, moment: int, offset: int) -> str:
     return head + date + decimal_text(packed // 20).zfill(packed % 20)
 
 
-def _put_time(out: bytearray, seconds: int) -> bool:
+def _put_time(out: BytesWriter, seconds: int) -> bool:
     """4-byte time since EPOCH; returns False (and writes a zigzag varint) when out of range."""
     offset = seconds - EPOCH
     if 0 <= offset < _U32_LIMIT:
-        out += offset.to_bytes(4, "big")
+        out.write(offset.to_bytes(4, "big"))
         return True
     _svarint(out, offset)
     return False
 
 
-def _put_print(out: bytearray, value: str) -> None:
+def _put_print(out: BytesWriter, value: str) -> None:
     """A fingerprint as token 0 + 6 raw bytes, or token 1 + text when it is not 12 hex."""
     raw = _hex_bytes(value, 6)
     if raw is None:
@@ -246,10 +250,12 @@ def _put_print(out: bytearray, value: str) -> None:
         _put_str(out, value)
     else:
         out.append(0)
-        out += raw
+        out.write(raw)
 
 
-_MONTH_DAYS: Final = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+# Bytes, not a tuple: compiled, a Final tuple of ints is a C struct that indexing by a
+# variable first boxes into a new 13-item tuple (~780 instructions a lookup).
+_MONTH_DAYS: Final = bytes((0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31))
 
 
 def _days_in(year: int, month: int) -> int:
@@ -453,7 +459,7 @@ def _origin(
         _origins.clear()
         _origins_interner[:] = [interner]
     flags, rest, stamp = _origin_flags(institution, admvs, msgid)
-    head = bytearray()
+    head = BytesWriter()
     ident = interner.to_id(INST, institution)
     complete = ident != 0
     _uvarint(head, ident)
@@ -462,7 +468,7 @@ def _origin(
         complete = complete and ident != 0
         _uvarint(head, ident)
     _put_record(head, bchno, moment)
-    tail = bytearray()
+    tail = BytesWriter()
     if stamp is None:
         _put_text(tail, rest)
     else:
@@ -471,7 +477,7 @@ def _origin(
         _uvarint(tail, sequence * 2 + (digits != _NHSA_SEQUENCE_DIGITS))
         if digits != _NHSA_SEQUENCE_DIGITS:
             _uvarint(tail, digits)
-    parts = (flags, bytes(head), bytes(tail))
+    parts = (flags, head.getvalue(), tail.getvalue())
     if complete:
         if len(_origins) >= ORIGINS_CACHED:
             _origins.clear()
@@ -479,11 +485,11 @@ def _origin(
     return parts
 
 
-def _put_origin(out: bytearray, head: bytes, tail: bytes, moment: int, base: int) -> None:
+def _put_origin(out: BytesWriter, head: bytes, tail: bytes, moment: int, base: int) -> None:
     """An origin's parts (:func:`_origin`) around its time, relative to the state's."""
-    out += head
+    out.write(head)
     _svarint(out, base - moment)
-    out += tail
+    out.write(tail)
 
 
 def _read_origin(
@@ -510,9 +516,9 @@ def _read_origin(
     return institution, admvs, bchno, msgid, moment
 
 
-def _put_amount(out: bytearray, flags: int, amount: float, fen: int | None) -> None:
+def _put_amount(out: BytesWriter, flags: int, amount: float, fen: int | None) -> None:
     if flags & _AMOUNT_F64:
-        out += _F64.pack(amount)
+        write_f64_be(out, amount)
     else:
         assert fen is not None
         _uvarint(out, fen)
@@ -555,7 +561,7 @@ def _sale_prints(sales: Sequence[SaleRecord]) -> list[str]:
     return prints
 
 
-def _pack_sale(out: bytearray, sale: SaleRecord, base: int, interner: Interner) -> None:
+def _pack_sale(out: BytesWriter, sale: SaleRecord, base: int, interner: Interner) -> None:
     """A sale: flags, then :func:`_origin`'s fields, person, drug, units and amount."""
     institution, admvs, bchno, msgid = (
         sale.fixmedins_code, sale.mdtrtarea_admvs, sale.bchno, sale.msgid)
@@ -580,7 +586,7 @@ def _pack_sale(out: bytearray, sale: SaleRecord, base: int, interner: Interner) 
     _uvarint(out, flags)
     _put_origin(out, head, tail, moment, base)
     if psn_raw is not None:
-        out += psn_raw
+        out.write(psn_raw)
     elif psn is not None:
         _put_str(out, psn)
     if drug is not None:
@@ -588,9 +594,9 @@ def _pack_sale(out: bytearray, sale: SaleRecord, base: int, interner: Interner) 
     if centi_units is not None:
         _uvarint(out, centi_units)
     elif flags & _UNITS_F64:
-        out += _F64.pack(units)
+        write_f64_be(out, units)
     if fen is None:
-        out += _F64.pack(amount)
+        write_f64_be(out, amount)
     else:
         _uvarint(out, fen)
 
@@ -645,7 +651,8 @@ def _read_sale(reader: _Reader, base: int, interner: Interner) -> SaleRecord:
 def pack_code_state(state: CodeState, interner: Interner) -> bytes:
     """The state of one code as compact bytes (never empty); see the module docstring."""
     sales = state.sales
-    out = bytearray(1)
+    out = BytesWriter()
+    out.append(0)  # the header, written last
     header = len(sales) if len(sales) < _SALES_MASK else _SALES_MASK
     if not _put_time(out, state.last_time):
         header |= _TIME_VARINT
@@ -706,7 +713,7 @@ def pack_code_state(state: CodeState, interner: Interner) -> bytes:
         for value in state.flowback_seen:
             _put_print(out, value)
     out[0] = header
-    return bytes(out)
+    return out.getvalue()
 
 
 SHARED_REF: Final = 0x10
@@ -900,7 +907,8 @@ def pack_person_state(state: PersonState, interner: Interner) -> bytes:
     if alert_time is not None:
         times.append(alert_time)
     base = max(times) if times else EPOCH
-    out = bytearray(1)
+    out = BytesWriter()
+    out.append(0)  # the header, written last
     header = 0 if alert_time is None else _PERSON_ALERT
     if not _put_time(out, base):
         header |= _PERSON_TIME_VARINT
@@ -916,7 +924,7 @@ def pack_person_state(state: PersonState, interner: Interner) -> bytes:
         if previous is not None and _origins_alike(purchase, previous):
             _uvarint(out, flags)
             _put_code(out, purchase.code)
-            out += origin
+            out.write(origin)
             continue
         moment = purchase.time
         flags, head, tail = _origin(purchase.fixmedins_code, purchase.mdtrtarea_admvs,
@@ -926,13 +934,14 @@ def pack_person_state(state: PersonState, interner: Interner) -> bytes:
             flags |= _AMOUNT_F64
         _uvarint(out, flags)
         _put_code(out, purchase.code)
-        start = len(out)
-        _put_origin(out, head, tail, moment, base)
-        _put_amount(out, flags, purchase.amount, fen)
-        origin = bytes(out[start:])
+        after_code = BytesWriter()
+        _put_origin(after_code, head, tail, moment, base)
+        _put_amount(after_code, flags, purchase.amount, fen)
+        origin = after_code.getvalue()
+        out.write(origin)
         previous = purchase
     out[0] = header
-    return bytes(out)
+    return out.getvalue()
 
 
 def unpack_person_state(data: bytes, interner: Interner) -> PersonState:
@@ -1043,24 +1052,29 @@ def code_slot(code: str, bucket_bits: int, packed_fields: bool = False) -> tuple
     if gs1_gtin(code) is not None:
         gtin = int(code[4:18]).to_bytes(6, "big")
         if packed_fields and "0" <= code[-1] <= "9":
-            out = bytearray((_FIELD_GS1_PACKED,))
-            out += gtin
+            out = BytesWriter()
+            out.append(_FIELD_GS1_PACKED)
+            out.write(gtin)
             _put_text(out, code[22:])
-            return bucket, bytes(out)
+            return bucket, out.getvalue()
         return bucket, bytes([_FIELD_GS1]) + gtin + raw[22:]
     if len(raw) <= _FIELD_TEXT_MAX:
         if packed_fields and code and "0" <= code[-1] <= "9":
-            out = bytearray((_FIELD_TEXT_PACKED,))
+            out = BytesWriter()
+            out.append(_FIELD_TEXT_PACKED)
             _put_text(out, code)
-            return bucket, bytes(out)
+            return bucket, out.getvalue()
         return bucket, bytes([_FIELD_TEXT]) + raw
     return bucket, bytes([_FIELD_DIGEST]) + hashlib.blake2b(raw, digest_size=16).digest()
 
 
 def _hash_bucket(raw: bytes, bucket_bits: int) -> int:
     """The bucket of a code that is not 20 digits: the top bits of its hash."""
-    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big") >> (
-        64 - bucket_bits)
+    digest = hashlib.blake2b(raw, digest_size=8).digest()
+    if bucket_bits <= 32:  # always, but for ledgers of billions of buckets
+        # librt's reader is native when compiled; int.from_bytes is a Python call there.
+        return (int(read_i32_be(digest, 0)) & 0xFFFF_FFFF) >> (32 - bucket_bits)
+    return int.from_bytes(digest, "big") >> (64 - bucket_bits)
 
 
 def code_slots(codes: Iterable[str], bucket_bits: int, packed_fields: bool = False,
@@ -1168,11 +1182,12 @@ def interned_code_slot(code: str, bucket_bits: int,
     gtin = gs1_gtin(code) if code[:4] == "(01)" else None
     if gtin is None:
         return narrow_code_slot(code, bucket_bits)
-    out = bytearray((_FIELD_GS1_INTERNED,))
+    out = BytesWriter()
+    out.append(_FIELD_GS1_INTERNED)
     _uvarint(out, gtin_ids[gtin])
     _put_text(out, code[22:])
     return (_hash_bucket(code.encode("utf-8", "surrogatepass"), bucket_bits),
-            _apart_from_narrow(bytes(out), bucket_bits))
+            _apart_from_narrow(out.getvalue(), bucket_bits))
 
 
 def interned_code_slots(codes: Iterable[str], bucket_bits: int, gtin_ids: Mapping[str, int],
@@ -1237,15 +1252,15 @@ def code_of_slot(bucket: int, field: bytes, bucket_bits: int, narrow: bool = Fal
     raise CodecError(f"bad code field tag {tag:#x}")
 
 
-def _put_code(out: bytearray, code: str) -> None:
+def _put_code(out: BytesWriter, code: str) -> None:
     """A code in a value: 0 + 9 bytes for 20 digits, else length + 1 and UTF-8 bytes."""
     if _is_code20(code):
         out.append(0)
-        out += int(code).to_bytes(9, "big")
+        out.write(int(code).to_bytes(9, "big"))
     else:
         raw = code.encode("utf-8", "surrogatepass")
         _uvarint(out, len(raw) + 1)
-        out += raw
+        out.write(raw)
 
 
 def _read_code(reader: _Reader) -> str:
@@ -1267,13 +1282,13 @@ def pack_codes(codes: Sequence[str], day: int | None = None) -> bytes:
     """The codes a sale listed (the sale index, for 3507 deletes), and the day the index
     last wrote them (:func:`day_stamp`, 2 bytes big-endian after the codes, for the retention
     sweep) when given."""
-    out = bytearray()
+    out = BytesWriter()
     _uvarint(out, len(codes))
     for code in codes:
         _put_code(out, code)
     if day is not None:
-        out += day.to_bytes(2, "big")
-    return bytes(out)
+        out.write(day.to_bytes(2, "big"))
+    return out.getvalue()
 
 
 def _read_codes(data: bytes) -> tuple[tuple[str, ...], int | None]:
@@ -1301,10 +1316,10 @@ def codes_day(data: bytes) -> int | None:
 
 def pack_link(link: HoardingLink) -> bytes:
     """A person's latest HOARDING alert (rare: plain length-prefixed texts)."""
-    out = bytearray()
+    out = BytesWriter()
     for text in (link.alert_id, link.trigger_msgid, link.fixmedins_code, link.event_time):
         _put_str(out, text)
-    return bytes(out)
+    return out.getvalue()
 
 
 def unpack_link(data: bytes) -> HoardingLink:

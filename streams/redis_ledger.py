@@ -140,6 +140,7 @@ from typing import Any, Final, TypeVar, cast
 import hiredis
 import msgpack
 import redis
+from librt.strings import read_i32_be
 from redis.commands.core import Script
 
 from detectors.hoarding import HoardingLink, PersonState
@@ -375,7 +376,7 @@ def _redact(url: str) -> str:
 def _digest_slot(text: str, bits: int) -> tuple[int, bytes]:
     """(bucket, 8-byte field) of a key stored under its digest (96 bits in all)."""
     digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=12).digest()
-    return int.from_bytes(digest[8:], "big") >> (32 - bits), digest[:8]
+    return (int(read_i32_be(digest, 8)) & 0xFFFF_FFFF) >> (32 - bits), digest[:8]
 
 
 def _digest_slots(texts: Iterable[str], bits: int) -> tuple[list[int], list[bytes]]:
@@ -384,10 +385,10 @@ def _digest_slots(texts: Iterable[str], bits: int) -> tuple[list[int], list[byte
     fields: list[bytes] = []
     shift = 32 - bits
     blake2b = hashlib.blake2b
-    from_bytes = int.from_bytes
     for text in texts:
         digest = blake2b(text.encode("utf-8", "surrogatepass"), digest_size=12).digest()
-        buckets.append(from_bytes(digest[8:], "big") >> shift)
+        # librt's reader is native when compiled; int.from_bytes is a Python call there.
+        buckets.append((int(read_i32_be(digest, 8)) & 0xFFFF_FFFF) >> shift)
         fields.append(digest[:8])
     return buckets, fields
 

@@ -394,13 +394,15 @@ def test_record_numbers_with_the_sale_date_are_short(
     """A record number of a prefix, the date and a sequence stores the date as its distance
     from the sale's day: 6 bytes for the bench's 18 characters, where text with a digit run
     took 11."""
+    from librt.strings import BytesWriter
+
     from streams.codec import _dated_record, _put_record, _Reader
 
     moment = calendar.timegm((2026, 11, 2, 15, 30, 0)) + days_after * 86_400
-    out = bytearray()
+    out = BytesWriter()
     _put_record(out, record, moment)
     assert len(out) == size
-    text, packed, offset = _Reader(bytes(out)).record()
+    text, packed, offset = _Reader(out.getvalue()).record()
     assert (text if packed < 0 else _dated_record(text, packed, moment, offset)) == record
 
 
