@@ -431,7 +431,12 @@ def format_day(seconds: int) -> str:
 
 def fingerprint(*parts: str) -> str:
     """A 48-bit fingerprint of a record identity, for the bounded idempotency list."""
-    return hashlib.blake2b("\x1f".join(parts).encode(), digest_size=6).hexdigest()
+    return fingerprint_text("\x1f".join(parts))
+
+
+def fingerprint_text(joined: str) -> str:
+    """:func:`fingerprint` of parts already joined by ``"\x1f"``."""
+    return hashlib.blake2b(joined.encode(), digest_size=6).hexdigest()
 
 
 def city_of(admvs: str) -> str:

@@ -64,12 +64,14 @@ def route(
     deleted_codes: tuple[str, ...] = (),
     seq: int = 0,
     stock_events: bool = True,
+    boxes: tuple[list[str], int] | None = None,
 ) -> Routed:
     """Per-code events and stateless alerts for one message (see the module docstring).
 
     With ``stock_events=False`` the boxes a 3501 count or 3502 stock-in lists come back in
     ``stock_codes`` instead of as events: most of them were never sold, and a box the ledger
-    does not know needs no event at all.
+    does not know needs no event at all. ``boxes`` is ``box_codes(message.raw_codes)`` when
+    the caller has it already.
     """
     infno = message.infno
     if infno == DELETE:
@@ -81,7 +83,7 @@ def route(
         return Routed()
 
     raws = message.raw_codes
-    listed, rejected = box_codes(raws)
+    listed, rejected = box_codes(raws) if boxes is None else boxes
     share = (
         message.price * message.quantity / len(raws)
         if raws and infno in (SALE, RETURN)

@@ -132,12 +132,17 @@ class Pipeline:
         their whole-box sales, those this writer owns (``owns_code``, ``owns_person``;
         everything by default).
         """
+        # Each message's boxes, listed for the loads and kept for routing it (a GS1 code
+        # normalises in ~2 µs): filled, in the messages' order, during the recall.
+        boxes: list[tuple[list[str], int] | None] = []
         if self.reads_ahead:
             # Listed while Redis answers the recall, which it is sent first.
-            self.ledger.expect(lambda: _expected_loads(messages, owns_code, owns_person))
-        return self._route(messages, sightings=False)
+            self.ledger.expect(
+                lambda: _expected_loads(messages, owns_code, owns_person, boxes))
+        return self._route(messages, sightings=False, boxes=boxes)
 
-    def _route(self, messages: Sequence[tuple[int, Message]], sightings: bool) -> RouteResult:
+    def _route(self, messages: Sequence[tuple[int, Message]], sightings: bool,
+               boxes: Sequence[tuple[list[str], int] | None] = ()) -> RouteResult:
         ledger = self.ledger
         config = self.config
         result = RouteResult()
@@ -155,7 +160,9 @@ class Pipeline:
             {sale_key(m.fixmedins_code, m.bchno)
              for _, m in messages if m.infno == DELETE and m.delete_type == DELETE_SALE_TYPE},
         )
-        for (seq, message), key in zip(messages, keys, strict=True):
+        if len(boxes) != len(messages):  # the ledger did not ask for them
+            boxes = [None] * len(messages)
+        for (seq, message), key, listed in zip(messages, keys, boxes, strict=True):
             msgid = message.msgid
             if msgid in seen_msgids or msgid in msgids:
                 result.duplicates += 1
@@ -175,7 +182,7 @@ class Pipeline:
             else:
                 record_seen = key in seen_records or key in records_added
                 routed = route(message, config, record_seen=record_seen, seq=seq,
-                               stock_events=not sightings)
+                               stock_events=not sightings, boxes=listed)
                 if key:
                     records_added.add(key)
                     records_removed.discard(key)
@@ -385,16 +392,22 @@ def _expected_loads(
     messages: Sequence[tuple[int, Message]],
     owns_code: Callable[[str], bool] | None,
     owns_person: Callable[[str], bool] | None,
+    boxes: list[tuple[list[str], int] | None],
 ) -> tuple[set[str], set[str]]:
     """The boxes (normalised) and the (person, drug) keys of whole-box sales the messages'
-    later stages will load, those this writer owns."""
+    later stages will load, those this writer owns; ``boxes`` gets each message's
+    ``box_codes`` (None where it lists none), in order."""
     codes: set[str] = set()
     people: set[str] = set()
+    boxes.clear()
     for _, message in messages:
         infno = message.infno
         if infno not in CODE_INFNOS:
+            boxes.append(None)
             continue
-        codes.update(box_codes(message.raw_codes)[0])
+        listed = box_codes(message.raw_codes)
+        boxes.append(listed)
+        codes.update(listed[0])
         psn_hash, drug = message.psn_hash, message.med_list_codg
         if infno == SALE and not message.split and psn_hash and drug and (
             owns_person is None or owns_person(psn_hash)
