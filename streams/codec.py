@@ -155,9 +155,15 @@ def _hex_bytes(text: str, size: int) -> bytes | None:
 def _centi(value: float) -> int | None:
     """``value`` in hundredths when that is an exact, non-negative whole number."""
     scaled = value * 100
-    if not math.isfinite(scaled):
+    # isinf/isnan and floor rather than isfinite and round(): compiled, these are C calls,
+    # those Python calls (every amount and units packed takes this). round()'s nearest
+    # whole number, ties to even (``scaled - cents`` is exact: Sterbenz's lemma).
+    if math.isinf(scaled) or math.isnan(scaled):
         return None
-    cents = round(scaled)
+    cents = math.floor(scaled)
+    fraction = scaled - cents
+    if fraction > 0.5 or (fraction == 0.5 and cents % 2 == 1):
+        cents += 1
     if cents < 0 or cents / 100 != value or (cents == 0 and math.copysign(1.0, value) < 0):
         return None
     return cents

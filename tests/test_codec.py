@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import calendar
 import hashlib
+import math
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import replace
@@ -871,3 +872,33 @@ def test_reading_values_back_leaks_nothing() -> None:
     assert codec.code_of_slot(bucket, field, 16) == code
     for action in actions:
         assert _blocks_left_by(action) < 100
+
+
+def _centi_by_round(value: float) -> int | None:
+    """What codec._centi computed with isfinite and round() before it was made native."""
+    scaled = value * 100
+    if not math.isfinite(scaled):
+        return None
+    cents = round(scaled)
+    if cents < 0 or cents / 100 != value or (cents == 0 and math.copysign(1.0, value) < 0):
+        return None
+    return cents
+
+
+def test_amounts_in_fen_are_decided_as_round_did() -> None:
+    """_centi rounds by math.floor and a tie test, not round(): states must pack to the same
+    bytes as before, so it agrees with the old form on ties (which at 10**13 yuan can be
+    whole fen), huge and tiny values, signs, non-finite ones, and random amounts of every
+    magnitude."""
+    from streams.codec import _centi
+
+    rng = random.Random(11)
+    values = [0.0, -0.0, 0.005, 0.015, 0.125, 12.345, 12.35, 0.1 + 0.2, 1e-300, 5e-324,
+              0.49999999999999994, 2.5e13, 4.5e13, 2**51 / 100, 2**52 / 100, 2**53 / 100,
+              1e300, math.inf, -math.inf, math.nan, -12.35]
+    values += [rng.randrange(0, 10**9) / 100 for _ in range(20_000)]
+    values += [rng.randrange(0, 10**17) / 100 + rng.choice((0.0, 0.005, 0.5)) for _ in range(5_000)]
+    values += [rng.uniform(-1, 1) * 10 ** rng.randrange(-8, 20) for _ in range(20_000)]
+    values += [(rng.randrange(0, 10**6) + 0.5) / 100 for _ in range(5_000)]
+    for value in values:
+        assert _centi(value) == _centi_by_round(value), value
