@@ -18,6 +18,7 @@ rules. It
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -199,17 +200,46 @@ def _first_sale(event: CodeEvent, config: RuleConfig) -> StepResult:
     """
     entry = _catalog_entry(event.code, config)
     alerts = substitution.detect(EMPTY, event, entry) if entry is not None else ()
-    record_print = record_fingerprint(event.fixmedins_code, event.infno, event.bchno)
-    record = _sale_record(event, 1.0)
-    state = CodeState(
-        sales=(record,),
-        first_drug=event.med_list_codg or None,
-        first_drug_ref=record_print if event.med_list_codg else None,
-        applied=(message_fingerprint(event.msgid), record_print),
-        last_time=event.time,
-    )
+    recent = _recent_first[0] if _recent_first else None
+    if recent is not None and _same_sale(recent[0], event):
+        state = recent[1]
+        record = state.sales[0]
+    else:
+        record_print = record_fingerprint(event.fixmedins_code, event.infno, event.bchno)
+        record = _sale_record(event, 1.0)
+        state = CodeState(
+            sales=(record,),
+            first_drug=event.med_list_codg or None,
+            first_drug_ref=record_print if event.med_list_codg else None,
+            applied=(message_fingerprint(event.msgid), record_print),
+            last_time=event.time,
+        )
+        _recent_first[:] = [(event, state)]
     person = _person_event(record, event.code, +1, event)
     return StepResult(state, alerts, (person,) if person else ())
+
+
+# The last first sale's event and the state it gave: the other boxes of its message give the
+# same state (nothing of a state names its code), and sharing the object saves building it
+# and lets the Redis ledger see at once that they pack alike. States are immutable.
+_recent_first: Final[list[tuple[CodeEvent, CodeState]]] = []
+
+
+def _same_sale(known: CodeEvent, event: CodeEvent) -> bool:
+    """Whether two whole-box sales give the same first-sale state (all but the code)."""
+    return (
+        event.msgid == known.msgid
+        and event.bchno == known.bchno
+        and event.time == known.time
+        and event.fixmedins_code == known.fixmedins_code
+        and event.infno == known.infno
+        and event.mdtrtarea_admvs == known.mdtrtarea_admvs
+        and event.psn_hash == known.psn_hash
+        and event.med_list_codg == known.med_list_codg
+        and event.split == known.split
+        and event.amount == known.amount
+        and math.copysign(1.0, event.amount) == math.copysign(1.0, known.amount)
+    )
 
 
 def _sale(state: CodeState, event: CodeEvent, config: RuleConfig) -> StepResult:
