@@ -4,8 +4,9 @@ ledger state and alerts. Standard library only; everything is frozen.
 Times are whole seconds of China time (UTC+8) counted as if it were UTC, so that calendar
 arithmetic on them gives back the same wall-clock strings the platform uploads.
 
-The types made once per message, code or sale (``Message``, ``CodeEvent``, ``SaleRecord``,
-``CodeState``, ``PersonEvent``, and a few beside the detectors that use them) spell out their
+The types made once per message, code, sale or alert (``Message``, ``CodeEvent``,
+``SaleRecord``, ``CodeState``, ``PersonEvent``, ``Evidence``, ``Alert``, and a few beside the
+detectors that use them) spell out their
 ``__init__`` and mark their fields ``Final`` instead of ``@dataclass(frozen=True)``: compiled by
 mypyc, such a class is built by native code in ~50 ns, where a frozen dataclass's generated
 ``__init__`` (or a NamedTuple's ``__new__``) is interpreted Python and costs ~1 µs — a fifth of
@@ -320,20 +321,37 @@ class PersonEvent:
 # --------------------------------------------------------------------------- output
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(init=False, unsafe_hash=True)
 class Evidence:
     """One earlier record that makes the case (SPEC §6 ``evidence``)."""
 
-    msgid: str
-    infno: str
-    fixmedins_code: str
-    fixmedins_bchno: str
-    event_time: str
-    mdtrtarea_admvs: str | None = None
-    psn_hash: str | None = None
-    amount: float | None = None
-    drug_trac_codg: str | None = None
-    note: str | None = None
+    msgid: Final[str]
+    infno: Final[str]
+    fixmedins_code: Final[str]
+    fixmedins_bchno: Final[str]
+    event_time: Final[str]
+    mdtrtarea_admvs: Final[str | None]
+    psn_hash: Final[str | None]
+    amount: Final[float | None]
+    drug_trac_codg: Final[str | None]
+    note: Final[str | None]
+
+    def __init__(
+        self, msgid: str, infno: str, fixmedins_code: str, fixmedins_bchno: str,
+        event_time: str, mdtrtarea_admvs: str | None = None, psn_hash: str | None = None,
+        amount: float | None = None, drug_trac_codg: str | None = None,
+        note: str | None = None,
+    ) -> None:
+        self.msgid = msgid
+        self.infno = infno
+        self.fixmedins_code = fixmedins_code
+        self.fixmedins_bchno = fixmedins_bchno
+        self.event_time = event_time
+        self.mdtrtarea_admvs = mdtrtarea_admvs
+        self.psn_hash = psn_hash
+        self.amount = amount
+        self.drug_trac_codg = drug_trac_codg
+        self.note = note
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready mapping, leaving out fields that are not known."""
@@ -351,24 +369,46 @@ class Evidence:
         return out
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(init=False, unsafe_hash=True)
 class Alert:
     """One alert (SPEC §6) as the rules raise it; ``detected_at`` is added on the way out."""
 
-    rule: Rule
-    severity: Severity
-    drug_trac_codg: str | None
-    psn_hash: str | None
-    med_list_codg: str | None
-    fixmedins_code: str
-    mdtrtarea_admvs: str
-    trigger_msgid: str
-    event_time: str
-    evidence: tuple[Evidence, ...]
-    amount: float
-    reason: str
-    subject: str = ""
-    seq: int = 0
+    rule: Final[Rule]
+    severity: Final[Severity]
+    drug_trac_codg: Final[str | None]
+    psn_hash: Final[str | None]
+    med_list_codg: Final[str | None]
+    fixmedins_code: Final[str]
+    mdtrtarea_admvs: Final[str]
+    trigger_msgid: Final[str]
+    event_time: Final[str]
+    evidence: Final[tuple[Evidence, ...]]
+    amount: Final[float]
+    reason: Final[str]
+    subject: Final[str]
+    seq: Final[int]
+
+    def __init__(
+        self, rule: Rule, severity: Severity, drug_trac_codg: str | None,
+        psn_hash: str | None, med_list_codg: str | None, fixmedins_code: str,
+        mdtrtarea_admvs: str, trigger_msgid: str, event_time: str,
+        evidence: tuple[Evidence, ...], amount: float, reason: str, subject: str = "",
+        seq: int = 0,
+    ) -> None:
+        self.rule = rule
+        self.severity = severity
+        self.drug_trac_codg = drug_trac_codg
+        self.psn_hash = psn_hash
+        self.med_list_codg = med_list_codg
+        self.fixmedins_code = fixmedins_code
+        self.mdtrtarea_admvs = mdtrtarea_admvs
+        self.trigger_msgid = trigger_msgid
+        self.event_time = event_time
+        self.evidence = evidence
+        self.amount = amount
+        self.reason = reason
+        self.subject = subject
+        self.seq = seq
 
     @property
     def alert_id(self) -> str:

@@ -302,8 +302,10 @@ class Pipeline:
             if outcome.state is not before:
                 states[pending.code] = outcome.state
                 result.changed[pending.code] = outcome.state
-            result.alerts.extend(outcome.alerts)
-            result.person_events.extend(outcome.person_events)
+            if outcome.alerts:
+                result.alerts.extend(outcome.alerts)
+            if outcome.person_events:
+                result.person_events.extend(outcome.person_events)
             pending = outcome.continuation
             if pending is not None and not owns(pending.code):
                 result.forwarded.append(pending)
@@ -338,10 +340,10 @@ class Pipeline:
             return result
         keys = [person_key(e.psn_hash, e.med_list_codg) for e in events]
         states: dict[str, PersonState | None] = dict(self.ledger.load_persons(set(keys)))
-        hoarding_for = self.config.hoarding_for
+        config = self.config  # its method called, not bound: compiled, that is a C call
         for event, key in zip(events, keys, strict=True):
             before = states.get(key)
-            thresholds = hoarding_for(event.med_list_codg)
+            thresholds = config.hoarding_for(event.med_list_codg)
             after, raised = hoarding.step(before, event, thresholds)
             if after is not before:
                 states[key] = after
