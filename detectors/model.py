@@ -18,7 +18,6 @@ compiled attributes refuse assignment).
 from __future__ import annotations
 
 import enum
-import functools
 import hashlib
 import time as _time
 from collections.abc import Mapping
@@ -455,18 +454,29 @@ def decimal_text(number: object) -> str:
 
 
 def format_time(seconds: int) -> str:
-    """Business time back to the platform's ``YYYY-MM-DD HH:MM:SS``."""
-    return _time.strftime("%Y-%m-%d %H:%M:%S", _time.gmtime(seconds))
+    """Business time back to the platform's ``YYYY-MM-DD HH:MM:SS``: what
+    ``time.strftime`` of ``time.gmtime`` gives, its day cached (every alert and evidence
+    record formats one; compiled, ``strftime`` and ``gmtime`` are Python calls)."""
+    of_day = seconds % DAY_SECONDS
+    minutes = of_day // 60
+    return (f"{format_day(seconds)} {_TWO_DIGITS[minutes // 60]}:{_TWO_DIGITS[minutes % 60]}"
+            f":{_TWO_DIGITS[of_day % 60]}")
 
 
-@functools.lru_cache(maxsize=1024)
-def _day_text(day: int) -> str:
-    return _time.strftime("%Y-%m-%d", _time.gmtime(day * DAY_SECONDS))
+_TWO_DIGITS: Final = [f"{number:02d}" for number in range(60)]
+_DAY_TEXTS: Final[dict[int, str]] = {}
 
 
 def format_day(seconds: int) -> str:
     """The ``YYYY-MM-DD`` of a business time: ``format_time(seconds)[:10]``, cached by day."""
-    return _day_text(seconds // DAY_SECONDS)
+    day = seconds // DAY_SECONDS
+    text = _DAY_TEXTS.get(day)
+    if text is None:
+        text = _time.strftime("%Y-%m-%d", _time.gmtime(day * DAY_SECONDS))
+        if len(_DAY_TEXTS) >= 4096:
+            _DAY_TEXTS.clear()
+        _DAY_TEXTS[day] = text
+    return text
 
 
 def fingerprint(*parts: str) -> str:
