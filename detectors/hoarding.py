@@ -119,7 +119,7 @@ def step(
         if known.code == code and known.msgid == msgid:
             return state, []
     added = _purchase(event)
-    if not standing or _order(standing[-1]) <= _order(added):
+    if not standing or _in_order(standing[-1], added):
         # Purchases are kept in time order, and most arrive in it: no sort needed.
         purchases = (*standing, added)
     else:
@@ -135,6 +135,16 @@ def step(
 
 def _order(purchase: Purchase) -> tuple[int, str, str]:
     return purchase.time, purchase.msgid, purchase.code
+
+
+def _in_order(first: Purchase, second: Purchase) -> bool:
+    """``_order(first) <= _order(second)`` without building the tuples (every purchase
+    added asks it)."""
+    if first.time != second.time:
+        return first.time < second.time
+    if first.msgid != second.msgid:
+        return first.msgid < second.msgid
+    return first.code <= second.code
 
 
 def _first_reached(
