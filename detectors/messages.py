@@ -32,10 +32,21 @@ class BadInput(ValueError):
         self.reason = reason
 
 
-@functools.lru_cache(maxsize=4096)
+_DAY_STARTS: Final[dict[str, int]] = {}
+
+
 def _day_start(day: str) -> int:
-    """Seconds at the start of a ``YYYY-MM-DD`` day; ValueError if it is not a real date."""
-    return calendar.timegm(datetime.date.fromisoformat(day).timetuple())
+    """Seconds at the start of a ``YYYY-MM-DD`` day; ValueError if it is not a real date.
+
+    Cached in a dict (two times a message ask it): compiled, a call through
+    ``functools.lru_cache`` is a Python call."""
+    start = _DAY_STARTS.get(day)
+    if start is None:
+        start = calendar.timegm(datetime.date.fromisoformat(day).timetuple())
+        if len(_DAY_STARTS) >= 4096:
+            _DAY_STARTS.clear()
+        _DAY_STARTS[day] = start
+    return start
 
 
 def parse_time(text: object, field: str) -> int:
@@ -106,7 +117,9 @@ def _number(obj: dict[str, Any], name: str, where: str, required: bool = True) -
         return 0.0
     if isinstance(value, bool) or value is None:
         raise BadInput(f"{where}.{name} is missing or not a number")
-    if isinstance(value, int | float):
+    # Two checks, not isinstance(value, int | float): compiled, these are C type tests,
+    # while ``int | float`` builds a union object on every call.
+    if isinstance(value, float) or isinstance(value, int):
         return float(value)
     if isinstance(value, str):
         try:
