@@ -485,7 +485,7 @@ def fingerprint(*parts: str) -> str:
 
 
 def fingerprint_text(joined: str) -> str:
-    """:func:`fingerprint` of parts already joined by ``"\x1f"``."""
+    """:func:`fingerprint` of parts already joined by the unit separator (U+001F)."""
     return hashlib.blake2b(joined.encode(), digest_size=6).hexdigest()
 
 
