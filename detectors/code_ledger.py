@@ -18,7 +18,6 @@ rules. It
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -42,6 +41,7 @@ from detectors.model import (
     RuleConfig,
     SaleRecord,
     fingerprint_text,
+    same_float,
 )
 
 EMPTY: Final = CodeState()
@@ -237,8 +237,7 @@ def _same_sale(known: CodeEvent, event: CodeEvent) -> bool:
         and event.psn_hash == known.psn_hash
         and event.med_list_codg == known.med_list_codg
         and event.split == known.split
-        and event.amount == known.amount
-        and math.copysign(1.0, event.amount) == math.copysign(1.0, known.amount)
+        and same_float(event.amount, known.amount)
     )
 
 

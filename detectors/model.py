@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import math
 import time as _time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -477,6 +478,12 @@ def format_day(seconds: int) -> str:
             _DAY_TEXTS.clear()
         _DAY_TEXTS[day] = text
     return text
+
+
+def same_float(first: float, second: float) -> bool:
+    """Equal and of the same sign: -0.0 == 0.0, but they pack differently. NaN is never the
+    same (its value is packed again)."""
+    return first == second and math.copysign(1.0, first) == math.copysign(1.0, second)
 
 
 def fingerprint(*parts: str) -> str:

@@ -55,7 +55,7 @@ from librt.strings import BytesWriter, read_i32_be, write_f64_be
 from detectors.code_ledger import message_fingerprint, record_fingerprint
 from detectors.hoarding import HoardingLink, PersonState, Purchase
 from detectors.messages import SALE
-from detectors.model import CodeState, SaleRecord, decimal_text, fingerprint
+from detectors.model import CodeState, SaleRecord, decimal_text, fingerprint, same_float
 
 EPOCH: Final = 1_577_836_800
 """2020-01-01 00:00:00 in business seconds: the zero of packed times."""
@@ -601,10 +601,7 @@ def _pack_sale(out: BytesWriter, sale: SaleRecord, base: int, interner: Interner
         _uvarint(out, centi_units)
     elif flags & _UNITS_F64:
         write_f64_be(out, units)
-    if fen is None:
-        write_f64_be(out, amount)
-    else:
-        _uvarint(out, fen)
+    _put_amount(out, flags, amount, fen)
 
 
 def _read_sale(reader: _Reader, base: int, interner: Interner) -> SaleRecord:
@@ -767,11 +764,6 @@ def shared_serial(entry: bytes) -> int | None:
     return None
 
 
-def _same_float(first: float, second: float) -> bool:
-    # -0.0 == 0.0 but they pack differently; NaN is never alike (pack it again).
-    return first == second and math.copysign(1.0, first) == math.copysign(1.0, second)
-
-
 def _sales_alike(first: SaleRecord, second: SaleRecord) -> bool:
     return (
         first.msgid == second.msgid
@@ -782,8 +774,8 @@ def _sales_alike(first: SaleRecord, second: SaleRecord) -> bool:
         and first.psn_hash == second.psn_hash
         and first.med_list_codg == second.med_list_codg
         and first.split == second.split
-        and _same_float(first.units, second.units)
-        and _same_float(first.amount, second.amount)
+        and same_float(first.units, second.units)
+        and same_float(first.amount, second.amount)
     )
 
 
@@ -901,7 +893,7 @@ def _origins_alike(purchase: Purchase, other: Purchase) -> bool:
         and purchase.time == other.time
         and purchase.fixmedins_code == other.fixmedins_code
         and purchase.mdtrtarea_admvs == other.mdtrtarea_admvs
-        and _same_float(purchase.amount, other.amount)
+        and same_float(purchase.amount, other.amount)
     )
 
 
