@@ -84,11 +84,23 @@ class Throughput:
     alerts: int = 0
     rss_mb: float = 0.0
     note: str = ""
+    cpu_s: float = 0.0
+    """The contender's own CPU seconds (all its threads) over those ``seconds``; 0 if not
+    reported. Steadier than the wall time on a shared machine."""
+    redis_cpu_s: float = 0.0
+    """Redis's CPU seconds over the run (tracewatch's ledger; 0 for the peers)."""
+    steps: dict[str, float] = field(default_factory=dict)
+    """tracewatch's worker: seconds its batches spent in each step (its /metrics)."""
 
     @property
     def codes_per_s(self) -> float:
         """Codes judged per second of processing."""
         return self.codes / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def cpu_us_per_code(self) -> float:
+        """The contender's CPU microseconds a code (0 if its CPU was not reported)."""
+        return 1e6 * self.cpu_s / self.codes if self.cpu_s > 0 and self.codes else 0.0
 
 
 def median_run(runs: Sequence[Throughput]) -> Throughput:
@@ -207,6 +219,17 @@ class WorkerUnderTest:
         raise BenchError(f"the worker did not judge {records} records within {timeout:.0f} s; "
                          f"see {self.log_path}")
 
+    def wait_started(self, timeout: float) -> dict[str, float]:
+        """Wait until the worker judged its first batch; its steps' seconds then."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            health = self.health()
+            if health and health.get("first_at"):
+                return self.step_seconds()
+            time.sleep(0.02)
+        raise BenchError(f"the worker judged nothing within {timeout:.0f} s; "
+                         f"see {self.log_path}")
+
     def wait_assigned(self, timeout: float) -> None:
         """Wait until the worker joined its group and holds partitions."""
         deadline = time.monotonic() + timeout
@@ -218,10 +241,22 @@ class WorkerUnderTest:
         raise BenchError(f"the worker got no partitions within {timeout:.0f} s; "
                          f"see {self.log_path}")
 
+    def step_seconds(self) -> dict[str, float]:
+        """Seconds the worker's batches spent in each step so far, from its /metrics."""
+        page = self._page("/metrics")
+        return {} if page is None else _step_seconds(page.decode())
+
     def batch_totals(self) -> tuple[float, float] | None:
         """(batches, records) the worker's first stage handled so far, from its /metrics."""
         page = self._page("/metrics")
         return None if page is None else _route_batches(page.decode())
+
+    def redis_cpu_seconds(self) -> float:
+        """The ledger's Redis server's CPU seconds so far (INFO cpu: user and system)."""
+        import redis
+
+        info = redis.Redis.from_url(self.redis_url).info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
     def rss_mb(self) -> float:
         """The worker's resident memory now, in MB."""
@@ -291,12 +326,23 @@ def _run_tracewatch(worker: WorkerUnderTest, messages: int, codes: int,
                     timeout: float) -> Throughput:
     from streams.kafka_io import consume_all
 
+    redis_before = worker.redis_cpu_seconds()
     worker.start()
+    # The steps' seconds from the first batch judged on: the wait for the group before it
+    # would count as fetching.
+    steps_before = worker.wait_started(timeout)
     health = worker.wait_idle(messages, timeout)
+    # From the worker's start to its last batch: Redis does nothing else meanwhile but the
+    # worker's start-up (a few commands) and the health polls.
+    redis_cpu = worker.redis_cpu_seconds() - redis_before
+    steps = {step: seconds - steps_before.get(step, 0.0)
+             for step, seconds in worker.step_seconds().items()}
     alerts = consume_all(worker.env["TRACEWATCH_KAFKA"], worker.alerts_topic, timeout_s=2)
     return Throughput("tracewatch", codes, health["last_at"] - health["first_at"],
                       len(alerts), worker.rss_mb(),
-                      f"all rules, Redis ledger, {health.get('allocator', 'system')}")
+                      f"all rules, Redis ledger, {health.get('allocator', 'system')}",
+                      cpu_s=float(health.get("last_cpu", 0.0) - health.get("first_cpu", 0.0)),
+                      redis_cpu_s=redis_cpu, steps=steps)
 
 
 def peer_environment(choice: str) -> tuple[dict[str, str], str]:
@@ -333,7 +379,8 @@ def _run_peer(name: str, bootstrap: str, input_topic: str, catalog: Path, codes:
     body = orjson.loads(report.read_bytes())
     return Throughput(name, int(body["codes"]), float(body["done"]) - float(body["first"]),
                       int(body.get("alerts", 0)), float(body.get("rss_mb", 0.0)),
-                      f"DUPLICATE_SALE + SPLIT_OVERDISPENSE only, {allocator_used}")
+                      f"DUPLICATE_SALE + SPLIT_OVERDISPENSE only, {allocator_used}",
+                      cpu_s=float(body.get("cpu_s") or 0.0))
 
 
 def _paced_produce(bootstrap: str, topic: str, lines: Iterable[bytes], rate: float,
@@ -491,6 +538,19 @@ def _route_batches(metrics: str) -> tuple[float, float] | None:
     return (count, total) if count is not None and total is not None else None
 
 
+def _step_seconds(metrics: str) -> dict[str, float]:
+    """Each step's seconds (``tracewatch_batch_seconds_sum``) in a worker's /metrics text."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    steps: dict[str, float] = {}
+    for family in text_string_to_metric_families(metrics):
+        if family.name == "tracewatch_batch_seconds":
+            for sample in family.samples:
+                if sample.name.endswith("_sum"):
+                    steps[sample.labels.get("stage", "?")] = sample.value
+    return steps
+
+
 def _batch_trend(totals: Sequence[tuple[float, float, float]]) -> str:
     """The mean batch of the soak's first and last minute, from (elapsed s, batches, records)
     samples: the worker's memory follows its largest batch, and a slowing broker grows them."""
@@ -599,15 +659,40 @@ def _check_redis(settings: Settings) -> None:
 
 
 def _table(results: Sequence[Throughput]) -> str:
-    rows = [f"{'contender':<12} {'codes':>9} {'seconds':>8} {'codes/s':>9} {'alerts':>7} "
-            f"{'RSS MB':>7}  what"]
+    rows = [f"{'contender':<12} {'codes':>9} {'seconds':>8} {'codes/s':>9} {'CPU µs':>7} "
+            f"{'alerts':>7} {'RSS MB':>7}  what"]
     for r in results:
         if r.seconds <= 0:
-            rows.append(f"{r.name:<12} {'-':>9} {'-':>8} {'-':>9} {'-':>7} {'-':>7}  {r.note}")
+            rows.append(f"{r.name:<12} {'-':>9} {'-':>8} {'-':>9} {'-':>7} {'-':>7} {'-':>7}  "
+                        f"{r.note}")
             continue
+        cpu = f"{r.cpu_us_per_code:.1f}" if r.cpu_us_per_code else "-"
         rows.append(f"{r.name:<12} {r.codes:>9,} {r.seconds:>8.2f} {r.codes_per_s:>9,.0f} "
-                    f"{r.alerts:>7,} {r.rss_mb:>7.0f}  {r.note}")
+                    f"{cpu:>7} {r.alerts:>7,} {r.rss_mb:>7.0f}  {r.note}")
     return "\n".join(rows)
+
+
+def _cpu_line(mine: Throughput) -> str:
+    """Where tracewatch's CPU went, for a change judged on a noisy machine."""
+    if not mine.cpu_s:
+        return ""
+    redis = (f", its Redis {mine.redis_cpu_s:.2f} s "
+             f"({1e6 * mine.redis_cpu_s / max(1, mine.codes):.1f} µs a code)"
+             if mine.redis_cpu_s > 0 else "")
+    return (f"(CPU µs: the contender's own CPU a code while it judged; steadier than codes/s "
+            f"on a shared machine. tracewatch's worker {mine.cpu_s:.2f} s{redis})")
+
+
+def _steps_line(mine: Throughput) -> str:
+    """Where tracewatch's worker spent its wall time, step by step (the rest: the Kafka
+    client's own work, the event loop, the input's order)."""
+    if not mine.steps:
+        return ""
+    spent = sum(mine.steps.values())
+    return ("(tracewatch's worker, seconds by step after its first batch: "
+            + " · ".join(f"{step} {seconds:.2f}" for step, seconds in
+                         sorted(mine.steps.items(), key=lambda item: -item[1]))
+            + f"; {spent:.2f} in all, against {mine.seconds:.2f} s judging)")
 
 
 def run_bench(args: argparse.Namespace, settings: Settings) -> int:
@@ -774,13 +859,15 @@ def _rounds_lines(rounds: Sequence[Sequence[Throughput]]) -> list[str]:
         return []
     lines = [f"{len(rounds)} rounds (the table gives each contender's median round):"]
     for name in [r.name for r in rounds[0]]:
-        figures = [r.codes_per_s for r in _runs_of(rounds, name)]
+        runs = _runs_of(rounds, name)
         line = f"  {name:<12} " + " · ".join(
-            f"{figure:,.0f}" if figure > 0 else "failed" for figure in figures) + " codes/s"
+            f"{r.codes_per_s:,.0f}" if r.seconds > 0 else "failed" for r in runs) + " codes/s"
         if name != "tracewatch":
             ratios = round_ratios(rounds, name)
             line += ("; tracewatch × " + " · ".join(f"{ratio:.2f}" for ratio in ratios)
                      if ratios else "")
+        if all(r.cpu_us_per_code for r in runs):
+            line += "; CPU µs a code " + " · ".join(f"{r.cpu_us_per_code:.1f}" for r in runs)
         lines.append(line)
     return lines
 
@@ -807,6 +894,7 @@ def _report(rounds: Sequence[Sequence[Throughput]], latency: Latency,
         f"tracewatch bench — {messages:,} messages, {codes:,} codes, "
         f"{args.partitions} partitions, Tansu, {os.cpu_count()} CPUs, {interpreter()}",
         _table(medians),
+        *filter(None, [_cpu_line(medians[0]), _steps_line(medians[0])]),
         f"(the workload plants {planted:,} DUPLICATE_SALE and SPLIT_OVERDISPENSE cases: each "
         "contender's alerts should be that many)",
         *_rounds_lines(rounds),

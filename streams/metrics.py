@@ -39,7 +39,8 @@ class Metrics:
             buckets=LATENCY_BUCKETS, registry=r)
         self.batch_seconds = Histogram(
             "tracewatch_batch_seconds",
-            "time one batch spends in each step: fetch (waiting in getmany), route, codes, "
+            "time one batch spends in each step: fetch (waiting in getmany), parse (the "
+            "input's JSON, checked, into time order), route, codes, "
             "persons (the rules), acks (the broker acknowledging the output), write (the "
             "ledger, sent), confirm (waiting for the last batch's writes, applied by Redis "
             "while this batch's fetch was parsed), commit (the input offsets, once their "

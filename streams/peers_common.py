@@ -172,7 +172,8 @@ def arguments(prog: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--expect-codes", type=int, required=True, metavar="N",
                         help="stop after the per-code stage has handled N code records")
     parser.add_argument("--report", type=Path, required=True, help="where to write the JSON "
-                        "report: first, done (wall times), codes, alerts, rss_mb")
+                        "report: first, done (wall times), cpu_s (this process's CPU seconds "
+                        "between them), codes, alerts, rss_mb")
     parser.add_argument("--state-dir", type=Path, required=True, help="folder for local state")
     parser.add_argument("--partitions", type=int, help="partitions of the internal topics "
                         "(default: as many as the input topic has)")
@@ -216,6 +217,9 @@ class Progress:
     expect: int
     first: float | None = None
     done: float | None = None
+    first_cpu: float | None = None
+    """This process's CPU seconds (all threads) at ``first``, and at ``done``."""
+    done_cpu: float | None = None
     codes: int = 0
     alerts: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -224,6 +228,7 @@ class Progress:
         """Note the wall time of the first input record."""
         if self.first is None:
             self.first = time.time()
+            self.first_cpu = time.process_time()
 
     def code_done(self, alerts: int) -> bool:
         """Count one code record and its alerts; True exactly when it was the N-th."""
@@ -231,12 +236,15 @@ class Progress:
         self.alerts += alerts
         if self.codes == self.expect:
             self.done = time.time()
+            self.done_cpu = time.process_time()
             return True
         return False
 
     def report(self) -> dict[str, Any]:
         """The report of issue 5."""
-        return {"first": self.first, "done": self.done, "codes": self.codes,
+        cpu = (None if self.first_cpu is None or self.done_cpu is None
+               else self.done_cpu - self.first_cpu)
+        return {"first": self.first, "done": self.done, "cpu_s": cpu, "codes": self.codes,
                 "alerts": self.alerts, "rss_mb": round(peak_rss_mb(), 1), **self.extra}
 
     def write(self, path: Path) -> None:

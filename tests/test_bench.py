@@ -56,7 +56,15 @@ def test_bench_runs_every_contender_and_prints_the_summary(redis_url: str,
     # Two rounds, each contender's figures from both, each round on its own topic.
     assert "2 rounds (the table gives each contender's median round):" in table
     assert re.search(r"^  quixstreams  [\d,]+ · [\d,]+ codes/s; tracewatch × \d+\.\d\d · "
-                     r"\d+\.\d\d$", table, re.MULTILINE), table
+                     r"\d+\.\d\d; CPU µs a code \d+\.\d · \d+\.\d$", table, re.MULTILINE), table
+    # Each contender's CPU a code, and where tracewatch's went (its worker, its Redis).
+    assert re.search(r"^tracewatch +[\d,]+ +\d+\.\d\d +[\d,]+ +\d+\.\d ", table,
+                     re.MULTILINE), table
+    assert re.search(r"^\(tracewatch's worker, seconds by step after its first batch: .*route "
+                     r"\d+\.\d\d.*; \d+\.\d\d in all, against \d+\.\d\d s judging\)$", table,
+                     re.MULTILINE), table
+    assert re.search(r"tracewatch's worker \d+\.\d\d s, its Redis \d+\.\d\d s "
+                     r"\(\d+\.\d µs a code\)\)$", table, re.MULTILINE), table
     assert (tmp_path / "bench" / "quixstreams.round2.report.json").is_file()
     # The latency samples are kept for a look at their spread.
     assert (tmp_path / "bench" / "latency.csv").read_text().count("\n") > 1

@@ -208,6 +208,7 @@ def test_peer_handles_every_code_and_raises_the_planted_alerts(
     assert result["codes"] == work.codes, log
     assert result["alerts"] == work.expected_alerts, log
     assert 0 < result["first"] <= result["done"] and result["rss_mb"] > 0
+    assert result["cpu_s"] > 0  # the bench's CPU a code
     alerts = consume_all(broker.bootstrap, output, timeout_s=5.0, expect=work.expected_alerts)
     rules = Counter(orjson.loads(record.value or b"{}")["rule"] for record in alerts)
     assert rules == expected(work)
