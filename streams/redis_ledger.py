@@ -397,11 +397,20 @@ Slot = tuple[int, bytes]
 """(bucket, field) of a key in a bucketed table."""
 
 SlotsOf = Callable[[Iterable[str], int], tuple[list[int], list[bytes]]]
+
+
+@dataclass(slots=True)
+class _Loaded:
+    """What a load looked up, for the write that follows it: each item's slot, and the
+    items found absent or inline (their write needs no look for an overflow copy)."""
+
+    slots: dict[str, Slot]
+    inline: set[str]
 """The buckets and fields of many keys in ``2**bits`` buckets (``codec.code_slots``,
 :func:`_digest_slots`)."""
 
 
-def _slots_of(keys: Iterable[str], known: Mapping[str, Slot],
+def _slots_of(keys: Iterable[str], known: dict[str, Slot],
               slot_of: Callable[[str, int], Slot], bits: int) -> tuple[list[int], list[bytes]]:
     """The buckets and fields of keys: from ``known`` (a load's, for the store that follows
     it: a slot is a function of its key, so a key not there is only computed), else
@@ -895,11 +904,13 @@ class RedisLedger:
         self._ahead_sent: list[_AheadLoad] = []
         self._in_flight = False
         self._expiries = _Expiries()
-        # Codes and person keys the last load found absent or inline, with their slots: their
-        # writes need not look for an overflow copy (each writer loads before it stores), nor
-        # compute the slots again. The routing keys of the last recall, for its commit.
-        self._inline_codes: dict[str, Slot] = {}
-        self._inline_persons: dict[str, Slot] = {}
+        # The slots of the codes and person keys the last load looked up, not to compute them
+        # again for the write that follows (a digest or a GS1 code's slot costs a hash), and
+        # those it found absent or inline: their writes need not look for an overflow copy
+        # (each writer loads before it stores). The routing keys of the last recall, for its
+        # commit.
+        self._loaded_codes: _Loaded = _Loaded({}, set())
+        self._loaded_persons: _Loaded = _Loaded({}, set())
         self._routing_slots: dict[str, Slot] = {}
         self._sale_slots: dict[str, Slot] = {}
         self._warned_spills: set[str] = set()
@@ -1048,14 +1059,17 @@ class RedisLedger:
         day = int((time.time() + self._clock_offset) // DAY_SECONDS)
         return _Writes(self.inline_limit, self._expiries, day)
 
-    def _inline_of(self, items: Sequence[str], raw: Mapping[str, bytes],
-                   buckets: Sequence[int], fields: Sequence[bytes]) -> dict[str, Slot]:
-        """The items whose value was absent or short enough for its bucket, with their slots."""
+    def _note_slots(self, loaded: _Loaded, items: Sequence[str], raw: dict[str, bytes],
+                    buckets: Sequence[int], fields: Sequence[bytes]) -> None:
+        """Add the slots of looked-up items to ``loaded``, and to its inline ones those
+        whose value was absent or short enough for its bucket."""
         limit = self.inline_limit
-        get = raw.get
-        return {item: (bucket, field)
-                for item, bucket, field in zip(items, buckets, fields, strict=True)
-                if len(get(item, b"")) <= limit}
+        slots, inline = loaded.slots, loaded.inline
+        for item, bucket, field in zip(items, buckets, fields, strict=True):
+            slots[item] = (bucket, field)
+            value = raw.get(item)
+            if value is None or len(value) <= limit:
+                inline.add(item)
 
     def _send_load(self, keys: list[str], overflow: bool, numbers: list[int],
                    fields: list[bytes], channel: _ScriptChannel | None = None,
@@ -1203,7 +1217,7 @@ class RedisLedger:
 
     def load_codes(self, codes: Collection[str]) -> dict[str, CodeState]:
         """States of the given codes that exist; absent codes are left out."""
-        raw, self._inline_codes = self._load_family(KEY_CODES, list(codes))
+        raw, self._loaded_codes = self._load_family(KEY_CODES, list(codes))
         states = self._with_dictionary(raw.items(), codec.unpack_code_state)
         return {code: states[code] for code in raw}
 
@@ -1229,17 +1243,17 @@ class RedisLedger:
         return self._persons, _digest_slots, self.person_bits
 
     def _load_family(self, family: str, wanted: list[str],
-                     ) -> tuple[dict[str, bytes], dict[str, Slot]]:
+                     ) -> tuple[dict[str, bytes], _Loaded]:
         """The values present of ``wanted`` items of ``family`` (codes or person keys), and
-        the slots of those absent or inline: from a load sent ahead, else asked now."""
-        raw, inline, rest = self._read_ahead(family, wanted)
+        their slots: from a load sent ahead, else asked now."""
+        raw, loaded, rest = self._read_ahead(family, wanted)
         if rest:
             table, slots_of, bits = self._family(family)
             buckets, fields = slots_of(rest, bits)
             found = self._load_map(table, rest, buckets, fields)
             raw.update(found)
-            inline.update(self._inline_of(rest, found, buckets, fields))
-        return raw, inline
+            self._note_slots(loaded, rest, found, buckets, fields)
+        return raw, loaded
 
     def _send_ahead(self) -> None:
         """Send the expected loads (after the recall, so as not to delay it)."""
@@ -1261,12 +1275,13 @@ class RedisLedger:
             self._ahead_sent.clear()
 
     def _read_ahead(self, family: str, wanted: list[str],
-                    ) -> tuple[dict[str, bytes], dict[str, Slot], list[str]]:
-        """What a load sent ahead found of ``wanted``: the values present, the slots of those
-        absent or inline, and the wanted items it did not ask for (all of them when no load
-        of ``family`` is in flight)."""
+                    ) -> tuple[dict[str, bytes], _Loaded, list[str]]:
+        """What a load sent ahead found of ``wanted``: the values present, the slots, and
+        the wanted items it did not ask for (all of them when no load of ``family`` is in
+        flight)."""
         raw: dict[str, bytes] = {}
-        inline: dict[str, Slot] = {}
+        loaded = _Loaded({}, set())
+        slots, inline = loaded.slots, loaded.inline
         load: _AheadLoad | None = None
         values: list[bytes | None] = []
         try:
@@ -1280,9 +1295,9 @@ class RedisLedger:
             log.debug("reading loads sent ahead failed (%s); loading again", error)
             self._ahead.reset()
             self._ahead_sent.clear()
-            return raw, inline, wanted
+            return raw, loaded, wanted
         if load is None:
-            return raw, inline, wanted
+            return raw, loaded, wanted
         limit = self.inline_limit
         found: dict[str, tuple[int, bytes, bytes | None]] = {
             item: (bucket, field, value)
@@ -1294,14 +1309,15 @@ class RedisLedger:
             if hit is None:
                 rest.append(item)
                 continue
+            slots[item] = (hit[0], hit[1])
             value = hit[2]
             if value is None:
-                inline[item] = (hit[0], hit[1])
+                inline.add(item)
             else:
                 raw[item] = value
                 if len(value) <= limit:
-                    inline[item] = (hit[0], hit[1])
-        return raw, inline, rest
+                    inline.add(item)
+        return raw, loaded, rest
 
     def _drop_ahead(self) -> None:
         """Forget the loads sent ahead (their replies are read and dropped)."""
@@ -1364,9 +1380,10 @@ class RedisLedger:
                        [b"%d" % (serial & 0xFF) for serial in serials], shared,
                        [True] * len(serials), push_always=True)
         codes = list(states)
-        inline = self._inline_codes
+        loaded = self._loaded_codes
+        inline = loaded.inline
         writes.run(self._codes.bucket, self._codes.overflow, self.retention_seconds,
-                   *_slots_of(codes, inline, self._code_slot, self.code_bits),
+                   *_slots_of(codes, loaded.slots, self._code_slot, self.code_bits),
                    [packed.get(code) for code in codes], [code in inline for code in codes])
         self._write(writes)
 
@@ -1484,7 +1501,7 @@ class RedisLedger:
 
     def load_persons(self, keys: Collection[str]) -> dict[str, PersonState]:
         """Hoarding states of (person, drug) keys that exist."""
-        raw, self._inline_persons = self._load_family(KEY_PERSONS, list(keys))
+        raw, self._loaded_persons = self._load_family(KEY_PERSONS, list(keys))
         states = self._with_dictionary(raw.items(), codec.unpack_person_state)
         return {key: states[key] for key in raw}
 
@@ -1495,14 +1512,15 @@ class RedisLedger:
             codec.pack_person_state,
         )
         keys = list(states)
-        inline = self._inline_persons
+        loaded = self._loaded_persons
+        inline = loaded.inline
         writes = self._writes()
         # Whole: most person states are long (a purchase each, ~260 bytes in the bench), and
         # in pieces they took as much memory in a listpack as whole in the hash-table encoding
         # (0.9 % less at 10 million codes) for 40 % more of Redis's time in this call
         # (BENCHMARKS.md "Twenty-first session").
         writes.run(self._persons.bucket, self._persons.overflow, self.person_seconds,
-                   *_slots_of(keys, inline, _digest_slot, self.person_bits),
+                   *_slots_of(keys, loaded.slots, _digest_slot, self.person_bits),
                    [packed.get(key) for key in keys], [key in inline for key in keys],
                    pieces=False)
         self._write(writes)

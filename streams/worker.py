@@ -335,21 +335,25 @@ class CycleCollector:
     A batch builds tens of thousands of objects that live until it ends and are then freed
     by reference counting. The automatic collector, set off by allocations, walked them
     again and again in the middle of a batch: 8-10 % of the worker's CPU on a backlog
-    (py-spy). Here it is off while the worker runs; the loop collects the young generation
-    after each batch (cheap: the batch's objects are gone by then), the middle generation
-    every ``middle_every`` batches, everything every ``full_every_s`` seconds (what survives
-    is mostly the caches' entries, which the collector does not track: a full pass took
-    under 25 ms in a soak), and when idle the young generation at most once a second.
+    (py-spy). Here it is off while the worker runs; the loop collects the middle generation
+    (and the young with it) every ``middle_every`` batches, the young generation alone after
+    a batch only when it holds ``young_limit`` objects or more, everything every
+    ``full_every_s`` seconds (what survives is mostly the caches' entries, which the
+    collector does not track: a full pass took under 25 ms in a soak), and when idle the
+    young generation at most once a second. A young pass after every batch walked what the
+    batch left alive, the next batch's parsed input mostly, dead a batch later: 4 % of the
+    worker's CPU in the bench, a third of that with the limit (BENCHMARKS.md).
     ``observe`` gets each collection's seconds. With a :class:`GlibcHeap`, its thresholds are
     set at the start and a full collection trims it.
     """
 
     def __init__(self, observe: Callable[[float], None], middle_every: int = 32,
                  full_every_s: float = 60.0, idle_every_s: float = 1.0,
-                 heap: GlibcHeap | None = None) -> None:
+                 heap: GlibcHeap | None = None, young_limit: int = 100_000) -> None:
         self._observe = observe
         self._heap = heap
         self._middle_every = middle_every
+        self._young_limit = young_limit
         self._full_every_s = full_every_s
         self._idle_every_s = idle_every_s
         self._batches = 0
@@ -372,14 +376,19 @@ class CycleCollector:
             gc.enable()
 
     def after_batch(self) -> None:
-        """Collect after a batch: young always, middle now and then, all every few minutes."""
+        """Collect after a batch: the middle generation now and then, the young one when it
+        holds many objects, all every minute."""
         self._batches += 1
         now = time.monotonic()
         if now - self._last_full >= self._full_every_s:
             generation = 2
             self._last_full = now
+        elif self._batches % self._middle_every == 0:
+            generation = 1
+        elif gc.get_count()[0] >= self._young_limit:  # allocations less deallocations
+            generation = 0
         else:
-            generation = 1 if self._batches % self._middle_every == 0 else 0
+            return
         self._collect(generation, now)
 
     def idle(self) -> None:
