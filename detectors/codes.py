@@ -200,17 +200,29 @@ def normalise(raw: str) -> NormalisedCode:
     return _box(CodeKind.ENTERPRISE, text, None)
 
 
+def _canonical_gs1(raw: str) -> bool:
+    """Whether ``raw`` is ``(01)GTIN(21)SERIAL`` as :func:`normalise` writes a GS1 code, so
+    that it normalises to itself: a valid GTIN-14, and a serial of ASCII letters and digits
+    (nothing to strip, no other bracketed element). A third of the cost of ``normalise``."""
+    return (len(raw) > 22 and raw[:4] == "(01)" and raw[18:22] == "(21)" and raw.isascii()
+            and raw[4:18].isdigit() and raw[22:].isalnum() and gs1_check_digit_ok(raw[4:18]))
+
+
 def box_codes(raws: Sequence[str]) -> tuple[list[str], int]:
     """The identities of the raw codes that name a box, in order, and how many do not.
 
     The same as keeping ``normalise(raw).code`` of the trackable ones. A bare 20-digit
     码上放心 code — two thirds of what pharmacies upload — is its own identity and is taken
-    as it is, without a call.
+    as it is, without a call; so is a GS1 code already in its canonical form (see
+    :func:`_canonical_gs1`).
     """
     codes: list[str] = []
     rejected = 0
     for raw in raws:
         if len(raw) == 20 and raw.isascii() and raw.isdigit():
+            codes.append(raw)
+            continue
+        if _canonical_gs1(raw):
             codes.append(raw)
             continue
         code = normalise(raw)

@@ -63,3 +63,31 @@ def test_box_codes_keep_what_normalise_calls_a_box() -> None:
     raws += ["٠" * 20, "83857930123456780001" * 2, "8385793012345678000"]
     expected = [normalise(raw).code for raw in raws if normalise(raw).trackable]
     assert box_codes(raws) == (expected, len(raws) - len(expected))
+
+
+def test_box_codes_take_canonical_gs1_codes_as_normalise_does() -> None:
+    """The shortcut for a GS1 code already canonical agrees with normalise, at its edges."""
+    import random
+
+    from detectors.codes import _canonical_gs1
+
+    gtins = ["06912345678906", "06912345678907", "6912345678906", "0691234567890６",
+             "00000000000000", "4006381333931X"]
+    serials = ["A000123456", "", "a1", "A 1", "A1 ", " A1", "A(1", "A1\x1d", "\x1dA1", "Ａ1",
+               "x" * 40, "12345678901234567890", "A-1", "é1", "A1\n"]
+    raws = [f"(01){gtin}(21){serial}" for gtin in gtins for serial in serials]
+    raws += ["(01)06912345678906(21)A1(17)250101", "(01)06912345678906(10)A1",
+             "]d2(01)06912345678906(21)A1", "(01)06912345678906(21)A1 ",
+             " (01)06912345678906(21)A1", "(01)06912345678906(22)A1",
+             "(01)06912345678906 (21)A1"]
+    rng = random.Random(5)
+    alphabet = "0123456789ABCxyz()-_ \x1d"
+    for _ in range(3000):
+        serial = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+        gtin = "".join(rng.choice("0123456789") for _ in range(14))
+        raws.append(f"(01){gtin}(21){serial}")
+    for raw in raws:
+        code = normalise(raw)
+        assert box_codes([raw]) == (([code.code], 0) if code.trackable else ([], 1)), raw
+    assert sum(map(_canonical_gs1, raws)) > 50  # the shortcut was taken, and not always
+    assert sum(map(_canonical_gs1, raws)) < len(raws) / 2
