@@ -1066,9 +1066,15 @@ def code_slot(code: str, bucket_bits: int, packed_fields: bool = False) -> tuple
     return bucket, bytes([_FIELD_DIGEST]) + hashlib.blake2b(raw, digest_size=16).digest()
 
 
+_BLAKE2B_8: Final = hashlib.blake2b(digest_size=8)
+"""An empty 8-byte BLAKE2b, copied for each code hashed (see :func:`_hash_bucket`)."""
+
+
 def _hash_bucket(raw: bytes, bucket_bits: int) -> int:
     """The bucket of a code that is not 20 digits: the top bits of its hash."""
-    digest = hashlib.blake2b(raw, digest_size=8).digest()
+    hasher = _BLAKE2B_8.copy()  # a copy: cheaper than a new hash given its size by keyword
+    hasher.update(raw)
+    digest = hasher.digest()
     if bucket_bits <= 32:  # always, but for ledgers of billions of buckets
         # librt's reader is native when compiled; int.from_bytes is a Python call there.
         return (int(read_i32_be(digest, 0)) & 0xFFFF_FFFF) >> (32 - bucket_bits)

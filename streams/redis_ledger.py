@@ -373,9 +373,16 @@ def _redact(url: str) -> str:
     return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", url)
 
 
+_BLAKE2B_12: Final = hashlib.blake2b(digest_size=12)
+"""An empty 12-byte BLAKE2b, copied for each key hashed: a copy costs less than a new hash
+given its size by keyword (in compiled code, a call with a keyword builds a dict)."""
+
+
 def _digest_slot(text: str, bits: int) -> tuple[int, bytes]:
     """(bucket, 8-byte field) of a key stored under its digest (96 bits in all)."""
-    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=12).digest()
+    hasher = _BLAKE2B_12.copy()
+    hasher.update(text.encode("utf-8", "surrogatepass"))
+    digest = hasher.digest()
     return (int(read_i32_be(digest, 8)) & 0xFFFF_FFFF) >> (32 - bits), digest[:8]
 
 
@@ -384,9 +391,11 @@ def _digest_slots(texts: Iterable[str], bits: int) -> tuple[list[int], list[byte
     buckets: list[int] = []
     fields: list[bytes] = []
     shift = 32 - bits
-    blake2b = hashlib.blake2b
+    empty = _BLAKE2B_12
     for text in texts:
-        digest = blake2b(text.encode("utf-8", "surrogatepass"), digest_size=12).digest()
+        hasher = empty.copy()
+        hasher.update(text.encode("utf-8", "surrogatepass"))
+        digest = hasher.digest()
         # librt's reader is native when compiled; int.from_bytes is a Python call there.
         buckets.append((int(read_i32_be(digest, 8)) & 0xFFFF_FFFF) >> shift)
         fields.append(digest[:8])
