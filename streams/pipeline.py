@@ -8,6 +8,8 @@ pure detectors:
    :meth:`Pipeline.commit_routing`, which the worker calls only after the batch's output was
    produced, so a crash replays the batch instead of losing it. A ledger that can
    (``reads_ahead``) is first told what the later stages will load, to look it up meanwhile.
+   :meth:`Pipeline.prepare_route` works out beforehand what of that takes no ledger state
+   (the worker calls it while Redis applies the last batch's writes).
 2. :meth:`Pipeline.apply_codes` — per-code events → code alerts and person events; one load
    and one store of ledger entries per batch.
 3. :meth:`Pipeline.apply_persons` — person events → HOARDING alerts.
@@ -18,7 +20,7 @@ in the order they are raised.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Final, cast
 
@@ -85,6 +87,20 @@ class RouteResult:
 
 
 @dataclass(slots=True)
+class _PreparedRoute:
+    """What :meth:`Pipeline.prepare_route` worked out for routing ``messages``: their record
+    keys ("" where none), msgids and records to recall, each message's boxes, and the
+    loads of the later stages (None for a ledger that does not read ahead)."""
+
+    messages: Sequence[tuple[int, Message]]
+    keys: list[str]
+    msgids: set[str]
+    records: set[str]
+    boxes: list[tuple[list[str], int] | None]
+    loads: tuple[set[str], set[str]] | None
+
+
+@dataclass(slots=True)
 class CodeResult:
     """Alerts and person events of a batch of code events, and events for other writers."""
 
@@ -116,6 +132,9 @@ class Pipeline:
         self.ledger = ledger
         self.config = config
         self.reads_ahead: bool = getattr(ledger, "reads_ahead", False)
+        self._prepare_recall: Callable[[Collection[str], Collection[str]], None] | None = (
+            getattr(ledger, "prepare_recall", None))
+        self._prepared: _PreparedRoute | None = None
 
     # ------------------------------------------------------------------ stage 1: route
 
@@ -132,6 +151,13 @@ class Pipeline:
         their whole-box sales, those this writer owns (``owns_code``, ``owns_person``;
         everything by default).
         """
+        prepared, self._prepared = self._prepared, None
+        if prepared is not None and prepared.messages is messages:
+            loads = prepared.loads
+            if loads is not None:
+                self.ledger.expect(lambda: loads)
+            return self._route(messages, sightings=False, boxes=prepared.boxes,
+                               prepared=prepared)
         # Each message's boxes, listed for the loads and kept for routing it (a GS1 code
         # normalises in ~2 µs): filled, in the messages' order, during the recall.
         boxes: list[tuple[list[str], int] | None] = []
@@ -141,8 +167,33 @@ class Pipeline:
                 lambda: _expected_loads(messages, owns_code, owns_person, boxes))
         return self._route(messages, sightings=False, boxes=boxes)
 
+    def prepare_route(
+        self,
+        messages: Sequence[tuple[int, Message]],
+        owns_code: Callable[[str], bool] | None = None,
+        owns_person: Callable[[str], bool] | None = None,
+    ) -> None:
+        """Work out what :meth:`route` of these same ``messages`` (the same list) will need
+        and takes no ledger state: their boxes and record keys, the loads it announces, and
+        the ledger's digests of its recall (``prepare_recall``, where the ledger has one).
+
+        Called while the ledger is busy with the last batch's writes (the worker waits for
+        them before routing: a recall must see them), it fills a wait; ``route`` then does
+        only what needs the ledger's answers. ``route`` of other messages ignores it.
+        """
+        keys = _record_keys(messages)
+        msgids = {m.msgid for _, m in messages}
+        records = {key for key in keys if key}
+        boxes: list[tuple[list[str], int] | None] = []
+        loads = (_expected_loads(messages, owns_code, owns_person, boxes) if self.reads_ahead
+                 else None)
+        if self._prepare_recall is not None:
+            self._prepare_recall(msgids, records)
+        self._prepared = _PreparedRoute(messages, keys, msgids, records, boxes, loads)
+
     def _route(self, messages: Sequence[tuple[int, Message]], sightings: bool,
-               boxes: Sequence[tuple[list[str], int] | None] = ()) -> RouteResult:
+               boxes: Sequence[tuple[list[str], int] | None] = (),
+               prepared: _PreparedRoute | None = None) -> RouteResult:
         ledger = self.ledger
         config = self.config
         result = RouteResult()
@@ -150,13 +201,16 @@ class Pipeline:
         msgids, records_added, records_removed, sales = (
             commit.msgids, commit.records_added, commit.records_removed, commit.sales)
         events, work, alerts = result.events, result.work, result.alerts
-        keys = [
-            record_key(m.fixmedins_code, m.infno, m.bchno) if m.infno in CODE_INFNOS else ""
-            for _, m in messages
-        ]
+        if prepared is None:
+            keys = _record_keys(messages)
+            recalled_msgids = {m.msgid for _, m in messages}
+            recalled_records = {key for key in keys if key}
+        else:
+            keys, recalled_msgids, recalled_records = (
+                prepared.keys, prepared.msgids, prepared.records)
         seen_msgids, seen_records, known_sales = ledger.recall_routing(
-            {m.msgid for _, m in messages},
-            {key for key in keys if key},
+            recalled_msgids,
+            recalled_records,
             {sale_key(m.fixmedins_code, m.bchno)
              for _, m in messages if m.infno == DELETE and m.delete_type == DELETE_SALE_TYPE},
         )
@@ -388,6 +442,14 @@ class Pipeline:
         alerts = routed.alerts + code_alerts + persons.alerts
         alerts.sort(key=lambda alert: alert.seq)
         return alerts
+
+
+def _record_keys(messages: Sequence[tuple[int, Message]]) -> list[str]:
+    """The record key of each message that lists codes, "" for the others."""
+    return [
+        record_key(m.fixmedins_code, m.infno, m.bchno) if m.infno in CODE_INFNOS else ""
+        for _, m in messages
+    ]
 
 
 def _expected_loads(

@@ -921,6 +921,7 @@ class RedisLedger:
         self._loaded_codes: _Loaded = _Loaded({}, set())
         self._loaded_persons: _Loaded = _Loaded({}, set())
         self._routing_slots: dict[str, Slot] = {}
+        self._prepared_slots: dict[str, Slot] = {}  # of the next recall (prepare_recall)
         self._sale_slots: dict[str, Slot] = {}
         self._warned_spills: set[str] = set()
         self._sweep_script = scripts["sweep"]
@@ -1408,7 +1409,9 @@ class RedisLedger:
         if not texts:
             return 0
         current, _ = self._slice()
-        buckets, digests = _digest_slots(texts, self.aux_bits)
+        prepared = self._prepared_slots
+        buckets, digests = (_slots_of(texts, prepared, _digest_slot, self.aux_bits) if prepared
+                            else _digest_slots(texts, self.aux_bits))
         self._routing_slots.update(zip(texts, zip(buckets, digests, strict=True), strict=True))
         numbers, distinct = _numbered(buckets)
         count = len(distinct)
@@ -1430,14 +1433,26 @@ class RedisLedger:
         """Codes listed by the sales with these keys."""
         return self.recall_routing((), (), keys)[2]
 
+    def prepare_recall(self, msgids: Collection[str], records: Collection[str]) -> None:
+        """Work out the digests of the msgids and record keys of the next
+        :meth:`recall_routing` (texts it does not name are worked out then), so that it sends
+        its lookups at once: the worker calls this while Redis applies the last batch's
+        writes, which it waits for before recalling."""
+        buckets, digests = _digest_slots(chain(msgids, records), self.aux_bits)
+        self._prepared_slots = dict(zip(chain(msgids, records),
+                                        zip(buckets, digests, strict=True), strict=True))
+
     def recall_routing(
         self, msgids: Collection[str], records: Collection[str], sales: Collection[str],
     ) -> tuple[set[str], set[str], dict[str, tuple[str, ...]]]:
         """``seen_messages``, ``seen_records`` and ``sale_codes`` in one round trip."""
         msgid_list, record_list, sale_list = list(msgids), list(records), list(sales)
         self._routing_slots = {}
-        sent_msgids = self._send_seen(KEY_MSGIDS, msgid_list)
-        sent_records = self._send_seen(KEY_RECORDS, record_list)
+        try:
+            sent_msgids = self._send_seen(KEY_MSGIDS, msgid_list)
+            sent_records = self._send_seen(KEY_RECORDS, record_list)
+        finally:
+            self._prepared_slots = {}
         sale_buckets, sale_fields = _digest_slots(sale_list, self.sale_bits)
         self._sale_slots = dict(zip(sale_list, zip(sale_buckets, sale_fields, strict=True),
                                     strict=True))

@@ -41,6 +41,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -275,6 +276,22 @@ class _Handoff:
         self.codes_arrived_ms = 0
         self.persons: list[PersonEvent] = []
         self.persons_arrived_ms = 0
+
+
+@dataclass(slots=True)
+class _ToRoute:
+    """A batch's released input, ready to route: its ``records`` count, the messages (with
+    their numbers in the batch), the bad input for the dead-letter topic, the earliest
+    arrival (ms), which codes and people this worker's later stages own (None: all), and
+    the seconds its preparation took (part of the route step's)."""
+
+    records: int
+    messages: list[tuple[int, Message]]
+    bad: list[tuple[ConsumerRecord[bytes, bytes], Exception]]
+    arrived_ms: int
+    owns_code: Callable[[str], bool] | None
+    owns_person: Callable[[str], bool] | None
+    prepared_seconds: float
 
 
 class GlibcHeap:
@@ -664,8 +681,6 @@ class Worker:
                 persons.extend(records)
             offsets[tp] = records[-1].offset + 1
         self.metrics.batch_seconds.labels("parse").observe(time.perf_counter() - started)
-        # The last batch's writes were applied by Redis while the fetch above was parsed.
-        await self._settle()
         behind = await self._input_behind()
         now = time.monotonic()
         if not behind or not len(self._input):
@@ -685,8 +700,13 @@ class Worker:
         sends: list[asyncio.Future[Any]] = []
         writes: list[tuple[str, Callable[[], None]]] = []
         stages = _Handoff(self._owned(s.topic_codes), self._owned(s.topic_persons))
-        if released:
-            await self._route([parsed for _, parsed in released], stages, sends, writes)
+        to_route = (self._prepare_route([parsed for _, parsed in released], stages)
+                    if released else None)
+        # The last batch's writes were applied by Redis while the fetch above was parsed and
+        # this batch's routing prepared: routing recalls what they wrote.
+        await self._settle()
+        if to_route is not None:
+            await self._route(to_route, stages, sends, writes)
         if codes or stages.codes:
             await self._apply_codes(codes, stages, sends, writes)
         if persons or stages.persons:
@@ -808,19 +828,17 @@ class Worker:
 
     # ------------------------------------------------------------------ stage 1
 
-    async def _route(self, parsed: Sequence[Parsed], stages: _Handoff,
-                     sends: list[asyncio.Future[Any]],
-                     writes: list[tuple[str, Callable[[], None]]]) -> None:
+    def _prepare_route(self, parsed: Sequence[Parsed], stages: _Handoff) -> _ToRoute:
+        """The released input split into messages and bad input, with what routing the
+        messages needs worked out ahead (:meth:`Pipeline.prepare_route`: no ledger call)."""
         started = time.perf_counter()
         messages: list[tuple[int, Message]] = []
-        arrived_ms = min(record.timestamp for record, _ in parsed)
+        bad: list[tuple[ConsumerRecord[bytes, bytes], Exception]] = []
         for number, (record, outcome) in enumerate(parsed):
             if isinstance(outcome, Exception):
-                sends.append(await self._dead_letter(record, outcome))
+                bad.append((record, outcome))
             else:
                 messages.append((number, outcome))
-                if outcome.time > self.latest_time:
-                    self.latest_time = outcome.time
         partitions = self.settings.partitions
         owned_codes, owned_persons = stages.code_partitions, stages.person_partitions
         # What this worker's later stages will load is looked up while it routes; the boxes
@@ -829,15 +847,33 @@ class Worker:
                      lambda code: self._code_partition_of(code) in owned_codes)
         owns_person = (None if len(owned_persons) >= partitions else
                        lambda psn: _person_partition(psn, partitions) in owned_persons)
+        self.pipeline.prepare_route(messages, owns_code, owns_person)
+        arrived_ms = min(record.timestamp for record, _ in parsed)
+        return _ToRoute(len(parsed), messages, bad, arrived_ms, owns_code, owns_person,
+                        time.perf_counter() - started)
+
+    async def _route(self, to_route: _ToRoute, stages: _Handoff,
+                     sends: list[asyncio.Future[Any]],
+                     writes: list[tuple[str, Callable[[], None]]]) -> None:
+        started = time.perf_counter()
+        messages, arrived_ms = to_route.messages, to_route.arrived_ms
+        for record, error in to_route.bad:
+            sends.append(await self._dead_letter(record, error))
+        for _, message in messages:
+            if message.time > self.latest_time:
+                self.latest_time = message.time
+        # The same list of messages as prepared: routing uses what was worked out for it.
         routed = await self._retry(
-            "route", partial(self.pipeline.route, messages, owns_code, owns_person))
+            "route", partial(self.pipeline.route, messages, to_route.owns_code,
+                             to_route.owns_person))
         await self._send_code_events(routed.events, arrived_ms, stages, sends)
         await self._send_alerts(routed.alerts, arrived_ms, sends)
         writes.append(("commit routing", partial(self.pipeline.commit_routing, routed.commit)))
         self._count_messages(messages, routed.duplicates)
         self.metrics.codes.labels("invalid").inc(routed.codes_rejected)
-        self.metrics.batch_seconds.labels("route").observe(time.perf_counter() - started)
-        self.metrics.batch_size.labels("route").observe(len(parsed))
+        self.metrics.batch_seconds.labels("route").observe(
+            time.perf_counter() - started + to_route.prepared_seconds)
+        self.metrics.batch_size.labels("route").observe(to_route.records)
 
     async def _dead_letter(self, record: ConsumerRecord[bytes, bytes],
                            error: Exception) -> asyncio.Future[Any]:

@@ -11,6 +11,7 @@ import re
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import replace
 from importlib import resources
 from pathlib import Path
@@ -430,34 +431,65 @@ def test_pipeline_raises_the_same_alerts_as_with_memory_ledger(
     assert _alerts(Pipeline(ledger, config), messages, one_by_one) == []
 
 
-def _in_stages(pipeline: Pipeline, messages: list[Any], size: int) -> list[Any]:
-    """The worker's order: route, codes and persons of a batch, then its writes."""
+def _in_stages(pipeline: Pipeline, messages: list[Any], size: int,
+               prepare: str = "no") -> list[Any]:
+    """The worker's order: route, codes and persons of a batch, then its writes. With
+    ``prepare`` "yes", each batch's routing is prepared while the last batch's writes are in
+    flight, as the worker does; "other": a copy of the batch is (which routing ignores)."""
     alerts = []
-    for start in range(0, len(messages), size):
-        routed = pipeline.route(messages[start:start + size])
+    batches = [messages[start:start + size] for start in range(0, len(messages), size)]
+    ledger = pipeline.ledger
+    in_flight = prepare != "no" and isinstance(ledger, RedisLedger)
+    for batch in batches:
+        if prepare != "no":
+            pipeline.prepare_route(batch if prepare == "yes" else list(batch))
+        if in_flight:
+            cast(RedisLedger, ledger).confirm_writes()
+        routed = pipeline.route(batch)
         codes = pipeline.apply_codes(routed.events, store=False)
         persons = pipeline.apply_persons(codes.person_events, store=False)
         alerts += routed.alerts + codes.alerts + persons.alerts
-        pipeline.store_persons(persons)
-        pipeline.store_codes(codes)
-        pipeline.commit_routing(routed.commit)
+        with (cast(RedisLedger, ledger).writes_in_flight(confirm=False) if in_flight
+              else nullcontext()):
+            pipeline.store_persons(persons)
+            pipeline.store_codes(codes)
+            pipeline.commit_routing(routed.commit)
+    if in_flight:
+        cast(RedisLedger, ledger).confirm_writes()
     return sorted((alert.to_dict("x") for alert in alerts), key=lambda a: a["alert_id"])
 
 
+@pytest.mark.parametrize("prepare", ["no", "yes", "other"])
 @pytest.mark.parametrize("size", [1, 5, 1000], ids=["by-message", "batches-of-5", "one-batch"])
 @pytest.mark.parametrize("log,catalog", LOGS, ids=[f"{p.parent.name}/{p.stem}" for p, _ in LOGS])
 def test_the_workers_stages_with_loads_sent_ahead_raise_what_memory_raises(
-    make: Callable[..., RedisLedger], log: Path, catalog: Path, size: int
+    make: Callable[..., RedisLedger], log: Path, catalog: Path, size: int, prepare: str
 ) -> None:
     """Routing tells the Redis ledger what the batch will load, and its loads are answered
-    from what was read ahead; the alerts are those of the memory ledger."""
+    from what was read ahead; prepared ahead (or a routing prepared for other messages) or
+    not, the alerts are those of the memory ledger."""
     config = RuleConfig(catalog=load_catalog(catalog))
     messages = [(number, parse(orjson.loads(line), b"k"))
                 for number, line in enumerate(log.read_bytes().splitlines(), start=1)
                 if line.strip()]
     expected = _in_stages(Pipeline(MemoryLedger(), config), messages, size)
+    assert _in_stages(Pipeline(MemoryLedger(), config), messages, size, prepare) == expected
     ledger = make()
-    assert _in_stages(Pipeline(ledger, config), messages, size) == expected
+    assert _in_stages(Pipeline(ledger, config), messages, size, prepare) == expected
+
+
+def test_a_prepared_recall_finds_what_an_unprepared_one_finds(
+        make: Callable[..., RedisLedger]) -> None:
+    """Digests worked out ahead serve the recall of the texts they were worked out for;
+    texts not prepared are worked out then; a recall uses a preparation once."""
+    ledger = make()
+    ledger.commit_routing({"M1", "M2"}, {"R1"}, set(), {})
+    ledger.prepare_recall({"M1", "M3"}, {"R1", "R2"})
+    assert ledger.recall_routing({"M1", "M2", "M4"}, {"R1", "R3"}, set())[:2] == (
+        {"M1", "M2"}, {"R1"})
+    ledger.prepare_recall({"M9"}, set())
+    assert ledger.recall_routing({"M2"}, {"R1"}, set())[:2] == ({"M2"}, {"R1"})
+    assert ledger.recall_routing({"M3", "M9"}, {"R2"}, set())[:2] == (set(), set())
 
 
 def test_routing_announces_the_boxes_and_people_the_batch_will_load() -> None:
