@@ -573,6 +573,12 @@ class Worker:
                     collector.idle()
                     continue
                 seconds.labels("fetch").observe(time.perf_counter() - started)
+                # aiokafka's fetch task runs only when this one awaits: a few turns of the loop
+                # now let it ask for the next records before the batch's long stretch of CPU,
+                # so they are there at the next getmany (its wait: 0.9-1.05 s → 0.6-0.8 s of a
+                # bench round; BENCHMARKS.md "Twenty-sixth session").
+                for _ in range(3):
+                    await asyncio.sleep(0)
                 async with self._batch_lock:
                     offsets = await self._handle(batch)
                     if offsets:  # else the batch waits for its writes (see _settle)
