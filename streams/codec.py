@@ -993,6 +993,7 @@ _NARROW_SPAN: Final = 10**19
 _NARROW_MIX: Final = 6_180_339_887_498_948_483  # about 10**19 / golden ratio, prime to 10
 _NARROW_UNMIX: Final = pow(_NARROW_MIX, -1, _NARROW_SPAN)
 _FIELD_PADDED: Final = 0x85  # this byte + a field of another form as code_slot(packed) makes it
+_PADDED_PREFIX: Final = bytes((_FIELD_PADDED,))  # built once: bytes(...) is a Python call
 # Interned fields (code_fields=interned, layout 5): narrow fields, and a GS1 code's GTIN (6
 # bytes) by its id in the ledger's GTIN dictionary (1 to 3 bytes: a GTIN names a product,
 # of which there are tens of thousands, against billions of boxes).
@@ -1015,16 +1016,14 @@ def code20_field_size(bucket_bits: int) -> int:
 def gs1_gtin(code: str) -> str | None:
     """The GTIN of a GS1 code that code fields keep apart from its serial
     (``(01)GTIN(21)SERIAL``, serial of at most 20 bytes), else None."""
-    if (
-        len(code) > 22
-        and code.startswith("(01)")
-        and code[18:22] == "(21)"
-        and code[4:18].isascii()
-        and code[4:18].isdigit()
-        and len(code.encode("utf-8", "surrogatepass")) - 22 <= _GS1_SERIAL_MAX
-    ):
-        return code[4:18]
-    return None
+    if len(code) <= 22 or not code.startswith("(01)") or code[18:22] != "(21)":
+        return None
+    gtin = code[4:18]
+    if not (gtin.isascii() and gtin.isdigit()):
+        return None
+    # An ASCII code has as many bytes as characters: no need to encode it to count them.
+    size = len(code) if code.isascii() else len(code.encode("utf-8", "surrogatepass"))
+    return gtin if size - 22 <= _GS1_SERIAL_MAX else None
 
 
 def code_slot(code: str, bucket_bits: int, packed_fields: bool = False) -> tuple[int, bytes]:
@@ -1121,7 +1120,7 @@ def _narrow_field_size_of(bucket_bits: int) -> int:
     return ((_narrow_span_of(bucket_bits) - 1).bit_length() + 7) // 8
 
 
-_NARROW_FIELD_SIZES: Final = tuple(_narrow_field_size_of(bits) for bits in range(64))
+_NARROW_FIELD_SIZES: Final = bytes(_narrow_field_size_of(bits) for bits in range(64))
 """The sizes worked out once: it takes arithmetic on numbers past 2**63, and every code
 field of another form than a narrow one asks for it (:func:`_apart_from_narrow`)."""
 
@@ -1151,7 +1150,7 @@ def _apart_from_narrow(field: bytes, bucket_bits: int) -> bytes:
     """A field of another form than a 20-digit code's narrow field, behind
     ``_FIELD_PADDED`` where it has the narrow field's length (which alone tells those)."""
     if len(field) == narrow_field_size(bucket_bits):
-        return bytes((_FIELD_PADDED,)) + field
+        return _PADDED_PREFIX + field
     return field
 
 
