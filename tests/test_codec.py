@@ -407,6 +407,30 @@ def test_record_numbers_with_the_sale_date_are_short(
     assert (text if packed < 0 else _dated_record(text, packed, moment, offset)) == record
 
 
+def test_record_numbers_pack_alike_by_bytes_and_by_characters() -> None:
+    """An ASCII record number is read as bytes; what it packs to is what the reading by
+    characters (kept for the others) packs it to."""
+    from librt.strings import BytesWriter
+
+    from streams.codec import _put_record, _put_record_text
+
+    rng = random.Random(11)
+    records = ["XS2026110200014375", "2026110200000001", "XS20261102", "ABC-14375", "", "7",
+               "XS2026023000014375", "XS2026110200000000000000000001", "销售2026110200014375",
+               "XS19700101000001", "XS2026022900001", "XS2024022900001", "AB12345678901234567"]
+    for _ in range(5000):
+        prefix = "".join(rng.choice("XSAB-_/销0") for _ in range(rng.randint(0, 4)))
+        date = f"{rng.randint(1960, 2100)}{rng.randint(0, 13):02d}{rng.randint(0, 32):02d}"
+        tail = "".join(rng.choice("0123456789") for _ in range(rng.randint(0, 22)))
+        records.append(prefix + rng.choice([date, date[:rng.randint(0, 8)], ""]) + tail)
+    for record in records:
+        moment = rng.randint(0, 4_000_000_000)
+        by_bytes, by_characters = BytesWriter(), BytesWriter()
+        _put_record(by_bytes, record, moment)
+        _put_record_text(by_characters, record, moment)
+        assert by_bytes.getvalue() == by_characters.getvalue(), record
+
+
 def test_round_trip_keeps_float_bits() -> None:
     """-0.0 == 0.0, so compare the floats' representations as well."""
     rng = random.Random(7)
