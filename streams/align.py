@@ -25,32 +25,29 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from collections.abc import Hashable, Iterable
-from typing import Generic, NamedTuple, TypeVar
+from typing import Generic, TypeVar
 
 P = TypeVar("P")
 
-
-class Held(NamedTuple, Generic[P]):
-    """A record waiting for release: its business time and what the caller keeps with it."""
-
-    time: int
-    item: P
+# A record waiting for release is held as (its business time, what the caller keeps with
+# it): a plain tuple, built natively by compiled code, where a NamedTuple's constructor is
+# an interpreted lambda (1 % of the worker's time, one per input record).
 
 
 class TimeAligner(Generic[P]):
     """Holds fetched records per partition and releases them in time order."""
 
     def __init__(self) -> None:
-        self._held: dict[Hashable, deque[Held[P]]] = {}
+        self._held: dict[Hashable, deque[tuple[int, P]]] = {}
 
     def add(self, partition: Hashable, items: Iterable[tuple[int | None, P]]) -> None:
         """Hold a partition's newly fetched records, in their order (time ``None``: unknown)."""
         queue = self._held.setdefault(partition, deque())
-        last = queue[-1].time if queue else 0
+        last = queue[-1][0] if queue else 0
         for time, item in items:
             if time is not None:
                 last = time
-            queue.append(Held(last, item))
+            queue.append((last, item))
 
     def held(self, partition: Hashable) -> int:
         """How many records of ``partition`` wait for release."""
@@ -76,15 +73,15 @@ class TimeAligner(Generic[P]):
         queues = {p: q for p, q in self._held.items() if q}
         if not queues or any(not self._held.get(partition) for partition in behind):
             return []
-        horizon = min(max(held.time for held in queue) for queue in queues.values())
+        horizon = min(max(moment for moment, _ in queue) for queue in queues.values())
         runs: list[list[tuple[int, Hashable, P]]] = []
         for partition, queue in queues.items():
             run: list[tuple[int, Hashable, P]] = []
             # Stop at the first record past the horizon, even if later ones are earlier:
             # a partition's own order is never changed.
-            while queue and queue[0].time <= horizon:
-                held = queue.popleft()
-                run.append((held.time, partition, held.item))
+            while queue and queue[0][0] <= horizon:
+                moment, item = queue.popleft()
+                run.append((moment, partition, item))
             if run:
                 runs.append(run)
         if len(runs) == 1:
@@ -94,6 +91,6 @@ class TimeAligner(Generic[P]):
         if limit is not None and len(merged) > limit:
             # Back to the front of their queues, latest first, so each keeps its order.
             for moment, partition, item in reversed(merged[limit:]):
-                self._held[partition].appendleft(Held(moment, item))
+                self._held[partition].appendleft((moment, item))
             del merged[limit:]
         return [(partition, item) for _, partition, item in merged]
