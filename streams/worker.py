@@ -840,7 +840,10 @@ class Worker:
         started = time.perf_counter()
         messages: list[tuple[int, Message]] = []
         bad: list[tuple[ConsumerRecord[bytes, bytes], Exception]] = []
+        arrived_ms = parsed[0][0].timestamp
         for number, (record, outcome) in enumerate(parsed):
+            if record.timestamp < arrived_ms:
+                arrived_ms = record.timestamp
             if isinstance(outcome, Exception):
                 bad.append((record, outcome))
             else:
@@ -854,7 +857,6 @@ class Worker:
         owns_person = (None if len(owned_persons) >= partitions else
                        lambda psn: _person_partition(psn, partitions) in owned_persons)
         self.pipeline.prepare_route(messages, owns_code, owns_person)
-        arrived_ms = min(record.timestamp for record, _ in parsed)
         return _ToRoute(len(parsed), messages, bad, arrived_ms, owns_code, owns_person,
                         time.perf_counter() - started)
 
