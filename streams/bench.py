@@ -91,6 +91,8 @@ class Throughput:
     """Redis's CPU seconds over the run (tracewatch's ledger; 0 for the peers)."""
     steps: dict[str, float] = field(default_factory=dict)
     """tracewatch's worker: seconds its batches spent in each step (its /metrics)."""
+    batches: tuple[float, float] = (0.0, 0.0)
+    """tracewatch's worker: the batches its first stage routed and their input records."""
 
     @property
     def codes_per_s(self) -> float:
@@ -337,12 +339,13 @@ def _run_tracewatch(worker: WorkerUnderTest, messages: int, codes: int,
     redis_cpu = worker.redis_cpu_seconds() - redis_before
     steps = {step: seconds - steps_before.get(step, 0.0)
              for step, seconds in worker.step_seconds().items()}
+    batches = worker.batch_totals() or (0.0, 0.0)
     alerts = consume_all(worker.env["TRACEWATCH_KAFKA"], worker.alerts_topic, timeout_s=2)
     return Throughput("tracewatch", codes, health["last_at"] - health["first_at"],
                       len(alerts), worker.rss_mb(),
                       f"all rules, Redis ledger, {health.get('allocator', 'system')}",
                       cpu_s=float(health.get("last_cpu", 0.0) - health.get("first_cpu", 0.0)),
-                      redis_cpu_s=redis_cpu, steps=steps)
+                      redis_cpu_s=redis_cpu, steps=steps, batches=batches)
 
 
 def peer_environment(choice: str) -> tuple[dict[str, str], str]:
@@ -692,7 +695,9 @@ def _steps_line(mine: Throughput) -> str:
     return ("(tracewatch's worker, seconds by step after its first batch: "
             + " · ".join(f"{step} {seconds:.2f}" for step, seconds in
                          sorted(mine.steps.items(), key=lambda item: -item[1]))
-            + f"; {spent:.2f} in all, against {mine.seconds:.2f} s judging)")
+            + f"; {spent:.2f} in all, against {mine.seconds:.2f} s judging"
+            + (f"; {mine.batches[0]:,.0f} batches of {mine.batches[1] / mine.batches[0]:,.0f} "
+               "records on average)" if mine.batches[0] else ")"))
 
 
 def run_bench(args: argparse.Namespace, settings: Settings) -> int:

@@ -61,7 +61,8 @@ def test_bench_runs_every_contender_and_prints_the_summary(redis_url: str,
     assert re.search(r"^tracewatch +[\d,]+ +\d+\.\d\d +[\d,]+ +\d+\.\d ", table,
                      re.MULTILINE), table
     assert re.search(r"^\(tracewatch's worker, seconds by step after its first batch: .*route "
-                     r"\d+\.\d\d.*; \d+\.\d\d in all, against \d+\.\d\d s judging\)$", table,
+                     r"\d+\.\d\d.*; \d+\.\d\d in all, against \d+\.\d\d s judging; [\d,]+ "
+                     r"batches of [\d,]+ records on average\)$", table,
                      re.MULTILINE), table
     assert re.search(r"tracewatch's worker \d+\.\d\d s, its Redis \d+\.\d\d s "
                      r"\(\d+\.\d µs a code\)\)$", table, re.MULTILINE), table
