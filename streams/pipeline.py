@@ -149,7 +149,8 @@ class Pipeline:
         A ledger that can is told what the batch's later stages will load, so that it looks
         them up while the batch is routed: the boxes the messages list and the people of
         their whole-box sales, those this writer owns (``owns_code``, ``owns_person``;
-        everything by default).
+        everything by default). What :meth:`prepare_route` worked out for this very list
+        is used instead of working it out again (with the ownership given to it then).
         """
         prepared, self._prepared = self._prepared, None
         if prepared is not None and prepared.messages is messages:
