@@ -406,6 +406,8 @@ Slot = tuple[int, bytes]
 """(bucket, field) of a key in a bucketed table."""
 
 SlotsOf = Callable[[Iterable[str], int], tuple[list[int], list[bytes]]]
+"""The buckets and fields of many keys in ``2**bits`` buckets (``codec.code_slots``,
+:func:`_digest_slots`)."""
 
 
 @dataclass(slots=True)
@@ -415,8 +417,6 @@ class _Loaded:
 
     slots: dict[str, Slot]
     inline: set[str]
-"""The buckets and fields of many keys in ``2**bits`` buckets (``codec.code_slots``,
-:func:`_digest_slots`)."""
 
 
 def _slots_of(keys: Iterable[str], known: dict[str, Slot],
