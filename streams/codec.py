@@ -204,54 +204,26 @@ def _put_record(out: BytesWriter, text: str, moment: int) -> None:
     digits (which that function never writes), then one varint of the sequence, its digit
     count and whether a day distance follows. Anything else is :func:`_put_text`'s.
     """
-    if not text.isascii():
-        _put_record_text(out, text, moment)
-        return
-    # Most record numbers are ASCII: read as bytes, their digits are numbers to compiled
-    # code, where ``str.rstrip`` and a string per character took half the time.
-    raw = text.encode("ascii")
-    end = len(raw)
-    start = end
-    while start > 0 and 48 <= raw[start - 1] <= 57:
-        start -= 1
-    after = end - start - 8  # digits after the date
+    if text.isascii():
+        # Read as bytes, the digits are numbers to compiled code, where ``str.rstrip`` and a
+        # string per character took half the time; most record numbers are ASCII.
+        raw = text.encode("ascii")
+        start = len(raw)
+        while start > 0 and 48 <= raw[start - 1] <= 57:
+            start -= 1
+        head, digits = raw[:start], raw[start:]
+    else:
+        head_text = text.rstrip(_DIGITS)
+        head = head_text.encode("utf-8", "surrogatepass")
+        digits = text[len(head_text):].encode("ascii")  # what rstrip took: ASCII digits
+    after = len(digits) - 8  # digits after the date
     if 1 <= after <= _MAX_TAIL_DIGITS:
-        year = _byte_number(raw, start, start + 4)
-        month = _byte_number(raw, start + 4, start + 6)
-        day = _byte_number(raw, start + 6, start + 8)
+        year, month, day = _number(digits, 0, 4), _number(digits, 4, 6), _number(digits, 6, 8)
         if _DATED_FIRST_YEAR <= year and 1 <= month <= 12 and 1 <= day <= _days_in(year, month):
             offset = _civil_days(year, month, day) - moment // 86_400
-            _uvarint(out, start * 40 + 1)
-            out.write(raw[:start])
-            _uvarint(out, (_byte_number(raw, start + 8, end) * 20 + after) * 2 + (offset != 0))
-            if offset:
-                _svarint(out, offset)
-            return
-    _put_text(out, text)
-
-
-def _byte_number(digits: bytes, start: int, end: int) -> int:
-    """The decimal number ``digits[start:end]`` (ASCII digits, checked by the caller)."""
-    value = 0
-    for index in range(start, end):
-        value = value * 10 + (digits[index] - 48)
-    return value
-
-
-def _put_record_text(out: BytesWriter, text: str, moment: int) -> None:
-    """:func:`_put_record` of any text, by its characters (the form of a non-ASCII one)."""
-    head = text.rstrip(_DIGITS)
-    start = len(head)
-    after = len(text) - start - 8  # digits after the date
-    if 1 <= after <= _MAX_TAIL_DIGITS:
-        year = _number(text, start, start + 4)
-        month, day = _number(text, start + 4, start + 6), _number(text, start + 6, start + 8)
-        if _DATED_FIRST_YEAR <= year and 1 <= month <= 12 and 1 <= day <= _days_in(year, month):
-            offset = _civil_days(year, month, day) - moment // 86_400
-            raw = head.encode("utf-8", "surrogatepass")
-            _uvarint(out, len(raw) * 40 + 1)
-            out.write(raw)
-            _uvarint(out, (_number(text, start + 8, len(text)) * 20 + after) * 2 + (offset != 0))
+            _uvarint(out, len(head) * 40 + 1)
+            out.write(head)
+            _uvarint(out, (_number(digits, 8, len(digits)) * 20 + after) * 2 + (offset != 0))
             if offset:
                 _svarint(out, offset)
             return
@@ -323,8 +295,10 @@ def _nhsa_stamp(rest: str) -> tuple[int, int, int] | None:
         return None
     # Digit by digit rather than int() of slices or of the whole: compiled, this is 3-4x
     # faster, and every sale and purchase packed reads one.
-    year, month, day = _number(rest, 0, 4), _number(rest, 4, 6), _number(rest, 6, 8)
-    hour, minute, second = _number(rest, 8, 10), _number(rest, 10, 12), _number(rest, 12, 14)
+    digits = rest.encode("ascii")
+    year, month, day = _number(digits, 0, 4), _number(digits, 4, 6), _number(digits, 6, 8)
+    hour, minute, second = (_number(digits, 8, 10), _number(digits, 10, 12),
+                            _number(digits, 12, 14))
     if not (
         1971 <= year
         and 1 <= month <= 12
@@ -335,14 +309,15 @@ def _nhsa_stamp(rest: str) -> tuple[int, int, int] | None:
     ):
         return None
     moment = _civil_days(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second
-    return moment, _number(rest, 14, size), size - 14
+    return moment, _number(digits, 14, size), size - 14
 
 
-def _number(digits: str, start: int, end: int) -> int:
-    """The decimal number ``digits[start:end]`` (ASCII digits, checked by the caller)."""
+def _number(digits: bytes, start: int, end: int) -> int:
+    """The decimal number ``digits[start:end]`` (ASCII digits, checked by the caller): of
+    bytes, whose items compiled code reads as numbers."""
     value = 0
     for index in range(start, end):
-        value = value * 10 + (ord(digits[index]) - 48)
+        value = value * 10 + (digits[index] - 48)
     return value
 
 
