@@ -378,11 +378,16 @@ _BLAKE2B_12: Final = hashlib.blake2b(digest_size=12)
 given its size by keyword (in compiled code, a call with a keyword builds a dict)."""
 
 
-def _digest_slot(text: str, bits: int) -> tuple[int, bytes]:
-    """(bucket, 8-byte field) of a key stored under its digest (96 bits in all)."""
+def _digest(text: str) -> bytes:
+    """The 12-byte digest a key is stored under: 8 bytes of field, 4 of bucket."""
     hasher = _BLAKE2B_12.copy()
     hasher.update(text.encode("utf-8", "surrogatepass"))
-    digest = hasher.digest()
+    return hasher.digest()
+
+
+def _digest_slot(text: str, bits: int) -> tuple[int, bytes]:
+    """(bucket, 8-byte field) of a key stored under its digest (96 bits in all)."""
+    digest = _digest(text)
     return (int(read_i32_be(digest, 8)) & 0xFFFF_FFFF) >> (32 - bits), digest[:8]
 
 
@@ -391,11 +396,8 @@ def _digest_slots(texts: Iterable[str], bits: int) -> tuple[list[int], list[byte
     buckets: list[int] = []
     fields: list[bytes] = []
     shift = 32 - bits
-    empty = _BLAKE2B_12
     for text in texts:
-        hasher = empty.copy()
-        hasher.update(text.encode("utf-8", "surrogatepass"))
-        digest = hasher.digest()
+        digest = _digest(text)
         # librt's reader is native when compiled; int.from_bytes is a Python call there.
         buckets.append((int(read_i32_be(digest, 8)) & 0xFFFF_FFFF) >> shift)
         fields.append(digest[:8])
