@@ -133,6 +133,15 @@ class Latency:
     alerts: int = 0
     samples_ms: list[float] = field(default_factory=list)
     idle_ms: float | None = None
+    #: The codes its ledger was sized for (:func:`latency_ledger_codes`).
+    ledger_codes: int = 0
+    #: The worker's first-stage batches and records during the paced load, and its Redis's
+    #: CPU seconds: small batches cost Redis more a code than the throughput rounds' large ones.
+    batches: float = 0.0
+    records: float = 0.0
+    redis_cpu_s: float = 0.0
+    #: The codes the messages sent listed.
+    codes: int = 0
 
     def percentile(self, share: float) -> float:
         """The ``share`` (0-1) percentile of the samples, in ms (0 without samples)."""
@@ -505,9 +514,16 @@ def _measure_latency(worker: WorkerUnderTest, bootstrap: str, input_topic: str, 
     before = worker.health() or {}
     count = max(100, int(rate * seconds))
     paced = generate(count, seed + 1)
+    batches_before = worker.batch_totals() or (0.0, 0.0)
+    redis_before = worker.redis_cpu_seconds()
     sent = _paced_produce(bootstrap, input_topic, paced.lines, rate, seconds, _institution_key)
     worker.wait_idle(int(before.get("input_released", 0)) + len(sent), 120)
-    result = Latency(rate_msgs_per_s=rate)
+    batches_after = worker.batch_totals() or batches_before
+    result = Latency(rate_msgs_per_s=rate,
+                     batches=batches_after[0] - batches_before[0],
+                     records=batches_after[1] - batches_before[1],
+                     redis_cpu_s=worker.redis_cpu_seconds() - redis_before,
+                     codes=round(paced.codes * len(sent) / max(1, len(paced.lines))))
     result.samples_ms = _latencies(bootstrap, worker.alerts_topic, sent,
                                    worker.log_path.with_name("latency.csv"))
     result.alerts = len(result.samples_ms)
@@ -796,13 +812,15 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
                 rate = 0.5 * mine / max(1.0, workload.codes / messages)
                 print(f"[5/5] tracewatch latency at half its throughput ({rate:,.0f} messages/s "
                       f"for {paced_s:.0f} s), then one alert after idling", file=sys.stderr)
-                # The ledger the last round filled, as it was sized: the latency phase adds
-                # codes it was not sized for (as many again and more, in a short workload).
                 bytes_per_code, tracked = worker.bytes_per_code()
+                ledger_codes = latency_ledger_codes(rate, paced_s, workload.codes / messages)
+                worker.stop()  # the last round's keys go; see latency_ledger_codes
+                worker.use_ledger("latency", ledger_codes)
                 worker.start()
                 worker.wait_assigned(args.timeout)
                 latency = _measure_latency(worker, bootstrap, topics[-1], args.seed, rate,
                                            paced_s, run)
+                latency.ledger_codes = ledger_codes
                 if args.soak:
                     soak_rate = soak_rate_of(args.soak_share, args.soak_rate, 2 * rate)
                     soak_codes = int(soak_rate * args.soak * workload.codes / messages)
@@ -826,6 +844,20 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
                       workload.codes, workload.expected_alerts, args, soak_batches,
                       soak_rate, soak_ledger))
     return 0
+
+
+def latency_ledger_codes(rate: float, seconds: float, codes_per_message: float) -> int:
+    """The codes the latency phase's ledger is sized for: the paced load's own.
+
+    Half the throughput is half of what the rounds measured, each on a ledger sized for its
+    workload; the latency phase ran on the last round's ledger until the twenty-seventh
+    session, and added two to six times the codes that ledger was sized for (9,000 messages/s
+    for 20-60 s on a fast machine). Its code buckets then held up to 3× their design's
+    entries, which Redis scans in each listpack: Redis spent ~3× the CPU a code of the rounds,
+    the worker waited on it all the time, and p99 rose to 357-660 ms within 20 s. Sized for
+    its load like the rounds' (and the soak's) ledgers, the phase runs on the system whose
+    throughput it halves (BENCHMARKS.md "Twenty-seventh session")."""
+    return max(1, int(rate * seconds * codes_per_message))
 
 
 def soak_rate_of(share: float, fixed: float, throughput: float) -> float:
@@ -886,6 +918,15 @@ def interpreter() -> str:
             f"hot path {hot_path_kind()})")
 
 
+def _latency_load_line(latency: Latency) -> str:
+    """How the worker took the paced load: its ledger, its batches, its Redis's CPU."""
+    mean = latency.records / latency.batches if latency.batches else 0.0
+    redis_us = 1e6 * latency.redis_cpu_s / latency.codes if latency.codes else 0.0
+    return (f"(the paced load on a ledger of its own sized for {latency.ledger_codes:,} codes: "
+            f"{latency.batches:,.0f} batches of {mean:,.0f} records on average, its Redis "
+            f"{latency.redis_cpu_s:.2f} s, {redis_us:.1f} µs a code)")
+
+
 def _report(rounds: Sequence[Sequence[Throughput]], latency: Latency,
             soak: Sequence[tuple[float, float, int]], bytes_per_code: float, tracked: int,
             messages: int, codes: int, planted: int, args: argparse.Namespace,
@@ -908,6 +949,7 @@ def _report(rounds: Sequence[Sequence[Throughput]], latency: Latency,
         f"p50 {latency.percentile(0.5):.0f} ms, p99 {latency.percentile(0.99):.0f} ms, "
         f"max {max(latency.samples_ms, default=0):.0f} ms; one alert after idling: "
         + (f"{latency.idle_ms:.0f} ms" if latency.idle_ms is not None else "not seen"),
+        _latency_load_line(latency),
         f"Redis: {bytes_per_code:.1f} bytes per tracked code ({tracked:,} codes, sampled)",
     ]
     if soak:

@@ -46,6 +46,10 @@ def test_bench_runs_every_contender_and_prints_the_summary(redis_url: str,
     for name in ("tracewatch", "quixstreams", "naive-faust"):
         assert re.search(rf"^{name}\s+[\d,]+\s", table, re.MULTILINE), table
     assert "one alert after idling: " in table and "not seen" not in table
+    # The paced load ran on a ledger of its own, sized for its codes, and says how it went.
+    assert re.search(r"^\(the paced load on a ledger of its own sized for [1-9][\d,]* codes: "
+                     r"[1-9][\d,]* batches of [1-9][\d,]* records on average, its Redis "
+                     r"\d+\.\d\d s, \d+\.\d µs a code\)$", table, re.MULTILINE), table
     # The worker started itself again under jemalloc where installed; the peers got the same.
     from streams.allocator import jemalloc_library
 
@@ -91,6 +95,21 @@ def test_the_soak_gets_a_ledger_of_its_own_sized_for_its_codes(tmp_path: Path) -
     assert worker.prefix == "twbenchr1soak"
     assert worker.env["TRACEWATCH_KEY_PREFIX"] == "twbenchr1soak"
     assert worker.env["TRACEWATCH_EXPECTED_CODES"] == "9000000"
+
+
+def test_the_latency_phase_gets_a_ledger_sized_for_the_paced_codes() -> None:
+    """The last round's ledger, sized for the workload, took 2-6× its codes in the paced
+    phase: Redis scanned overfull buckets and p99 tripled (BENCHMARKS.md, twenty-seventh)."""
+    from streams.bench import Latency, _latency_load_line, latency_ledger_codes
+
+    assert latency_ledger_codes(9_000.0, 20.0, 3.25) == 585_000
+    assert latency_ledger_codes(0.0, 20.0, 3.25) == 1  # a ledger is never sized for none
+    line = _latency_load_line(Latency(rate_msgs_per_s=9_000.0, ledger_codes=585_000,
+                                      batches=400, records=180_000, redis_cpu_s=9.0,
+                                      codes=585_000))
+    assert line == ("(the paced load on a ledger of its own sized for 585,000 codes: 400 "
+                    "batches of 450 records on average, its Redis 9.00 s, 15.4 µs a code)")
+    assert "0 batches of 0 records" in _latency_load_line(Latency())
 
 
 def test_soak_reads_the_first_stage_batches_from_metrics() -> None:
