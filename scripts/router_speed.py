@@ -3,7 +3,8 @@
 ``families``: batches of new msgids and records recalled and committed through the ledger,
 as digest runs (layout 6) and as the bucket hashes a prefix created before keeps, side by
 side; Redis's CPU a batch and its memory after. ``--expected-codes`` sizes the routing
-buckets (one per 2**4 code buckets): the bench's 100,000 messages give 128.
+buckets (one per 2**2 code buckets, ``ROUTER_BUCKET_SHIFT``): the bench's 100,000 messages
+give 512.
 
 ``lengths``: lookups of absent digests in runs of growing length, with the ledger's own
 search in Redis's Lua.

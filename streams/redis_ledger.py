@@ -258,9 +258,16 @@ CODES_PER_BUCKET: Final = 256
 """Bucket counts are the power of two that gives at most this many codes per bucket at the
 expected count (so about 128 to 256, well inside the default 512-entry listpack limit)."""
 MAX_BUCKET_BITS: Final = 24
-ROUTER_BUCKET_SHIFT: Final = 4
-"""msgid and record buckets are 2**4 times fewer than code buckets (so were person buckets
-before layout 5: a prefix created before keeps them so)."""
+ROUTER_BUCKET_SHIFT: Final = 2
+"""msgid and record buckets are 2**2 times fewer than code buckets in a new prefix (the meta's
+``aux_bits``; a prefix keeps the count it was created with). 2**4 until the twenty-seventh
+session: a recall copies each run it searches into Lua, and in a ledger of millions of codes a
+batch of ~1,000 messages touches each run once, so the runs' length is the recall's cost: at
+9.7 million codes, 4 times as many runs took the recalls from 16 and 15 ms a batch to 10 and 8
+and the stages from 27,170 to 30,054 codes/s, Redis's memory 1,087 → 1,079 MiB; on the bench's
+small ledger, where a batch of 3,000 searches each run many times, the routing commit cost
+3 ms more a batch (BENCHMARKS.md "Twenty-seventh session"). Person buckets were routing
+buckets before layout 5: a prefix created before keeps them so."""
 DEFAULT_PERSON_TTL_DAYS: Final = 400
 """Hoarding state is worth keeping as long as the longest hoarding window (400 days cover
 any override up to a year)."""
