@@ -977,6 +977,22 @@ def test_markers_are_digest_runs_searched_on_digest_boundaries(
     assert make(buckets=4).seen_records({RK1, RK2}) == {RK2}
 
 
+def test_a_prefix_keeps_the_routing_buckets_it_was_created_with(
+    client: CountingRedis, prefix: str, make: Callable[..., RedisLedger]
+) -> None:
+    """A new prefix gets a routing bucket per 2**2 code buckets (shorter runs for a recall to
+    copy); one created when it was 2**4 keeps its count, and its markers where they were."""
+    assert make(buckets=64).aux_bits == 4
+    client.hset(f"{prefix}:meta", "aux_bits", "2")  # as a prefix from before recorded it
+    older = make(buckets=64)
+    assert older.aux_bits == 2
+    older.commit_routing({"M1"}, {RK1}, set(), {})
+    current, _ = older._slice()
+    bucket, _ = _digest_slot("M1", 2)
+    assert client.exists(f"{prefix}:m:{current}:{bucket}")
+    assert make(buckets=64).seen_messages({"M1", "M2"}) == {"M1"}
+
+
 def test_a_run_past_its_limit_spills_to_a_hash_and_is_warned_of_once(
     client: CountingRedis, prefix: str, make: Callable[..., RedisLedger],
     caplog: pytest.LogCaptureFixture,
