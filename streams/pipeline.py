@@ -182,9 +182,7 @@ class Pipeline:
         them before routing: a recall must see them), it fills a wait; ``route`` then does
         only what needs the ledger's answers. ``route`` of other messages ignores it.
         """
-        keys = _record_keys(messages)
-        msgids = {m.msgid for _, m in messages}
-        records = {key for key in keys if key}
+        keys, msgids, records = _recall_keys(messages)
         boxes: list[tuple[list[str], int] | None] = []
         loads = (_expected_loads(messages, owns_code, owns_person, boxes) if self.reads_ahead
                  else None)
@@ -203,9 +201,7 @@ class Pipeline:
             commit.msgids, commit.records_added, commit.records_removed, commit.sales)
         events, work, alerts = result.events, result.work, result.alerts
         if prepared is None:
-            keys = _record_keys(messages)
-            recalled_msgids = {m.msgid for _, m in messages}
-            recalled_records = {key for key in keys if key}
+            keys, recalled_msgids, recalled_records = _recall_keys(messages)
         else:
             keys, recalled_msgids, recalled_records = (
                 prepared.keys, prepared.msgids, prepared.records)
@@ -445,12 +441,15 @@ class Pipeline:
         return alerts
 
 
-def _record_keys(messages: Sequence[tuple[int, Message]]) -> list[str]:
-    """The record key of each message that lists codes, "" for the others."""
-    return [
+def _recall_keys(messages: Sequence[tuple[int, Message]],
+                 ) -> tuple[list[str], set[str], set[str]]:
+    """The record key of each message that lists codes ("" for the others), and the msgids
+    and record keys a routing recall looks up."""
+    keys = [
         record_key(m.fixmedins_code, m.infno, m.bchno) if m.infno in CODE_INFNOS else ""
         for _, m in messages
     ]
+    return keys, {m.msgid for _, m in messages}, {key for key in keys if key}
 
 
 def _expected_loads(
