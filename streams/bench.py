@@ -304,6 +304,15 @@ class WorkerUnderTest:
         self.env["TRACEWATCH_KEY_PREFIX"] = self.prefix
         self.env["TRACEWATCH_EXPECTED_CODES"] = str(max(1, expected_codes))
 
+    def restart_on_ledger(self, name: str, expected_codes: int, timeout: float) -> None:
+        """Stop the worker and remove its ledger's keys, then start it on a ledger of its own
+        (:meth:`use_ledger`) and wait until it holds partitions: the latency phase's and the
+        soak's."""
+        self.stop()
+        self.use_ledger(name, expected_codes)
+        self.start()
+        self.wait_assigned(timeout)
+
     def bytes_per_code(self) -> tuple[float, int]:
         """Redis bytes per tracked code and the codes tracked (sampled buckets)."""
         from streams.redis_ledger import RedisLedger
@@ -814,10 +823,8 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
                       f"for {paced_s:.0f} s), then one alert after idling", file=sys.stderr)
                 bytes_per_code, tracked = worker.bytes_per_code()
                 ledger_codes = latency_ledger_codes(rate, paced_s, workload.codes / messages)
-                worker.stop()  # the last round's keys go; see latency_ledger_codes
-                worker.use_ledger("latency", ledger_codes)
-                worker.start()
-                worker.wait_assigned(args.timeout)
+                # The last round's keys go; see latency_ledger_codes.
+                worker.restart_on_ledger("latency", ledger_codes, args.timeout)
                 latency = _measure_latency(worker, bootstrap, topics[-1], args.seed, rate,
                                            paced_s, run)
                 latency.ledger_codes = ledger_codes
@@ -826,10 +833,7 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
                     soak_codes = int(soak_rate * args.soak * workload.codes / messages)
                     print(f"      soak: {args.soak:.0f} s at {soak_rate:,.0f} messages/s, on a "
                           f"ledger of its own sized for {soak_codes:,} codes", file=sys.stderr)
-                    worker.stop()
-                    worker.use_ledger("soak", soak_codes)
-                    worker.start()
-                    worker.wait_assigned(args.timeout)
+                    worker.restart_on_ledger("soak", soak_codes, args.timeout)
                     soak, soak_batches = _soak(worker, bootstrap, topics[-1], args.seed,
                                                soak_rate, args.soak, workdir / "soak.jsonl")
                     # The workload's states at millions of codes: a ledger's real size.
